@@ -1,0 +1,373 @@
+//! Everything that runs `nix`. Nothing above this module spawns processes.
+//!
+//! Request text reaches Nix only as `--argstr` values of a fixed expression
+//! ([`RESOLVE_NIX`]), never spliced into code.
+
+use crate::error::{RegistryError, Result};
+use crate::resolve::BuildTarget;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::process::Command;
+use tokio::sync::Semaphore;
+
+/// Looks the attribute up in `packages.<system>`, then
+/// `legacyPackages.<system>`; picks what to build: the `conf` of a
+/// dockerTools image, else the value itself.
+const RESOLVE_NIX: &str = r#"
+{ flakeRef, system, attrPath }:
+let
+  flake = builtins.getFlake flakeRef;
+  path = builtins.fromJSON attrPath;
+  isDrv = v: builtins.isAttrs v && (v.type or null) == "derivation";
+  lookup = set: builtins.foldl'
+    (acc: n: if acc != null && builtins.isAttrs acc && builtins.hasAttr n acc then builtins.getAttr n acc else null)
+    set path;
+  packages = (flake.packages or { }).${system} or { };
+  legacy = (flake.legacyPackages or { }).${system} or { };
+  fromPackages = lookup packages;
+  value = if fromPackages != null then fromPackages else lookup legacy;
+  images = builtins.filter (n: builtins.tryEval (isDrv packages.${n}) == { success = true; value = true; })
+    (builtins.attrNames packages);
+in
+{
+  target =
+    if !(isDrv value) then throw "flakeport-unknown-name ${builtins.toJSON images}"
+    else if value ? conf && isDrv value.conf then value.conf
+    else value;
+  mainProgram = value.meta.mainProgram or null;
+}
+"#;
+
+#[derive(Debug, Deserialize)]
+struct BuildJson {
+    outputs: std::collections::BTreeMap<String, PathBuf>,
+}
+
+/// One entry of `nix path-info --json -r`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PathInfo {
+    pub path: PathBuf,
+    #[serde(rename = "narSize")]
+    pub nar_size: u64,
+    #[serde(default)]
+    pub references: Vec<PathBuf>,
+}
+
+pub struct Nix {
+    gcroots: PathBuf,
+    timeout: Duration,
+    builds: Semaphore,
+    /// Number of `nix build` processes started (exposed on /metrics).
+    pub builds_started: AtomicU64,
+}
+
+const LOG_TAIL_LINES: usize = 25;
+
+enum Failure {
+    Exit { stderr: String },
+    Timeout,
+}
+
+impl Nix {
+    pub fn new(state_dir: &Path, timeout: Duration, max_builds: usize) -> std::io::Result<Nix> {
+        let gcroots = state_dir.join("gcroots");
+        std::fs::create_dir_all(&gcroots)?;
+        Ok(Nix {
+            gcroots,
+            timeout,
+            builds: Semaphore::new(max_builds.max(1)),
+            builds_started: AtomicU64::new(0),
+        })
+    }
+
+    /// Build the target; the out-link in the state dir is a GC root that
+    /// keeps the output (and everything it references) alive until the same
+    /// name and tag is built again.
+    pub async fn build(&self, t: &BuildTarget) -> Result<PathBuf> {
+        let _permit = self
+            .builds
+            .acquire()
+            .await
+            .map_err(RegistryError::internal)?;
+        let link = self.gcroots.join(root_name(t));
+        let mut args = vec![
+            "build".to_string(),
+            "--json".into(),
+            "--out-link".into(),
+            path_str(&link),
+        ];
+        args.extend(expr_args(t, "target"));
+        self.builds_started.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(target = %t, "nix build started");
+        let started = std::time::Instant::now();
+        let stdout = self
+            .run(&args)
+            .await
+            .map_err(|f| classify(t, f, self.timeout))?;
+        tracing::info!(target = %t, secs = started.elapsed().as_secs_f64(), "nix build finished");
+        let built: Vec<BuildJson> = serde_json::from_slice(&stdout).map_err(|e| {
+            RegistryError::internal(format!("unexpected `nix build --json` output: {e}"))
+        })?;
+        let outputs = built
+            .into_iter()
+            .next()
+            .map(|b| b.outputs)
+            .unwrap_or_default();
+        outputs
+            .get("out")
+            .or_else(|| outputs.values().next())
+            .cloned()
+            .ok_or_else(|| RegistryError::internal("`nix build --json` named no output"))
+    }
+
+    pub async fn main_program(&self, t: &BuildTarget) -> Result<Option<String>> {
+        let mut args = vec!["eval".to_string(), "--json".into()];
+        args.extend(expr_args(t, "mainProgram"));
+        let out = self
+            .run(&args)
+            .await
+            .map_err(|f| classify(t, f, self.timeout))?;
+        serde_json::from_slice(&out).map_err(RegistryError::internal)
+    }
+
+    /// Check that the name is an image of the flake at this tag, without building.
+    pub async fn check_exists(&self, t: &BuildTarget) -> Result<()> {
+        let mut args = vec!["eval".to_string(), "--raw".into()];
+        args.extend(expr_args(t, "target.drvPath"));
+        self.run(&args)
+            .await
+            .map(|_| ())
+            .map_err(|f| classify(t, f, self.timeout))
+    }
+
+    /// The closure of a built path with sizes and references.
+    pub async fn closure(&self, path: &Path) -> Result<Vec<PathInfo>> {
+        let args = vec![
+            "path-info".to_string(),
+            "--json".into(),
+            "-r".into(),
+            path_str(path),
+        ];
+        let out = self.run(&args).await.map_err(|f| match f {
+            Failure::Exit { stderr } => {
+                RegistryError::internal(format!("nix path-info failed: {stderr}"))
+            }
+            Failure::Timeout => RegistryError::internal("nix path-info timed out"),
+        })?;
+        serde_json::from_slice(&out).map_err(RegistryError::internal)
+    }
+
+    /// Run nix in its own process group; on timeout the whole group is killed,
+    /// so builders started by nix do not outlive it.
+    async fn run(&self, args: &[String]) -> std::result::Result<Vec<u8>, Failure> {
+        let mut cmd = Command::new("nix");
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.kill_on_drop(true).process_group(0);
+        let child = cmd.spawn().map_err(|e| Failure::Exit {
+            stderr: format!("cannot run nix: {e}"),
+        })?;
+        let pid = child.id();
+        match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+            Ok(Ok(out)) if out.status.success() => Ok(out.stdout),
+            Ok(Ok(out)) => Err(Failure::Exit {
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }),
+            Ok(Err(e)) => Err(Failure::Exit {
+                stderr: format!("waiting for nix: {e}"),
+            }),
+            Err(_) => {
+                if let Some(pid) = pid {
+                    // SAFETY: kill(2) on our own child's process group.
+                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                }
+                Err(Failure::Timeout)
+            }
+        }
+    }
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// One GC root per name and tag: a rebuild replaces the previous root.
+fn root_name(t: &BuildTarget) -> String {
+    let mut h = Sha256::new();
+    h.update(format!(
+        "{}\n{}\n{}\n{}",
+        t.flake_ref,
+        t.attr_path.join("\0"),
+        t.system,
+        t.tag
+    ));
+    let name: String = t.attr_path.join("-").chars().take(60).collect();
+    format!("{}-{}", &hex::encode(h.finalize())[..16], name)
+}
+
+fn expr_args(t: &BuildTarget, attr: &str) -> Vec<String> {
+    let attr_json = serde_json::to_string(&t.attr_path).expect("strings serialise");
+    [
+        "--impure",
+        "--expr",
+        RESOLVE_NIX,
+        attr,
+        "--argstr",
+        "flakeRef",
+        &t.flake_ref,
+        "--argstr",
+        "system",
+        &t.system,
+        "--argstr",
+        "attrPath",
+        &attr_json,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Turn a failed nix run into the error the client should see.
+fn classify(t: &BuildTarget, f: Failure, timeout: Duration) -> RegistryError {
+    let stderr = match f {
+        Failure::Timeout => {
+            return RegistryError::BuildTimeout {
+                target: t.to_string(),
+                secs: timeout.as_secs(),
+            }
+        }
+        Failure::Exit { stderr } => stderr,
+    };
+    if let Some(rest) = stderr.split("flakeport-unknown-name ").nth(1) {
+        let json = rest.lines().next().unwrap_or("[]");
+        let all: Vec<String> = serde_json::from_str(json).unwrap_or_default();
+        return RegistryError::NameUnknown {
+            name: t.attr_path.join("/"),
+            flake: t.flake_ref.clone(),
+            available: closest(&t.attr_path.join("/"), all, 8),
+        };
+    }
+    const MISSING_REF: &[&str] = &[
+        "unknown revision",
+        "Cannot find Git revision",
+        "couldn't find remote ref",
+        "not a valid object name",
+        "invalid reference",
+        "HTTP error 404",
+        "does not exist",
+        "not a tree object",
+    ];
+    if t.tag != "latest" && MISSING_REF.iter().any(|m| stderr.contains(m)) {
+        return RegistryError::TagUnknown {
+            tag: t.tag.clone(),
+            flake: t.flake_ref.clone(),
+        };
+    }
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+    RegistryError::BuildFailed {
+        target: t.to_string(),
+        log_tail: tail,
+    }
+}
+
+/// The `n` names closest to `wanted` (edit distance), for "did you mean".
+pub fn closest(wanted: &str, names: Vec<String>, n: usize) -> Vec<String> {
+    let mut scored: Vec<(usize, String)> = names
+        .into_iter()
+        .map(|c| (edit_distance(wanted, &c), c))
+        .collect();
+    scored.sort();
+    scored.into_iter().take(n).map(|(_, c)| c).collect()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(tag: &str) -> BuildTarget {
+        BuildTarget {
+            flake_ref: "git+file:///f".into(),
+            attr_path: vec!["app".into()],
+            system: "x86_64-linux".into(),
+            pinned: false,
+            tag: tag.into(),
+        }
+    }
+
+    #[test]
+    fn classifies_recorded_nix_errors() {
+        let unknown = "error: flakeport-unknown-name [\"hello\",\"apps\",\"web\"]\n(use '--show-trace' to show detailed location information)\n";
+        match classify(
+            &target("latest"),
+            Failure::Exit {
+                stderr: unknown.into(),
+            },
+            Duration::from_secs(1),
+        ) {
+            RegistryError::NameUnknown { available, .. } => assert_eq!(available[0], "apps"),
+            e => panic!("{e:?}"),
+        }
+        let badref = "fatal: ambiguous argument 'v9': unknown revision or path not in the working tree.\nerror: program 'git' failed with exit code 128\n";
+        assert!(matches!(
+            classify(
+                &target("v9"),
+                Failure::Exit {
+                    stderr: badref.into()
+                },
+                Duration::from_secs(1)
+            ),
+            RegistryError::TagUnknown { .. }
+        ));
+        let failed = (1..40)
+            .map(|i| format!("line {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        match classify(
+            &target("latest"),
+            Failure::Exit { stderr: failed },
+            Duration::from_secs(1),
+        ) {
+            RegistryError::BuildFailed { log_tail, .. } => {
+                assert!(log_tail.starts_with("line 15\n") && log_tail.ends_with("line 39"))
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(
+            classify(&target("latest"), Failure::Timeout, Duration::from_secs(3)),
+            RegistryError::BuildTimeout { secs: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn closest_names_first() {
+        let names = vec!["curl".to_string(), "htop".into(), "jq".into(), "git".into()];
+        assert_eq!(
+            closest("crul", names, 2),
+            vec!["curl".to_string(), "git".into()]
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! The one place where failures become OCI error JSON.
+//!
+//! Every variant maps to a status and an OCI code in one exhaustive `match`,
+//! so adding a variant forces a decision about what clients see.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid repository name {name:?}: {rule}")]
+    NameInvalid { name: String, rule: &'static str },
+    #[error("invalid tag {tag:?}: a tag is 1 to 128 characters of [a-zA-Z0-9_.-] and does not start with '.' or '-'")]
+    TagInvalid { tag: String },
+    #[error("invalid digest {digest:?}: expected sha256:<64 lowercase hex digits>")]
+    DigestInvalid { digest: String },
+    #[error("{name:?} is not an image of {flake}{}", suggest(.available))]
+    NameUnknown {
+        name: String,
+        flake: String,
+        available: Vec<String>,
+    },
+    #[error("tag {tag:?} is not a branch, tag or commit of {flake}")]
+    TagUnknown { tag: String, flake: String },
+    #[error(
+        "tag {tag:?} cannot be served: {flake} is not a git source, so only \"latest\" exists"
+    )]
+    TagNotGit { tag: String, flake: String },
+    #[error("manifest {reference} is not known to this registry")]
+    ManifestUnknown { reference: String },
+    #[error("blob {digest} is not served by this registry")]
+    BlobUnknown { digest: String },
+    #[error("nix build of {target} failed; last lines of the log:\n{log_tail}")]
+    BuildFailed { target: String, log_tail: String },
+    #[error("nix build of {target} timed out after {secs} s; raise it with --nix-timeout or FLAKEPORT_NIX_TIMEOUT")]
+    BuildTimeout { target: String, secs: u64 },
+    #[error("{target} built, but its output cannot be served as an image: {reason}")]
+    NotAnImage { target: String, reason: String },
+    #[error("this registry is read-only: {method} is not supported")]
+    ReadOnly { method: String },
+    #[error("no such endpoint: {path}")]
+    NoSuchEndpoint { path: String },
+    #[error("invalid pagination: {reason}")]
+    PaginationInvalid { reason: String },
+    #[error("requested range not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    /// Details go to the log, never to the client: they may hold paths.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn suggest(available: &[String]) -> String {
+    if available.is_empty() {
+        return String::new();
+    }
+    format!("; images it has include: {}", available.join(", "))
+}
+
+impl RegistryError {
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        RegistryError::Internal(e.to_string())
+    }
+
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use RegistryError::*;
+        match self {
+            NameInvalid { .. } => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
+            TagInvalid { .. } => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
+            DigestInvalid { .. } => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+            NameUnknown { .. } => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+            TagUnknown { .. } | TagNotGit { .. } | ManifestUnknown { .. } => {
+                (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+            }
+            BlobUnknown { .. } => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+            BuildFailed { .. } | NotAnImage { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
+            }
+            BuildTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UNKNOWN"),
+            ReadOnly { .. } => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            NoSuchEndpoint { .. } => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
+            PaginationInvalid { .. } => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
+            RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self {
+            RegistryError::Internal(_) => {
+                "internal error; the server log has the details".to_string()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The OCI error body: `{"errors":[{"code","message","detail"}]}`.
+    pub fn body(&self) -> serde_json::Value {
+        let (_, code) = self.status_and_code();
+        serde_json::json!({ "errors": [ { "code": code, "message": self.client_message(), "detail": null } ] })
+    }
+}
+
+impl IntoResponse for RegistryError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(code, error = %self, "request failed");
+        } else {
+            tracing::debug!(code, error = %self, "request refused");
+        }
+        let body = serde_json::to_vec(&self.body()).expect("error JSON serialises");
+        let mut resp = (status, body).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let RegistryError::RangeNotSatisfiable { size } = self {
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{size}")).unwrap(),
+            );
+        }
+        if let RegistryError::ReadOnly { .. } = self {
+            h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        resp
+    }
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;

@@ -1,0 +1,247 @@
+//! What this registry has advertised, in memory (moka) and in the state dir:
+//! layer key -> digest, digest -> layer source, and the config and manifest
+//! JSON by digest. A restarted server or a second replica sharing the state
+//! dir answers for any digest it served before without rebuilding.
+//!
+//! On disk: `layers.jsonl` (append-only; `{"drop":digest}` lines retract a
+//! digest whose bytes no longer match) and `json/<hex>` (written atomically).
+
+use crate::layer::{LayerKey, LayerSource};
+use crate::manifest::{JsonBlob, LayerDigest, OCI_CONFIG};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Enough for every layer of thousands of images; an entry is a few hundred bytes.
+const MAX_LAYERS: u64 = 1_000_000;
+const MAX_JSON: u64 = 100_000;
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Layer {
+        key: LayerKey,
+        digest: String,
+        size: u64,
+        source: LayerSource,
+    },
+    Drop {
+        drop: String,
+    },
+}
+
+pub struct DigestIndex {
+    by_key: moka::sync::Cache<LayerKey, LayerDigest>,
+    by_digest: moka::sync::Cache<String, (LayerSource, u64)>,
+    json: moka::sync::Cache<String, Arc<JsonBlob>>,
+    log: Mutex<std::fs::File>,
+    json_dir: PathBuf,
+}
+
+impl DigestIndex {
+    pub fn open(state_dir: &Path) -> std::io::Result<DigestIndex> {
+        let json_dir = state_dir.join("json");
+        std::fs::create_dir_all(&json_dir)?;
+        let log_path = state_dir.join("layers.jsonl");
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&log_path)?;
+        // Finish a line torn by a crash, so the next record starts clean.
+        let len = log.metadata()?.len();
+        if len > 0 {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut last = [0u8];
+            log.seek(SeekFrom::Start(len - 1))?;
+            log.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                log.write_all(b"\n")?;
+            }
+        }
+        let index = DigestIndex {
+            by_key: moka::sync::Cache::new(MAX_LAYERS),
+            by_digest: moka::sync::Cache::new(MAX_LAYERS),
+            json: moka::sync::Cache::new(MAX_JSON),
+            log: Mutex::new(log),
+            json_dir,
+        };
+        let mut loaded = 0usize;
+        for line in std::io::BufReader::new(std::fs::File::open(&log_path)?).lines() {
+            // A torn last line (crash mid-write) is skipped, not fatal.
+            match serde_json::from_str::<Line>(&line?) {
+                Ok(Line::Layer {
+                    key,
+                    digest,
+                    size,
+                    source,
+                }) => {
+                    index.by_key.insert(
+                        key,
+                        LayerDigest {
+                            digest: digest.clone(),
+                            size,
+                        },
+                    );
+                    index.by_digest.insert(digest, (source, size));
+                    loaded += 1;
+                }
+                Ok(Line::Drop { drop }) => index.remove(&drop),
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable line in layers.jsonl"),
+            }
+        }
+        tracing::info!(layers = loaded, "digest index loaded");
+        Ok(index)
+    }
+
+    pub fn layer_digest(&self, key: &LayerKey) -> Option<LayerDigest> {
+        self.by_key.get(key)
+    }
+
+    pub fn layer_source(&self, digest: &str) -> Option<(LayerSource, u64)> {
+        self.by_digest.get(digest)
+    }
+
+    pub fn record_layer(&self, source: &LayerSource, d: &LayerDigest) -> std::io::Result<()> {
+        let key = source.key();
+        self.by_key.insert(key.clone(), d.clone());
+        self.by_digest
+            .insert(d.digest.clone(), (source.clone(), d.size));
+        let line = Line::Layer {
+            key,
+            digest: d.digest.clone(),
+            size: d.size,
+            source: source.clone(),
+        };
+        self.append(&line)
+    }
+
+    /// The bytes behind `digest` changed (the store was altered): never
+    /// advertise it again until a new digest pass vouches for it.
+    pub fn forget_layer(&self, digest: &str) {
+        self.remove(digest);
+        if let Err(e) = self.append(&Line::Drop {
+            drop: digest.to_string(),
+        }) {
+            tracing::error!(error = %e, "cannot record a dropped digest");
+        }
+    }
+
+    fn remove(&self, digest: &str) {
+        if let Some((source, _)) = self.by_digest.remove(digest) {
+            self.by_key.invalidate(&source.key());
+        }
+    }
+
+    fn append(&self, line: &Line) -> std::io::Result<()> {
+        let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        // One write per line: O_APPEND keeps lines whole between replicas.
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(&bytes)
+    }
+
+    pub fn put_json(&self, blob: &JsonBlob) -> std::io::Result<()> {
+        let path = self.json_path(&blob.digest);
+        if !path.exists() {
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.json_dir)?;
+            tmp.write_all(&blob.bytes)?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+        }
+        self.json
+            .insert(blob.digest.clone(), Arc::new(blob.clone()));
+        Ok(())
+    }
+
+    pub fn get_json(&self, digest: &str) -> Option<Arc<JsonBlob>> {
+        if let Some(b) = self.json.get(digest) {
+            return Some(b);
+        }
+        let bytes = std::fs::read(self.json_path(digest)).ok()?;
+        // Manifests carry their own mediaType; a config blob does not.
+        let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| {
+                v.get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| OCI_CONFIG.to_string());
+        let blob = Arc::new(JsonBlob {
+            digest: digest.to_string(),
+            media_type,
+            bytes: Bytes::from(bytes),
+        });
+        self.json.insert(digest.to_string(), blob.clone());
+        Some(blob)
+    }
+
+    fn json_path(&self, digest: &str) -> PathBuf {
+        // Digests are validated before they get here: `sha256:<64 hex>`.
+        self.json_dir.join(digest.trim_start_matches("sha256:"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::Owner;
+
+    #[test]
+    fn survives_a_restart_and_remembers_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = |p: &str| LayerSource::StorePaths {
+            paths: vec![p.into()],
+            mtime: 1,
+            owner: Owner::default(),
+            perms: vec![],
+        };
+        let d1 = LayerDigest {
+            digest: format!("sha256:{}", "1".repeat(64)),
+            size: 10240,
+        };
+        let d2 = LayerDigest {
+            digest: format!("sha256:{}", "2".repeat(64)),
+            size: 20480,
+        };
+        {
+            let idx = DigestIndex::open(dir.path()).unwrap();
+            idx.record_layer(&src("/nix/store/a"), &d1).unwrap();
+            idx.record_layer(&src("/nix/store/b"), &d2).unwrap();
+            idx.forget_layer(&d2.digest);
+            idx.put_json(&JsonBlob::new(
+                "application/vnd.oci.image.manifest.v1+json",
+                &serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json"}),
+            ))
+            .unwrap();
+        }
+        // A torn line from a crash must not stop the server from starting.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("layers.jsonl"))
+            .unwrap()
+            .write_all(b"{\"key\":")
+            .unwrap();
+        let idx = DigestIndex::open(dir.path()).unwrap();
+        assert_eq!(
+            idx.layer_digest(&src("/nix/store/a").key()),
+            Some(d1.clone())
+        );
+        assert_eq!(idx.layer_source(&d1.digest).unwrap().0, src("/nix/store/a"));
+        assert!(idx.layer_source(&d2.digest).is_none());
+        assert!(idx.layer_digest(&src("/nix/store/b").key()).is_none());
+        let m = JsonBlob::new(
+            "application/vnd.oci.image.manifest.v1+json",
+            &serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json"}),
+        );
+        let got = idx.get_json(&m.digest).unwrap();
+        assert_eq!(
+            (got.bytes.clone(), got.media_type.as_str()),
+            (m.bytes, "application/vnd.oci.image.manifest.v1+json")
+        );
+    }
+}

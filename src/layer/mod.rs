@@ -1,0 +1,522 @@
+//! The layer engine: turns a [`LayerSource`] into a deterministic tar stream.
+//!
+//! Nothing here knows about HTTP or Nix. A layer is first *scanned* (lstat
+//! only, no file contents read) into a [`LayerTar`], which knows its exact
+//! byte size; the bytes are then produced on demand, whole or as a range, as
+//! often as needed. Two generations from the same store are byte-identical.
+//!
+//! Format v1 (bump [`FORMAT_VERSION`] whenever a byte could change):
+//! - ustar headers, with a PAX `x` record block in front only when a field
+//!   does not fit (long or non-ASCII names, large ids or sizes);
+//! - `/nix/` and `/nix/store/` (0755) first in store layers, then each store
+//!   path and its descendants in component-by-component byte order;
+//! - one mtime for every entry, owner from the layer's owner or perms rules;
+//! - mode = `st_mode & 0o7777`, symlinks kept, hard links never emitted;
+//! - two zero blocks, then zero padding to a multiple of 10240 bytes.
+
+mod tar;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use self::tar::BLOCK;
+
+/// Version of the byte layout. Part of every [`LayerKey`], so a change to the
+/// layout can never be served under a digest computed by an older version.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// How much of a file is read at once while streaming.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Owner written into tar headers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u64,
+    pub gid: u64,
+    pub uname: String,
+    pub gname: String,
+}
+
+impl Default for Owner {
+    fn default() -> Self {
+        Owner {
+            uid: 0,
+            gid: 0,
+            uname: "root".into(),
+            gname: "root".into(),
+        }
+    }
+}
+
+/// Ownership and mode applied to one archive path (or a whole subtree) while
+/// streaming: how an image gets a non-root user or a 1777 `/tmp` without
+/// fakeroot. Later rules win over earlier ones.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PermRule {
+    /// Absolute path inside the image, without a trailing slash.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gname: Option<String>,
+    /// Also apply to everything below `path`.
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+impl PermRule {
+    fn matches(&self, archive_path: &[u8]) -> bool {
+        let rule = self.path.trim_end_matches('/').as_bytes();
+        if archive_path == rule {
+            return true;
+        }
+        self.recursive
+            && archive_path.len() > rule.len()
+            && archive_path.starts_with(rule)
+            && archive_path[rule.len()] == b'/'
+    }
+}
+
+/// What a layer is made of. Serialised into the state dir's index, so a
+/// restarted server can regenerate a blob it advertised before.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LayerSource {
+    /// Store paths, each placed at its own path under `/nix/store`.
+    StorePaths {
+        paths: Vec<PathBuf>,
+        mtime: u64,
+        owner: Owner,
+        perms: Vec<PermRule>,
+    },
+    /// A directory whose contents become the image's `/` (the root or
+    /// customisation layer of a flakeport conf).
+    RootTree {
+        dir: PathBuf,
+        mtime: u64,
+        owner: Owner,
+        perms: Vec<PermRule>,
+    },
+    /// A finished tar file served byte for byte (nixpkgs' customisation layer).
+    TarFile { path: PathBuf },
+}
+
+/// Identity of a layer's bytes: hash of the format version and the source.
+/// Equal keys mean equal bytes, so images that share a key share a blob.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LayerKey(pub String);
+
+impl LayerSource {
+    pub fn key(&self) -> LayerKey {
+        let mut h = Sha256::new();
+        h.update(format!("flakeport-layer-v{FORMAT_VERSION}\n"));
+        // serde_json of this enum is deterministic: structs and Vecs only.
+        h.update(serde_json::to_vec(self).expect("layer source serialises"));
+        LayerKey(hex::encode(h.finalize()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EntryKind {
+    Dir,
+    File { source: PathBuf, size: u64 },
+    Symlink { target: Vec<u8> },
+}
+
+/// One archive member; its metadata lives in the rendered header.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    kind: EntryKind,
+    /// Header blocks (PAX + ustar) rendered once during the scan.
+    header: Vec<u8>,
+}
+
+impl Entry {
+    fn content_size(&self) -> u64 {
+        match &self.kind {
+            EntryKind::File { size, .. } => *size,
+            _ => 0,
+        }
+    }
+    fn span(&self) -> u64 {
+        self.header.len() as u64 + tar::padded(self.content_size())
+    }
+}
+
+/// A scanned layer: its exact size is known, its bytes can be generated.
+#[derive(Debug)]
+pub enum LayerTar {
+    Generated { entries: Vec<Entry>, size: u64 },
+    File { path: PathBuf, size: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is not a regular file, directory or symlink")]
+    Unsupported { path: PathBuf },
+}
+
+impl LayerTar {
+    /// Walk the source with lstat only and compute the layout.
+    pub fn scan(source: &LayerSource) -> Result<LayerTar, ScanError> {
+        match source {
+            LayerSource::TarFile { path } => {
+                let meta = std::fs::metadata(path).map_err(|e| ScanError::Io {
+                    path: path.clone(),
+                    source: e,
+                })?;
+                Ok(LayerTar::File {
+                    path: path.clone(),
+                    size: meta.len(),
+                })
+            }
+            LayerSource::StorePaths {
+                paths,
+                mtime,
+                owner,
+                perms,
+            } => {
+                let mut s = Scanner::new(*mtime, owner, perms);
+                s.push(b"/nix/".to_vec(), EntryKind::Dir, 0o755);
+                s.push(b"/nix/store/".to_vec(), EntryKind::Dir, 0o755);
+                for p in paths {
+                    s.walk(p, p.as_os_str().as_bytes().to_vec())?;
+                }
+                Ok(s.finish())
+            }
+            LayerSource::RootTree {
+                dir,
+                mtime,
+                owner,
+                perms,
+            } => {
+                let mut s = Scanner::new(*mtime, owner, perms);
+                for (name, child) in sorted_children(dir)? {
+                    let mut archive = b"/".to_vec();
+                    archive.extend_from_slice(&name);
+                    s.walk(&child, archive)?;
+                }
+                Ok(s.finish())
+            }
+        }
+    }
+
+    /// Exact number of bytes the tar stream has.
+    pub fn size(&self) -> u64 {
+        match self {
+            LayerTar::Generated { size, .. } | LayerTar::File { size, .. } => *size,
+        }
+    }
+
+    /// Write bytes `start..end` of the layer to `out`. Entries wholly outside
+    /// the range are skipped without reading their files, so a Range request
+    /// near the end of a large layer costs no reads of what comes before.
+    pub fn write_range(&self, start: u64, end: u64, out: &mut dyn Write) -> io::Result<()> {
+        let end = end.min(self.size());
+        if start >= end {
+            return Ok(());
+        }
+        match self {
+            LayerTar::File { path, size } => {
+                let mut f = std::fs::File::open(path)?;
+                check_unchanged(path, f.metadata()?.len(), *size)?;
+                f.seek(SeekFrom::Start(start))?;
+                copy_exact(&mut f, end - start, out, path)
+            }
+            LayerTar::Generated { entries, size } => {
+                let mut w = Window {
+                    out,
+                    pos: 0,
+                    start,
+                    end,
+                };
+                for e in entries {
+                    let span = e.span();
+                    if w.pos + span <= start {
+                        w.pos += span;
+                        continue;
+                    }
+                    if w.pos >= end {
+                        return Ok(());
+                    }
+                    w.put(&e.header)?;
+                    if let EntryKind::File { source, size } = &e.kind {
+                        w.file(source, *size)?;
+                        w.zeros(tar::padded(*size) - size)?;
+                    }
+                }
+                w.zeros(size - w.pos)
+            }
+        }
+    }
+
+    /// Stream the whole layer through sha256. Returns `sha256:<hex>`.
+    pub fn digest(&self) -> io::Result<String> {
+        let mut h = HashingWriter::default();
+        self.write_range(0, self.size(), &mut h)?;
+        if h.written != self.size() {
+            return Err(io::Error::other(format!(
+                "layer produced {} bytes, expected {}",
+                h.written,
+                self.size()
+            )));
+        }
+        Ok(h.finish())
+    }
+}
+
+/// sha256 over everything written to it.
+#[derive(Default)]
+pub struct HashingWriter {
+    hasher: Sha256,
+    pub written: u64,
+}
+
+impl HashingWriter {
+    pub fn finish(self) -> String {
+        format!("sha256:{}", hex::encode(self.hasher.finalize()))
+    }
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.hasher.update(buf);
+        self.written += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Scanner<'a> {
+    mtime: u64,
+    owner: Arc<Owner>,
+    perms: &'a [PermRule],
+    entries: Vec<Entry>,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(mtime: u64, owner: &Owner, perms: &'a [PermRule]) -> Self {
+        Scanner {
+            mtime,
+            owner: Arc::new(owner.clone()),
+            perms,
+            entries: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, name: Vec<u8>, kind: EntryKind, mode: u32) {
+        let bare = name.strip_suffix(b"/").unwrap_or(&name);
+        let mut mode = mode & 0o7777;
+        let mut owner = self.owner.clone();
+        for rule in self.perms.iter().filter(|r| r.matches(bare)) {
+            if let Some(m) = rule.mode {
+                mode = m & 0o7777;
+            }
+            if rule.uid.is_some()
+                || rule.gid.is_some()
+                || rule.uname.is_some()
+                || rule.gname.is_some()
+            {
+                let o = Arc::make_mut(&mut owner);
+                o.uid = rule.uid.unwrap_or(o.uid);
+                o.gid = rule.gid.unwrap_or(o.gid);
+                if let Some(u) = &rule.uname {
+                    o.uname = u.clone();
+                }
+                if let Some(g) = &rule.gname {
+                    o.gname = g.clone();
+                }
+            }
+        }
+        let header = tar::header_blocks(&tar::HeaderFields {
+            name: &name,
+            kind: match &kind {
+                EntryKind::Dir => tar::TypeFlag::Dir,
+                EntryKind::File { .. } => tar::TypeFlag::Regular,
+                EntryKind::Symlink { .. } => tar::TypeFlag::Symlink,
+            },
+            mode,
+            uid: owner.uid,
+            gid: owner.gid,
+            uname: owner.uname.as_bytes(),
+            gname: owner.gname.as_bytes(),
+            size: match &kind {
+                EntryKind::File { size, .. } => *size,
+                _ => 0,
+            },
+            mtime: self.mtime,
+            linkname: match &kind {
+                EntryKind::Symlink { target } => target,
+                _ => b"",
+            },
+        });
+        self.entries.push(Entry { kind, header });
+    }
+
+    /// Depth-first, children sorted by name bytes: this is exactly the
+    /// component-by-component order (`a/b` before `a-b`).
+    fn walk(&mut self, path: &Path, archive: Vec<u8>) -> Result<(), ScanError> {
+        let io_err = |e| ScanError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let meta = std::fs::symlink_metadata(path).map_err(io_err)?;
+        let ft = meta.file_type();
+        let mode = meta.mode();
+        if ft.is_symlink() {
+            let target = std::fs::read_link(path).map_err(io_err)?;
+            self.push(
+                archive,
+                EntryKind::Symlink {
+                    target: target.as_os_str().as_bytes().to_vec(),
+                },
+                mode,
+            );
+        } else if ft.is_file() {
+            // Hard links are written as regular files: store optimisation must
+            // never change a layer's bytes.
+            self.push(
+                archive,
+                EntryKind::File {
+                    source: path.to_path_buf(),
+                    size: meta.len(),
+                },
+                mode,
+            );
+        } else if ft.is_dir() {
+            let mut dir_name = archive.clone();
+            dir_name.push(b'/');
+            self.push(dir_name, EntryKind::Dir, mode);
+            for (name, child) in sorted_children(path)? {
+                let mut a = archive.clone();
+                a.push(b'/');
+                a.extend_from_slice(&name);
+                self.walk(&child, a)?;
+            }
+        } else {
+            return Err(ScanError::Unsupported {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> LayerTar {
+        let body: u64 = self.entries.iter().map(Entry::span).sum();
+        let size = tar::archive_size(body);
+        LayerTar::Generated {
+            entries: self.entries,
+            size,
+        }
+    }
+}
+
+fn sorted_children(dir: &Path) -> Result<Vec<(Vec<u8>, PathBuf)>, ScanError> {
+    let io_err = |e| ScanError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    };
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        children.push((entry.file_name().as_bytes().to_vec(), entry.path()));
+    }
+    children.sort();
+    Ok(children)
+}
+
+fn check_unchanged(path: &Path, now: u64, scanned: u64) -> io::Result<()> {
+    if now != scanned {
+        return Err(io::Error::other(format!(
+            "{} changed size since the layer was scanned ({scanned} -> {now} bytes)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn copy_exact(r: &mut impl Read, mut n: u64, out: &mut dyn Write, path: &Path) -> io::Result<()> {
+    let mut buf = vec![0u8; READ_CHUNK.min(n as usize).max(1)];
+    while n > 0 {
+        let want = buf.len().min(n as usize);
+        let got = r.read(&mut buf[..want])?;
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} is shorter than when it was scanned", path.display()),
+            ));
+        }
+        out.write_all(&buf[..got])?;
+        n -= got as u64;
+    }
+    Ok(())
+}
+
+/// Passes through only the bytes of the archive that fall in `start..end`.
+struct Window<'a> {
+    out: &'a mut dyn Write,
+    pos: u64,
+    start: u64,
+    end: u64,
+}
+
+impl Window<'_> {
+    /// The part of `pos..pos+len` inside the window, relative to `pos`.
+    fn clip(&self, len: u64) -> (u64, u64) {
+        let from = self.start.saturating_sub(self.pos).min(len);
+        let to = self.end.saturating_sub(self.pos).min(len);
+        (from, to.max(from))
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let (from, to) = self.clip(bytes.len() as u64);
+        self.out.write_all(&bytes[from as usize..to as usize])?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn zeros(&mut self, len: u64) -> io::Result<()> {
+        let (from, to) = self.clip(len);
+        let zero = [0u8; BLOCK as usize * 2];
+        let mut left = to - from;
+        while left > 0 {
+            let n = left.min(zero.len() as u64) as usize;
+            self.out.write_all(&zero[..n])?;
+            left -= n as u64;
+        }
+        self.pos += len;
+        Ok(())
+    }
+
+    fn file(&mut self, source: &Path, size: u64) -> io::Result<()> {
+        let (from, to) = self.clip(size);
+        if to > from {
+            let mut f = std::fs::File::open(source)?;
+            check_unchanged(source, f.metadata()?.len(), size)?;
+            if from > 0 {
+                f.seek(SeekFrom::Start(from))?;
+            }
+            copy_exact(&mut f, to - from, self.out, source)?;
+        }
+        self.pos += size;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+//! flakeport: a pull-only OCI registry that builds images on demand with Nix
+//! and streams their layers straight out of /nix/store.
+
+mod build;
+mod error;
+mod images;
+mod index;
+mod layer;
+mod manifest;
+mod plan;
+mod registry;
+mod resolve;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "flakeport",
+    version,
+    about = "Serve every image output of a Nix flake as a pull-only OCI registry",
+    long_about = "Serve every image output of a Nix flake as a pull-only OCI registry.\n\n\
+        `docker pull HOST:5000/NAME:TAG` runs `nix build FLAKE#NAME` (packages.<system>.NAME, else\n\
+        legacyPackages.<system>.NAME) at git ref TAG (`latest` = the flake as given, a 40-hex tag =\n\
+        that commit) and streams the image's layers straight out of /nix/store.\n\n\
+        A bare `flakeport FLAKE` means `flakeport serve FLAKE`.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Option<ServeArgs>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the flake's images (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Flake to serve: github:ORG/REPO, git+https://..., git+file:///..., or a local path
+    /// (a path inside a git work tree is served as git+file so tags select its refs).
+    #[arg(env = "FLAKEPORT_FLAKE")]
+    flake: String,
+
+    /// Address to listen on.
+    #[arg(long, env = "FLAKEPORT_LISTEN", default_value = "0.0.0.0:5000")]
+    listen: SocketAddr,
+
+    /// Where GC roots of builds, the digest index and manifests are kept
+    /// [default: $XDG_STATE_HOME/flakeport or ~/.local/state/flakeport].
+    #[arg(long, env = "FLAKEPORT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Nix system whose packages are served [default: this host's, e.g. x86_64-linux].
+    #[arg(long, env = "FLAKEPORT_SYSTEM")]
+    system: Option<String>,
+
+    /// Seconds a nix build may take before it is killed (its whole process group).
+    #[arg(long, env = "FLAKEPORT_NIX_TIMEOUT", default_value_t = 1800)]
+    nix_timeout: u64,
+
+    /// Most nix builds running at once; further pulls of other images wait.
+    #[arg(long, env = "FLAKEPORT_MAX_BUILDS", default_value_t = 2)]
+    max_builds: usize,
+
+    /// Seconds a tag that names a branch (or `latest`) is served before its
+    /// ref is resolved and built again. 40-hex commit tags are cached for good.
+    #[arg(long, env = "FLAKEPORT_MANIFEST_TTL", default_value_t = 60)]
+    manifest_ttl: u64,
+
+    /// Seconds to let streams in flight finish after SIGTERM/SIGINT.
+    #[arg(long, env = "FLAKEPORT_SHUTDOWN_GRACE", default_value_t = 30)]
+    shutdown_grace: u64,
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("flakeport");
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty() && h != "/") {
+        Some(home) => PathBuf::from(home).join(".local/state/flakeport"),
+        None => PathBuf::from("/var/lib/flakeport"),
+    }
+}
+
+fn host_system() -> String {
+    format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLAKEPORT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let args = match (cli.command, cli.serve) {
+        (Some(Command::Serve(a)), _) | (None, Some(a)) => a,
+        (None, None) => unreachable!("clap requires FLAKE"),
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let source = resolve::FlakeSource::parse(&args.flake).map_err(anyhow::Error::msg)?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    // GC roots must be absolute paths.
+    let state_dir = std::fs::canonicalize(&state_dir)?;
+    let nix = build::Nix::new(
+        &state_dir,
+        Duration::from_secs(args.nix_timeout),
+        args.max_builds,
+    )?;
+    let index = index::DigestIndex::open(&state_dir).context("opening the digest index")?;
+    let images = images::Images::new(
+        images::Settings {
+            source,
+            system: args.system.clone().unwrap_or_else(host_system),
+            manifest_ttl: Duration::from_secs(args.manifest_ttl),
+        },
+        nix,
+        index,
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        flake = images.source().url,
+        state_dir = %state_dir.display(),
+        "flakeport serving"
+    );
+    let grace = Duration::from_secs(args.shutdown_grace);
+    axum::serve(listener, registry::app(images))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "shutting down: no new connections, finishing streams in flight"
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                tracing::warn!("grace period over; exiting with streams still open");
+                std::process::exit(0);
+            });
+        })
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,174 @@
+//! Image config and manifests as canonical JSON bytes, serialised once and
+//! served by those bytes. `serde_json::Value` objects are BTreeMaps (the
+//! `preserve_order` feature is off, and a test guards that), so key order
+//! never depends on a hash seed.
+
+use crate::plan::ImagePlan;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+
+/// A JSON document with its digest, served byte for byte.
+#[derive(Debug, Clone)]
+pub struct JsonBlob {
+    pub digest: String,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+impl JsonBlob {
+    pub fn new(media_type: &str, value: &Value) -> JsonBlob {
+        let bytes = serde_json::to_vec(value).expect("JSON values serialise");
+        JsonBlob {
+            digest: sha256_digest(&bytes),
+            media_type: media_type.to_string(),
+            bytes: Bytes::from(bytes),
+        }
+    }
+}
+
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Digest and size of one layer, from the digest pass.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerDigest {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The config blob and both manifest flavours of one image.
+#[derive(Debug, Clone)]
+pub struct ImageDocuments {
+    pub config: JsonBlob,
+    pub oci: JsonBlob,
+    pub docker: JsonBlob,
+}
+
+pub fn documents(plan: &ImagePlan, layers: &[LayerDigest]) -> ImageDocuments {
+    let history: Vec<Value> = plan
+        .layers
+        .iter()
+        .map(
+            |l| json!({ "created": plan.created, "created_by": "flakeport", "comment": l.comment }),
+        )
+        .collect();
+    // Layers are uncompressed, so each diff_id is the blob digest.
+    let diff_ids: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
+    let config = JsonBlob::new(
+        OCI_CONFIG,
+        &json!({
+            "architecture": plan.architecture,
+            "os": plan.os,
+            "created": plan.created,
+            "config": plan.config,
+            "rootfs": { "type": "layers", "diff_ids": diff_ids },
+            "history": history,
+        }),
+    );
+    let manifest = |manifest_type: &str, config_type: &str, layer_type: &str| {
+        let layer_descs: Vec<Value> = layers
+            .iter()
+            .map(|l| json!({ "mediaType": layer_type, "digest": l.digest, "size": l.size }))
+            .collect();
+        JsonBlob::new(
+            manifest_type,
+            &json!({
+                "schemaVersion": 2,
+                "mediaType": manifest_type,
+                "config": { "mediaType": config_type, "digest": config.digest, "size": config.bytes.len() },
+                "layers": layer_descs,
+            }),
+        )
+    };
+    let oci = manifest(OCI_MANIFEST, OCI_CONFIG, OCI_LAYER);
+    let docker = manifest(DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER);
+    ImageDocuments {
+        config,
+        oci,
+        docker,
+    }
+}
+
+/// Which manifest flavour a client gets: OCI unless its `Accept` header
+/// names Docker's manifest type and no OCI type (older Docker clients).
+pub fn wants_docker(accept: &[&str]) -> bool {
+    let types: Vec<&str> = accept
+        .iter()
+        .flat_map(|h| h.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let docker = types
+        .iter()
+        .any(|t| *t == DOCKER_MANIFEST || *t == DOCKER_LIST);
+    let oci = types.iter().any(|t| *t == OCI_MANIFEST || *t == OCI_INDEX);
+    docker && !oci
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{LayerSource, Owner};
+    use crate::plan::PlannedLayer;
+
+    fn plan() -> ImagePlan {
+        ImagePlan {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            config: json!({ "Env": ["Z=1", "A=2"], "Labels": { "z": "1", "a": "2", "m": "3" }, "Entrypoint": ["/bin/x"] }),
+            created: "1970-01-01T00:00:01Z".into(),
+            layers: vec![PlannedLayer {
+                source: LayerSource::StorePaths {
+                    paths: vec![],
+                    mtime: 1,
+                    owner: Owner::default(),
+                    perms: vec![],
+                },
+                comment: "c".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn canonical_bytes_are_sorted_and_stable() {
+        let l = [LayerDigest {
+            digest: format!("sha256:{}", "a".repeat(64)),
+            size: 10240,
+        }];
+        let a = documents(&plan(), &l);
+        let b = documents(&plan(), &l);
+        assert_eq!(a.oci.bytes, b.oci.bytes);
+        // Keys sorted: fails if anything enables serde_json's preserve_order.
+        let s = std::str::from_utf8(&a.config.bytes).unwrap();
+        assert!(s.find("\"a\":\"2\"").unwrap() < s.find("\"m\":\"3\"").unwrap());
+        assert!(
+            s.starts_with("{\"architecture\":\"amd64\",\"config\":"),
+            "{s}"
+        );
+        let m: Value = serde_json::from_slice(&a.docker.bytes).unwrap();
+        assert_eq!(m["config"]["digest"], a.config.digest.as_str());
+        assert_eq!(m["layers"][0]["mediaType"], DOCKER_LAYER);
+        assert_eq!(a.oci.digest, sha256_digest(&a.oci.bytes));
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        assert!(!wants_docker(&[]));
+        assert!(!wants_docker(&["*/*"]));
+        assert!(wants_docker(&[DOCKER_MANIFEST]));
+        assert!(wants_docker(&["application/vnd.docker.distribution.manifest.v2+json; q=0.9, application/vnd.docker.distribution.manifest.list.v2+json"]));
+        assert!(!wants_docker(&[DOCKER_MANIFEST, OCI_MANIFEST]));
+        assert!(!wants_docker(&["application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.v2+json"]));
+    }
+}

@@ -1,0 +1,42 @@
+//! GET `/v2/<name>/tags/list` with `n` and `last` pagination.
+
+use crate::error::{RegistryError, Result};
+use crate::images::Images;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+pub async fn get(images: &Arc<Images>, name: &str, query: Option<&str>) -> Result<Response> {
+    let mut n: Option<usize> = None;
+    let mut last: Option<String> = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "n" => {
+                n = Some(v.parse().map_err(|_| RegistryError::PaginationInvalid {
+                    reason: format!("n={v:?} is not a number"),
+                })?)
+            }
+            "last" => last = Some(v.to_string()),
+            _ => {} // unknown parameters (e.g. `ns` from mirrors) are ignored
+        }
+    }
+    let all = images.tags(name).await?;
+    let after: Vec<String> = all
+        .into_iter()
+        .filter(|t| last.as_ref().is_none_or(|l| t.as_str() > l.as_str()))
+        .collect();
+    let page: Vec<String> = after
+        .iter()
+        .take(n.unwrap_or(usize::MAX))
+        .cloned()
+        .collect();
+    let body = axum::Json(serde_json::json!({ "name": name, "tags": page }));
+    match (n, page.last()) {
+        (Some(n), Some(last)) if after.len() > page.len() => {
+            let link = format!("</v2/{name}/tags/list?n={n}&last={last}>; rel=\"next\"");
+            Ok(([(header::LINK, link)], body).into_response())
+        }
+        _ => Ok(body.into_response()),
+    }
+}
