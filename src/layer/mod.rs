@@ -12,6 +12,9 @@
 //!   path and its descendants in component-by-component byte order;
 //! - one mtime for every entry, owner from the layer's owner or perms rules;
 //! - mode = `st_mode & 0o7777`, symlinks kept, hard links never emitted;
+//!   in a root tree directories are 0755 (the store strips write bits, and a
+//!   root filesystem nobody can write to breaks programs), unless perms say
+//!   otherwise;
 //! - two zero blocks, then zero padding to a multiple of 10240 bytes.
 
 mod tar;
@@ -204,6 +207,7 @@ impl LayerTar {
                 perms,
             } => {
                 let mut s = Scanner::new(*mtime, owner, perms);
+                s.dir_mode = Some(0o755);
                 for (name, child) in sorted_children(dir)? {
                     let mut archive = b"/".to_vec();
                     archive.extend_from_slice(&name);
@@ -304,6 +308,8 @@ impl Write for HashingWriter {
 
 struct Scanner<'a> {
     mtime: u64,
+    /// Mode for every directory below the top, or `None` to keep the store's.
+    dir_mode: Option<u32>,
     owner: Arc<Owner>,
     perms: &'a [PermRule],
     entries: Vec<Entry>,
@@ -313,6 +319,7 @@ impl<'a> Scanner<'a> {
     fn new(mtime: u64, owner: &Owner, perms: &'a [PermRule]) -> Self {
         Scanner {
             mtime,
+            dir_mode: None,
             owner: Arc::new(owner.clone()),
             perms,
             entries: Vec::new(),
@@ -401,7 +408,7 @@ impl<'a> Scanner<'a> {
         } else if ft.is_dir() {
             let mut dir_name = archive.clone();
             dir_name.push(b'/');
-            self.push(dir_name, EntryKind::Dir, mode);
+            self.push(dir_name, EntryKind::Dir, self.dir_mode.unwrap_or(mode));
             for (name, child) in sorted_children(path)? {
                 let mut a = archive.clone();
                 a.push(b'/');

@@ -196,6 +196,11 @@ fn root_tree_maps_the_directory_to_slash_and_applies_perms() {
     std::fs::create_dir_all(t.path().join("tmp")).unwrap();
     std::fs::create_dir_all(t.path().join("home/app/data")).unwrap();
     std::fs::write(t.path().join("home/app/data/x"), b"x").unwrap();
+    std::fs::set_permissions(
+        t.path().join("home/app/data"),
+        std::fs::Permissions::from_mode(0o555),
+    )
+    .unwrap();
     symlink("/nix/store/abc-pkg/bin", t.path().join("bin")).unwrap();
     let src = LayerSource::RootTree {
         dir: t.path().to_path_buf(),
@@ -239,6 +244,10 @@ fn root_tree_maps_the_directory_to_slash_and_applies_perms() {
         ]
     );
     assert_eq!(m["/tmp/"].mode, 0o1777);
+    assert_eq!(
+        m["/home/app/data/"].mode, 0o755,
+        "root tree directories are writable by their owner"
+    );
     assert_eq!(m["/tmp/"].mtime, 7);
     assert_eq!((m["/home/"].uid, m["/home/"].uname.as_str()), (0, "root"));
     assert_eq!((m["/home/app/"].uid, m["/home/app/"].gid), (1000, 100));
