@@ -161,8 +161,10 @@ impl Nix {
         serde_json::from_slice(&out).map_err(RegistryError::internal)
     }
 
-    /// Run nix in its own process group; on timeout the whole group is killed,
-    /// so builders started by nix do not outlive it.
+    /// Run nix in its own process group. On timeout nix gets SIGINT first:
+    /// builders run in sessions of their own, out of reach of a group kill,
+    /// and only nix's own interrupt handling stops them. Whatever is left
+    /// after a grace period is killed.
     async fn run(&self, args: &[String]) -> std::result::Result<Vec<u8>, Failure> {
         let mut cmd = Command::new("nix");
         cmd.args(args)
@@ -170,27 +172,49 @@ impl Nix {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd.kill_on_drop(true).process_group(0);
-        let child = cmd.spawn().map_err(|e| Failure::Exit {
+        let mut child = cmd.spawn().map_err(|e| Failure::Exit {
             stderr: format!("cannot run nix: {e}"),
         })?;
-        let pid = child.id();
-        match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(Ok(out)) if out.status.success() => Ok(out.stdout),
-            Ok(Ok(out)) => Err(Failure::Exit {
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        let pid = child.id().map(|p| p as i32);
+        let (mut stdout, mut stderr) = (
+            child.stdout.take().expect("piped"),
+            child.stderr.take().expect("piped"),
+        );
+        let output = async {
+            use tokio::io::AsyncReadExt;
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let (r1, r2) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+            r1.and(r2)?;
+            Ok::<_, std::io::Error>((child.wait().await?, out, err))
+        };
+        let result = tokio::time::timeout(self.timeout, output).await;
+        match result {
+            Ok(Ok((status, out, _))) if status.success() => Ok(out),
+            Ok(Ok((_, _, err))) => Err(Failure::Exit {
+                stderr: String::from_utf8_lossy(&err).into_owned(),
             }),
             Ok(Err(e)) => Err(Failure::Exit {
                 stderr: format!("waiting for nix: {e}"),
             }),
             Err(_) => {
                 if let Some(pid) = pid {
-                    // SAFETY: kill(2) on our own child's process group.
-                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                    signal_group(pid, libc::SIGINT);
+                    let _ = tokio::time::timeout(INTERRUPT_GRACE, child.wait()).await;
+                    signal_group(pid, libc::SIGKILL);
                 }
+                let _ = child.wait().await;
                 Err(Failure::Timeout)
             }
         }
     }
+}
+
+/// How long nix gets to stop its builders after SIGINT.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+
+fn signal_group(pgid: i32, sig: i32) {
+    // SAFETY: kill(2) on the process group we created for our own child.
+    unsafe { libc::kill(-pgid, sig) };
 }
 
 fn path_str(p: &Path) -> String {

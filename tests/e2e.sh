@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# End-to-end tests: the real flakeport binary, real Nix and store, the test
+# flake in a git repo with a tag, and real clients (skopeo, umoci + chroot,
+# containerd + ctr, the Docker engine). Run by scripts/test, as root.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/tests/lib.sh"
+BIN=${FLAKEPORT_BIN:-$ROOT/target/release/flakeport}
+W=$(mktemp -d /tmp/flakeport-e2e.XXXXXX)
+nix_offline_env "$W"
+PIDS=()
+FAILED=()
+PASSED=0
+
+cleanup() {
+  # Stop only what this script started, by PID, newest first.
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[i]}" 2>/dev/null; done
+  sleep 1
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  umount -R "$W"/ctd/root 2>/dev/null
+  rm -rf "$W" 2>/dev/null
+}
+trap cleanup EXIT
+
+check() { # check NAME COMMAND...: run in this shell (tests may restart servers), record pass or fail
+  local name=$1; shift
+  if "$@" > "$W/check.out" 2>&1; then
+    PASSED=$((PASSED + 1)); echo "ok   $name"
+  else
+    FAILED+=("$name"); echo "FAIL $name"; tail -20 "$W/check.out" | sed 's/^/     /'
+  fi
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_server VAR STATE_DIR [ARGS...]: flakeport on a free port; VAR=port
+start_server() {
+  local var=$1 state=$2; shift 2
+  local port; port=$(free_port)
+  "$BIN" serve "$W/repo" --listen "127.0.0.1:$port" --state-dir "$state" "$@" >>"$W/server-$port.log" 2>&1 &
+  PIDS+=($!)
+  eval "$var=$port; ${var}_PID=$!"
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && return 0; sleep 0.1; done
+  echo "flakeport did not start"; cat "$W/server-$port.log"; return 1
+}
+
+builds() { curl -fs "http://127.0.0.1:$1/metrics" | awk '/^flakeport_nix_builds_started_total/ {print $2}'; }
+healthy() { curl -fs "http://127.0.0.1:$1/v2/" >/dev/null; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+echo "== fixture flake in $W/repo (tag v1 = version v1, main = v2)"
+make_fixture_repo "$ROOT" "$W/repo"
+start_server P "$W/state" || exit 1
+R=127.0.0.1:$P
+
+# ---------------------------------------------------------------- protocol
+t_base() {
+  curl -fsi "http://$R/v2/" | tee "$W/base" | grep -qi '^docker-distribution-api-version: registry/2.0' &&
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -I "http://$R/v2/")" = 200 ]
+}
+check "GET/HEAD /v2/ with the API version header" t_base
+
+t_manifest_headers() {
+  curl -fsS -D "$W/h" -o "$W/m" "http://$R/v2/app/manifests/latest" || return 1
+  local digest; digest=$(sha256sum "$W/m" | cut -d' ' -f1)
+  grep -qi "^docker-content-digest: sha256:$digest" "$W/h" &&
+    grep -qi '^content-type: application/vnd.oci.image.manifest.v1+json' "$W/h" &&
+    grep -qi '^vary: accept' "$W/h" &&
+    grep -qi "^content-length: $(stat -c %s "$W/m")" "$W/h" &&
+    curl -fsSI "http://$R/v2/app/manifests/latest" > "$W/hh" &&
+    grep -qi "^docker-content-digest: sha256:$digest" "$W/hh" &&
+    grep -qi "^content-length: $(stat -c %s "$W/m")" "$W/hh" &&
+    curl -fsS "http://$R/v2/app/manifests/sha256:$digest" | cmp - "$W/m"
+}
+check "manifest: digest, length, type, Vary; HEAD agrees; by digest same bytes" t_manifest_headers
+
+t_docker_flavour() {
+  local m; m=$(curl -fsS -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' "http://$R/v2/app/manifests/latest")
+  [ "$(echo "$m" | json 'd["mediaType"]')" = application/vnd.docker.distribution.manifest.v2+json ] &&
+    [ "$(echo "$m" | json 'd["layers"][0]["mediaType"]')" = application/vnd.docker.image.rootfs.diff.tar ] &&
+    [ "$(echo "$m" | json 'd["config"]["digest"]')" = "$(json 'd["config"]["digest"]' < "$W/m")" ]
+}
+check "Docker schema2 when Accept asks only for Docker types, same config" t_docker_flavour
+
+t_blobs() {
+  local layer size
+  layer=$(json 'd["layers"][0]["digest"]' < "$W/m"); size=$(json 'd["layers"][0]["size"]' < "$W/m")
+  curl -fsS -D "$W/bh" "http://$R/v2/app/blobs/$layer" -o "$W/blob" || return 1
+  [ "sha256:$(sha256sum < "$W/blob" | cut -d' ' -f1)" = "$layer" ] && [ "$(stat -c %s "$W/blob")" = "$size" ] &&
+    grep -qi "^docker-content-digest: $layer" "$W/bh" &&
+    # Ranges: pieces concatenate to the whole; a range past the end is 416.
+    curl -fsS -r 0-99999 "http://$R/v2/app/blobs/$layer" -o "$W/r1" &&
+    curl -fsS -r 100000- "http://$R/v2/app/blobs/$layer" -o "$W/r2" &&
+    cat "$W/r1" "$W/r2" | cmp - "$W/blob" &&
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -r 100-199 "http://$R/v2/app/blobs/$layer")" = 206 ] &&
+    curl -s -D - -o /dev/null -r 100-199 "http://$R/v2/app/blobs/$layer" | grep -qi "^content-range: bytes 100-199/$size" &&
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -r "$size-" "http://$R/v2/app/blobs/$layer")" = 416 ] &&
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -I "http://$R/v2/app/blobs/$layer")" = 200 ] &&
+    local cfg; cfg=$(json 'd["config"]["digest"]' < "$W/m") &&
+    [ "sha256:$(curl -fsS "http://$R/v2/app/blobs/$cfg" | sha256sum | cut -d' ' -f1)" = "$cfg" ]
+}
+check "blobs: digest verified, exact length, Range 206 pieces = whole, 416" t_blobs
+
+t_tags() {
+  local tags; tags=$(curl -fsS "http://$R/v2/app/tags/list" | json '",".join(d["tags"])')
+  [ "$tags" = "latest,main,v1" ] || { echo "tags: $tags"; return 1; }
+  curl -fsS -D "$W/th" "http://$R/v2/app/tags/list?n=1" | json 'd["tags"]' | grep -q latest &&
+    grep -qi '^link: </v2/app/tags/list?n=1&last=latest>; rel="next"' "$W/th" &&
+    [ "$(curl -fsS "http://$R/v2/app/tags/list?n=5&last=main" | json '",".join(d["tags"])')" = v1 ]
+}
+check "tags/list: latest + branches + tags, n/last pagination with Link" t_tags
+
+# ---------------------------------------------------------------- errors
+# expect_error METHOD PATH STATUS CODE [GREP]: the error contract of design.md
+expect_error() {
+  local body status
+  body=$(curl -s -X "$1" -w '\n%{http_code}' "http://$R$2")
+  status=$(echo "$body" | tail -1); body=$(echo "$body" | sed '$d')
+  [ "$status" = "$3" ] || { echo "status $status, want $3: $body"; return 1; }
+  [ "$1" = HEAD ] && return 0
+  [ "$(echo "$body" | json 'd["errors"][0]["code"]')" = "$4" ] || { echo "$body"; return 1; }
+  [ -z "${5:-}" ] || echo "$body" | grep -q -- "$5" || { echo "message lacks '$5': $body"; return 1; }
+  healthy "$P"
+}
+check "NAME_INVALID 400" expect_error GET /v2/Bad_Name/manifests/latest 400 NAME_INVALID "lowercase"
+check "TAG_INVALID 400" expect_error GET '/v2/app/manifests/-bad' 400 TAG_INVALID
+check "DIGEST_INVALID 400" expect_error GET /v2/app/blobs/sha256:1234 400 DIGEST_INVALID "sha256:<64"
+check "NAME_UNKNOWN 404 lists outputs" expect_error GET /v2/appp/manifests/latest 404 NAME_UNKNOWN '"app'
+check "tag not a ref: MANIFEST_UNKNOWN 404" expect_error GET /v2/app/manifests/v9 404 MANIFEST_UNKNOWN '\\"v9\\"'
+check "manifest digest never served: MANIFEST_UNKNOWN 404" expect_error GET "/v2/app/manifests/sha256:$(printf %064d 0)" 404 MANIFEST_UNKNOWN
+check "BLOB_UNKNOWN 404" expect_error GET "/v2/app/blobs/sha256:$(printf %064d 0)" 404 BLOB_UNKNOWN
+check "build failure: 500 UNKNOWN with the log tail" expect_error GET /v2/broken/manifests/latest 500 UNKNOWN "broken on purpose"
+check "build failure is not cached (fails again, server healthy)" expect_error GET /v2/broken/manifests/latest 500 UNKNOWN "broken on purpose"
+check "push: 405 UNSUPPORTED" expect_error POST /v2/app/blobs/uploads/ 405 UNSUPPORTED "read-only"
+check "PUT manifest: 405 UNSUPPORTED" expect_error PUT /v2/app/manifests/latest 405 UNSUPPORTED
+check "DELETE: 405 UNSUPPORTED" expect_error DELETE "/v2/app/manifests/sha256:$(printf %064d 0)" 405 UNSUPPORTED
+
+t_injection() {
+  # Nothing a client sends is Nix code: quotes, interpolation and attribute
+  # tricks are rejected by validation or are just names that do not exist.
+  local before; before=$(builds "$P")
+  expect_error GET '/v2/a%22%24%7Bthrow%7D/manifests/latest' 400 NAME_INVALID &&
+    expect_error GET '/v2/app/manifests/$%7Bbuiltins.abort%20%22x%22%7D' 400 TAG_INVALID &&
+    expect_error GET '/v2/app/manifests/v1%20--impure' 400 TAG_INVALID &&
+    expect_error GET '/v2/or/manifests/latest' 404 NAME_UNKNOWN &&
+    expect_error GET '/v2/outpath/manifests/latest' 404 NAME_UNKNOWN
+}
+check "injection attempts are rejected as data" t_injection
+
+start_server PT "$W/state-timeout" --nix-timeout 3 || exit 1
+t_timeout() {
+  local out; out=$(curl -s -w '\n%{http_code}' "http://127.0.0.1:$PT/v2/slow/manifests/latest")
+  [ "$(echo "$out" | tail -1)" = 504 ] && echo "$out" | grep -q 'timed out after 3 s' &&
+    ! pgrep -f 'sleep 600' >/dev/null && healthy "$PT"
+}
+check "build timeout: 504, whole process group killed" t_timeout
+
+# ------------------------------------------------------ clients: skopeo, umoci
+t_skopeo_chroot() {
+  rm -rf "$W/oci" "$W/b1"
+  skopeo copy -q --src-tls-verify=false "docker://$R/app:latest" "oci:$W/oci:app" &&
+    umoci unpack --image "$W/oci:app" "$W/b1" >/dev/null &&
+    [ "$(stat -c '%a %u' "$W/b1/rootfs/tmp")" = "1777 0" ] &&
+    [ "$(stat -c '%u' "$W/b1/rootfs/home/app")" = 1000 ] &&
+    chroot "$W/b1/rootfs" /bin/sh -c 'GREETING=x /bin/greet' | grep -qx 'greetings x as 0'
+}
+check "skopeo copy + umoci unpack + chroot run (conf v1, perms, /tmp 1777)" t_skopeo_chroot
+
+t_tag_ref() {
+  rm -rf "$W/b2" "$W/oci2"
+  [ "$(skopeo inspect --tls-verify=false "docker://$R/app:v1" | json '[e for e in d["Env"] if e.startswith("GREETING")][0]')" = GREETING=v1 ] &&
+    [ "$(skopeo inspect --tls-verify=false "docker://$R/app:latest" | json '[e for e in d["Env"] if e.startswith("GREETING")][0]')" = GREETING=v2 ] &&
+    local commit; commit=$(git -C "$W/repo" rev-parse v1) &&
+    [ "$(skopeo inspect --tls-verify=false "docker://$R/app:$commit" | json 'd["Digest"]')" = \
+      "$(skopeo inspect --tls-verify=false "docker://$R/app:v1" | json 'd["Digest"]')" ]
+}
+check "tag -> git ref: v1 and its commit give the v1 image, latest the v2" t_tag_ref
+
+t_stock() {
+  rm -rf "$W/b3" "$W/oci3"
+  skopeo copy -q --src-tls-verify=false "docker://$R/stock:latest" "oci:$W/oci3:s" &&
+    umoci unpack --image "$W/oci3:s" "$W/b3" >/dev/null &&
+    chroot "$W/b3/rootfs" /bin/hello | grep -qx 'hello from nix' && grep -qx stock "$W/b3/rootfs/etc/stock-release"
+}
+check "dockerTools-style output (passthru.conf, customisation layer.tar) runs" t_stock
+
+t_plain() {
+  rm -rf "$W/b4" "$W/oci4"
+  local ep; ep=$(skopeo inspect --config --tls-verify=false "docker://$R/plain:latest" | json 'd["config"]["Entrypoint"][0]')
+  case "$ep" in /nix/store/*-greeter/bin/greet) ;; *) echo "entrypoint $ep"; return 1 ;; esac
+  skopeo copy -q --src-tls-verify=false "docker://$R/plain:latest" "oci:$W/oci4:p" &&
+    umoci unpack --image "$W/oci4:p" "$W/b4" >/dev/null && chroot "$W/b4/rootfs" "$ep" | grep -q '^greetings'
+}
+check "plain package: closure image, meta.mainProgram entrypoint runs" t_plain
+
+t_nested() {
+  skopeo inspect --config --tls-verify=false "docker://$R/tools/nested:latest" | json 'd["config"]["Entrypoint"][0]' | grep -q -- '-hello/bin/hello$'
+}
+check "multi-segment name -> nested legacyPackages attribute" t_nested
+
+t_shared_layers() {
+  local a b
+  a=$(curl -fsS "http://$R/v2/app/manifests/latest" | json '" ".join(l["digest"] for l in d["layers"])')
+  b=$(curl -fsS "http://$R/v2/other/manifests/latest" | json '" ".join(l["digest"] for l in d["layers"])')
+  # Both images hold busybox in its own layer: one digest, one blob.
+  [ -n "$(comm -12 <(tr ' ' '\n' <<<"$a" | sort) <(tr ' ' '\n' <<<"$b" | sort))" ]
+}
+check "images share the layers of common store paths" t_shared_layers
+
+# ------------------------------------------------- concurrency and robustness
+t_concurrent_cold() {
+  local before after
+  before=$(builds "$P")
+  local pulls=()
+  for i in $(seq 16); do
+    curl -fsS -o "$W/cold.$i" -w '%{http_code}\n' "http://$R/v2/cold/manifests/latest" > "$W/cold.code.$i" &
+    pulls+=($!)
+  done
+  wait "${pulls[@]}"
+  after=$(builds "$P")
+  [ "$((after - before))" = 1 ] || { echo "nix builds: $((after - before))"; return 1; }
+  [ "$(cat "$W"/cold.code.* | sort -u)" = 200 ] && [ "$(sha256sum "$W"/cold.[0-9]* | cut -d' ' -f1 | sort -u | wc -l)" = 1 ]
+}
+check "16 concurrent cold pulls run exactly one nix build, same digest" t_concurrent_cold
+
+t_killed_client() {
+  local layer; layer=$(json 'd["layers"][0]["digest"]' < "$W/m")
+  # A slow client killed mid-blob, several times over.
+  for _ in 1 2 3; do timeout 0.5 curl -s --limit-rate 100k "http://$R/v2/app/blobs/$layer" -o /dev/null; done
+  healthy "$P" &&
+    [ "sha256:$(curl -fsS "http://$R/v2/app/blobs/$layer" | sha256sum | cut -d' ' -f1)" = "$layer" ] &&
+    kill -0 "$P_PID"
+}
+check "a client killed mid-blob leaves the server healthy" t_killed_client
+
+t_restart() {
+  local digest layer
+  digest=$(sha256sum < "$W/m" | cut -d' ' -f1)
+  layer=$(json 'd["layers"][0]["digest"]' < "$W/m")
+  kill "$P_PID"; wait "$P_PID" 2>/dev/null
+  # Same state dir: blobs and manifests by digest answer without any build.
+  start_server P "$W/state" || return 1
+  R=127.0.0.1:$P
+  [ "sha256:$(curl -fsS "http://$R/v2/app/blobs/$layer" | sha256sum | cut -d' ' -f1)" = "$layer" ] &&
+    curl -fsS "http://$R/v2/app/manifests/sha256:$digest" | cmp - "$W/m" &&
+    [ "$(builds "$P")" = 0 ] || { echo "after restart with state: builds=$(builds "$P")"; return 1; }
+  # Empty state dir: a fresh build gives the same manifest digest.
+  start_server PE "$W/state-empty" || return 1
+  [ "$(curl -fsS "http://127.0.0.1:$PE/v2/app/manifests/latest" | sha256sum | cut -d' ' -f1)" = "$digest" ]
+}
+check "restart: same state answers without rebuilding; empty state, same digest" t_restart
+
+# ------------------------------------------------- containerd and Docker engine
+mkdir -p "$W/ctd"
+cat > "$W/ctd/config.toml" <<TOML
+version = 2
+root = "$W/ctd/root"
+state = "$W/ctd/state"
+[grpc]
+  address = "$W/ctd/containerd.sock"
+TOML
+containerd --config "$W/ctd/config.toml" > "$W/ctd/log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do [ -S "$W/ctd/containerd.sock" ] && break; sleep 0.1; done
+export CONTAINERD_ADDRESS=$W/ctd/containerd.sock
+
+t_containerd() {
+  ctr image pull --plain-http "$R/app:latest" >/dev/null &&
+    ctr run --rm "$R/app:latest" "fp-$$" | grep -qx 'greetings v2 as 1000' &&
+    ctr image pull --plain-http "$R/stock:v1" >/dev/null &&
+    ctr run --rm "$R/stock:v1" "fp2-$$" | grep -qx 'hello from nix'
+}
+check "containerd: ctr image pull + ctr run (runs as uid 1000)" t_containerd
+
+mkdir -p "$W/dockerd"
+dockerd --data-root "$W/dockerd/data" --exec-root "$W/dockerd/exec" --pidfile "$W/dockerd/pid" \
+  -H "unix://$W/dockerd/docker.sock" --containerd "$W/ctd/containerd.sock" --bridge=none \
+  --iptables=false --ip-forward=false --ip-masq=false --default-ulimit nofile=1024:1024 \
+  > "$W/dockerd/log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 150); do [ -S "$W/dockerd/docker.sock" ] && DOCKER_HOST="unix://$W/dockerd/docker.sock" docker info >/dev/null 2>&1 && break; sleep 0.2; done
+export DOCKER_HOST="unix://$W/dockerd/docker.sock"
+
+t_docker() {
+  docker pull -q "$R/app:latest" >/dev/null &&
+    docker run --rm --network none "$R/app:latest" | grep -qx 'greetings v2 as 1000' &&
+    docker pull -q "$R/plain:v1" >/dev/null &&
+    docker run --rm --network none "$R/plain:v1" | grep -q '^greetings'
+}
+check "Docker engine: docker pull + docker run" t_docker
+
+echo
+echo "e2e: $PASSED passed, ${#FAILED[@]} failed"
+if [ "${#FAILED[@]}" -gt 0 ]; then
+  printf '  failed: %s\n' "${FAILED[@]}"
+  for f in "$W"/server-*.log; do echo "== $f"; tail -30 "$f"; done
+  exit 1
+fi
