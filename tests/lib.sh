@@ -17,7 +17,7 @@ build-users-group ="
 make_fixture_repo() {
   local src=$1 dest=$2
   rm -rf "$dest"; mkdir -p "$dest/bb/bin"
-  cp "$src"/tests/fixture/*.nix "$dest/"
+  cp "$src"/examples/offline/*.nix "$dest/"
   cp -r "$src/nixlib" "$dest/nixlib"
   cp "$(command -v busybox)" "$dest/bb/bin/busybox"
   printf v1 > "$dest/version"
