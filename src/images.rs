@@ -240,7 +240,9 @@ impl Images {
 
     /// Served bytes did not hash to the digest: drop every cached trace of it.
     pub async fn layer_is_corrupt(&self, digest: &str) {
-        self.index.forget_layer(digest);
+        if let Some(key) = self.index.forget_layer(digest) {
+            self.digesting.invalidate(&key).await;
+        }
         self.scanned.invalidate(digest).await;
         self.manifests.invalidate_all();
     }

@@ -88,7 +88,9 @@ impl DigestIndex {
                     index.by_digest.insert(digest, (source, size));
                     loaded += 1;
                 }
-                Ok(Line::Drop { drop }) => index.remove(&drop),
+                Ok(Line::Drop { drop }) => {
+                    index.remove(&drop);
+                }
                 Err(e) => tracing::warn!(error = %e, "skipping unreadable line in layers.jsonl"),
             }
         }
@@ -120,19 +122,23 @@ impl DigestIndex {
 
     /// The bytes behind `digest` changed (the store was altered): never
     /// advertise it again until a new digest pass vouches for it.
-    pub fn forget_layer(&self, digest: &str) {
-        self.remove(digest);
-        if let Err(e) = self.append(&Line::Drop {
+    /// Returns the key the digest was recorded under, if any.
+    pub fn forget_layer(&self, digest: &str) -> Option<LayerKey> {
+        let key = self.remove(digest);
+        let drop = Line::Drop {
             drop: digest.to_string(),
-        }) {
+        };
+        if let Err(e) = self.append(&drop) {
             tracing::error!(error = %e, "cannot record a dropped digest");
         }
+        key
     }
 
-    fn remove(&self, digest: &str) {
-        if let Some((source, _)) = self.by_digest.remove(digest) {
-            self.by_key.invalidate(&source.key());
-        }
+    fn remove(&self, digest: &str) -> Option<LayerKey> {
+        let (source, _) = self.by_digest.remove(digest)?;
+        let key = source.key();
+        self.by_key.invalidate(&key);
+        Some(key)
     }
 
     fn append(&self, line: &Line) -> std::io::Result<()> {

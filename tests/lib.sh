@@ -21,6 +21,7 @@ make_fixture_repo() {
   cp -r "$src/nixlib" "$dest/nixlib"
   cp "$(command -v busybox)" "$dest/bb/bin/busybox"
   printf v1 > "$dest/version"
+  printf '%s' "$$-$RANDOM-$(date +%s%N)" > "$dest/nonce"
   (
     cd "$dest"
     git init -q -b main .

@@ -77,7 +77,10 @@ pub async fn get(
                         Ok(Ok((last, _))) => Ok(last),
                         Ok(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe => return, // client went away
                         Ok(Err(e)) => {
-                            tracing::error!(%digest, error = %e, "layer stream failed");
+                            // The store changed under us (a file resized or
+                            // vanished): what was digested cannot be served.
+                            tracing::error!(%digest, error = %e, "layer stream failed; dropping the digest");
+                            images.layer_is_corrupt(&digest).await;
                             Err(e)
                         }
                         Err(e) => Err(io::Error::other(e.to_string())),
