@@ -9,7 +9,9 @@ use crate::manifest::{documents, ImageDocuments, JsonBlob, LayerDigest};
 use crate::plan::{self, GraphNode, ImagePlan};
 use crate::registry::route::valid_tag;
 use crate::resolve::{oci_arch, BuildTarget, FlakeSource};
-use std::sync::Arc;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -35,8 +37,11 @@ impl moka::Expiry<BuildTarget, Arc<ImageDocuments>> for TargetExpiry {
     }
 }
 
+type PendingImage = Shared<BoxFuture<'static, Result<Arc<ImageDocuments>>>>;
+
 pub struct Images {
     settings: Settings,
+    inflight: Mutex<HashMap<BuildTarget, PendingImage>>,
     pub nix: Nix,
     index: DigestIndex,
     manifests: moka::future::Cache<BuildTarget, Arc<ImageDocuments>>,
@@ -62,6 +67,7 @@ impl Images {
         let ttl = settings.manifest_ttl;
         Arc::new(Images {
             settings,
+            inflight: Mutex::new(HashMap::new()),
             nix,
             index,
             manifests: moka::future::Cache::builder()
@@ -81,24 +87,50 @@ impl Images {
         &self.settings.source
     }
 
-    /// The image for `name:tag`: concurrent pulls wait for one build, and the
-    /// work runs in its own task so a client that hangs up does not cancel it
-    /// for the others. Failures are not cached.
+    /// The image for `name:tag`. Concurrent pulls share one build, which runs
+    /// in a task of its own: a client that hangs up cancels nothing, and the
+    /// task caches its own result, so the next pull finds it even if every
+    /// client has left. Failures are not cached.
     pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<ImageDocuments>> {
         let target = self
             .settings
             .source
             .target(name, tag, &self.settings.system)?;
+        if let Some(docs) = self.manifests.get(&target).await {
+            return Ok(docs);
+        }
+        self.pending(target).await
+    }
+
+    /// The in-flight build of `target`, started if there is none.
+    /// (moka's own coalescing restarts the work when the first caller is
+    /// dropped, which would run a second `nix build`.)
+    fn pending(self: &Arc<Self>, target: BuildTarget) -> PendingImage {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = inflight.get(&target) {
+            return p.clone();
+        }
         let this = self.clone();
-        let key = target.clone();
-        self.manifests
-            .try_get_with(key, async move {
-                tokio::spawn(async move { this.produce(&target).await.map(Arc::new) })
-                    .await
-                    .map_err(|e| RegistryError::internal(format!("image task failed: {e}")))?
-            })
-            .await
-            .map_err(|e: Arc<RegistryError>| (*e).clone())
+        let t = target.clone();
+        let task = tokio::spawn(async move {
+            let result = this.produce(&t).await.map(Arc::new);
+            if let Ok(docs) = &result {
+                this.manifests.insert(t.clone(), docs.clone()).await;
+            }
+            this.inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&t);
+            result
+        });
+        let pending = async move {
+            task.await
+                .unwrap_or_else(|e| Err(RegistryError::internal(format!("image task failed: {e}"))))
+        }
+        .boxed()
+        .shared();
+        inflight.insert(target, pending.clone());
+        pending
     }
 
     async fn produce(&self, target: &BuildTarget) -> Result<ImageDocuments> {

@@ -126,6 +126,7 @@ check "NAME_INVALID 400" expect_error GET /v2/Bad_Name/manifests/latest 400 NAME
 check "TAG_INVALID 400" expect_error GET '/v2/app/manifests/-bad' 400 TAG_INVALID
 check "DIGEST_INVALID 400" expect_error GET /v2/app/blobs/sha256:1234 400 DIGEST_INVALID "sha256:<64"
 check "NAME_UNKNOWN 404 lists outputs" expect_error GET /v2/appp/manifests/latest 404 NAME_UNKNOWN '"app'
+check "tags/list of an unknown name: NAME_UNKNOWN 404" expect_error GET /v2/appp/tags/list 404 NAME_UNKNOWN
 check "tag not a ref: MANIFEST_UNKNOWN 404" expect_error GET /v2/app/manifests/v9 404 MANIFEST_UNKNOWN '\\"v9\\"'
 check "manifest digest never served: MANIFEST_UNKNOWN 404" expect_error GET "/v2/app/manifests/sha256:$(printf %064d 0)" 404 MANIFEST_UNKNOWN
 check "BLOB_UNKNOWN 404" expect_error GET "/v2/app/blobs/sha256:$(printf %064d 0)" 404 BLOB_UNKNOWN
@@ -222,6 +223,16 @@ t_concurrent_cold() {
   [ "$(cat "$W"/cold.code.* | sort -u)" = 200 ] && [ "$(sha256sum "$W"/cold.[0-9]* | cut -d' ' -f1 | sort -u | wc -l)" = 1 ]
 }
 check "16 concurrent cold pulls run exactly one nix build, same digest" t_concurrent_cold
+
+t_disconnect_mid_build() {
+  local before; before=$(builds "$P")
+  # The first client gives up while the build runs; the build goes on and
+  # the next client gets its result without a second build.
+  curl -s --max-time 0.5 "http://$R/v2/sleepy/manifests/latest" -o /dev/null
+  curl -fsS "http://$R/v2/sleepy/manifests/latest" -o /dev/null &&
+    [ "$(($(builds "$P") - before))" = 1 ] || { echo "builds: $(($(builds "$P") - before))"; return 1; }
+}
+check "a client hanging up mid-build does not cancel it for the next" t_disconnect_mid_build
 
 t_killed_client() {
   local layer; layer=$(json 'd["layers"][0]["digest"]' < "$W/m")
