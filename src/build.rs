@@ -4,7 +4,7 @@
 //! ([`RESOLVE_NIX`]), never spliced into code.
 
 use crate::error::{RegistryError, Result};
-use crate::resolve::BuildTarget;
+use crate::resolve::{BuildTarget, PackageTarget};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -41,6 +41,59 @@ in
   mainProgram = value.meta.mainProgram or null;
 }
 "#;
+
+/// Loads a package set and looks up every requested attribute path
+/// (case-insensitively per level, since registry names are lowercase, and
+/// with `_` before names starting with a digit, as nixpkgs spells them).
+/// Unknown packages are all reported at once, with the names at the level
+/// where the lookup failed, for "did you mean".
+const PACKAGES_NIX: &str = r#"
+{ kind, location, ref, rev, system, packages, optional }:
+let
+  fetched = builtins.fetchGit ({ url = location; }
+    // (if ref != "" then { inherit ref; } else { })
+    // (if rev != "" then { inherit rev; allRefs = true; } else { }));
+  set =
+    if kind == "flake" then
+      let f = builtins.getFlake location; in ((f.packages or { }).${system} or { }) // ((f.legacyPackages or { }).${system} or { })
+    else import (if kind == "git" || ref != "" || rev != "" then fetched else /. + location) { inherit system; };
+  upper = [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" ];
+  lower = map (c: builtins.replaceStrings upper [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" ] c) upper;
+  toLower = builtins.replaceStrings upper lower;
+  isDrv = v: builtins.isAttrs v && (v.type or null) == "derivation";
+  attempt = v: let r = builtins.tryEval v; in if r.success then r.value else null;
+  findIn = set: seg:
+    if builtins.hasAttr seg set then seg
+    else if builtins.hasAttr "_${seg}" set then "_${seg}"
+    else let m = builtins.filter (n: toLower n == seg) (builtins.attrNames set); in
+      if m != [ ] then builtins.head m else null;
+  lookup = dotted: builtins.foldl'
+    (acc: seg:
+      if !acc.ok then acc
+      else if !(builtins.isAttrs acc.value) || isDrv acc.value then acc // { ok = false; names = [ ]; }
+      else let n = findIn acc.value seg; in
+        if n == null then acc // { ok = false; names = builtins.attrNames acc.value; }
+        else { ok = true; value = attempt (builtins.getAttr n acc.value); at = acc.at ++ [ n ]; })
+    { ok = true; value = set; at = [ ]; }
+    (builtins.filter builtins.isString (builtins.split "\\." dotted));
+  found = p: let r = lookup p; in r.ok && isDrv r.value;
+  wanted = builtins.fromJSON packages;
+  unknown = builtins.filter (p: !(found p)) wanted;
+  report = map (p: let r = lookup p; in { name = p; at = map toLower r.at; names = if r.ok then [ ] else map toLower r.names; }) unknown;
+  chosen = wanted ++ builtins.filter found (builtins.fromJSON optional);
+in
+{
+  all = if unknown != [ ] then throw "flakeport-unknown-packages ${builtins.toJSON report}"
+    else map (p: (lookup p).value) chosen;
+}
+"#;
+
+#[derive(Debug, Deserialize)]
+struct UnknownPackage {
+    name: String,
+    at: Vec<String>,
+    names: Vec<String>,
+}
 
 #[derive(Debug, Deserialize)]
 struct BuildJson {
@@ -107,7 +160,7 @@ impl Nix {
         let stdout = self
             .run(&args)
             .await
-            .map_err(|f| classify(t, f, self.timeout))?;
+            .map_err(|f| classify_flake(t, f, self.timeout))?;
         tracing::info!(target = %t, secs = started.elapsed().as_secs_f64(), "nix build finished");
         let built: Vec<BuildJson> = serde_json::from_slice(&stdout).map_err(|e| {
             RegistryError::internal(format!("unexpected `nix build --json` output: {e}"))
@@ -124,13 +177,72 @@ impl Nix {
             .ok_or_else(|| RegistryError::internal("`nix build --json` named no output"))
     }
 
+    /// Build every package of a package-path image; returns their outputs.
+    pub async fn build_packages(&self, t: &PackageTarget) -> Result<Vec<PathBuf>> {
+        let _permit = self
+            .builds
+            .acquire()
+            .await
+            .map_err(RegistryError::internal)?;
+        let mut h = Sha256::new();
+        h.update(t.to_string());
+        h.update(&t.system);
+        let link = self
+            .gcroots
+            .join(format!("{}-packages", &hex::encode(h.finalize())[..16]));
+        let mut args = vec![
+            "build".to_string(),
+            "--json".into(),
+            "--out-link".into(),
+            path_str(&link),
+        ];
+        let json = |v: &[String]| serde_json::to_string(v).expect("strings serialise");
+        for a in ["--impure", "--expr", PACKAGES_NIX, "all"] {
+            args.push(a.to_string());
+        }
+        for (k, v) in [
+            ("kind", t.kind.to_string()),
+            ("location", t.location.clone()),
+            ("ref", t.git_ref.clone()),
+            ("rev", t.rev.clone()),
+            ("system", t.system.clone()),
+            ("packages", json(&t.packages)),
+            ("optional", json(&t.optional)),
+        ] {
+            args.extend(["--argstr".to_string(), k.to_string(), v]);
+        }
+        self.builds_started.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(target = %t, "nix build started");
+        let stdout = self.run(&args).await.map_err(|f| match f {
+            Failure::Exit { stderr } if stderr.contains("flakeport-unknown-packages ") => {
+                unknown_packages(t, &stderr)
+            }
+            f => classify(&t.to_string(), &t.tag, &t.location, f, self.timeout),
+        })?;
+        let built: Vec<BuildJson> = serde_json::from_slice(&stdout).map_err(|e| {
+            RegistryError::internal(format!("unexpected `nix build --json` output: {e}"))
+        })?;
+        let mut outs: Vec<PathBuf> = built
+            .into_iter()
+            .filter_map(|b| {
+                b.outputs
+                    .get("out")
+                    .or_else(|| b.outputs.values().next())
+                    .cloned()
+            })
+            .collect();
+        outs.sort();
+        outs.dedup();
+        Ok(outs)
+    }
+
     pub async fn main_program(&self, t: &BuildTarget) -> Result<Option<String>> {
         let mut args = vec!["eval".to_string(), "--json".into()];
         args.extend(expr_args(t, "mainProgram"));
         let out = self
             .run(&args)
             .await
-            .map_err(|f| classify(t, f, self.timeout))?;
+            .map_err(|f| classify_flake(t, f, self.timeout))?;
         serde_json::from_slice(&out).map_err(RegistryError::internal)
     }
 
@@ -141,17 +253,13 @@ impl Nix {
         self.run(&args)
             .await
             .map(|_| ())
-            .map_err(|f| classify(t, f, self.timeout))
+            .map_err(|f| classify_flake(t, f, self.timeout))
     }
 
-    /// The closure of a built path with sizes and references.
-    pub async fn closure(&self, path: &Path) -> Result<Vec<PathInfo>> {
-        let args = vec![
-            "path-info".to_string(),
-            "--json".into(),
-            "-r".into(),
-            path_str(path),
-        ];
+    /// The closure of built paths with sizes and references.
+    pub async fn closure(&self, paths: &[PathBuf]) -> Result<Vec<PathInfo>> {
+        let mut args = vec!["path-info".to_string(), "--json".into(), "-r".into()];
+        args.extend(paths.iter().map(|p| path_str(p)));
         let out = self.run(&args).await.map_err(|f| match f {
             Failure::Exit { stderr } => {
                 RegistryError::internal(format!("nix path-info failed: {stderr}"))
@@ -167,7 +275,9 @@ impl Nix {
     /// after a grace period is killed.
     async fn run(&self, args: &[String]) -> std::result::Result<Vec<u8>, Failure> {
         let mut cmd = Command::new("nix");
-        cmd.args(args)
+        // Works whether or not the host's nix.conf enables flakes.
+        cmd.args(["--extra-experimental-features", "nix-command flakes"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -257,26 +367,61 @@ fn expr_args(t: &BuildTarget, attr: &str) -> Vec<String> {
     .collect()
 }
 
+fn classify_flake(t: &BuildTarget, f: Failure, timeout: Duration) -> RegistryError {
+    if let Failure::Exit { stderr } = &f {
+        if let Some(rest) = stderr.split("flakeport-unknown-name ").nth(1) {
+            let json = rest.lines().next().unwrap_or("[]");
+            let all: Vec<String> = serde_json::from_str(json).unwrap_or_default();
+            return RegistryError::NameUnknown {
+                name: t.attr_path.join("/"),
+                flake: t.flake_ref.clone(),
+                available: closest(&t.attr_path.join("/"), all, 8),
+            };
+        }
+    }
+    classify(&t.to_string(), &t.tag, &t.flake_ref, f, timeout)
+}
+
+/// The 404 for a package path: every unknown package, each with the
+/// closest names at the level where its lookup failed.
+fn unknown_packages(t: &PackageTarget, stderr: &str) -> RegistryError {
+    let rest = stderr
+        .split("flakeport-unknown-packages ")
+        .nth(1)
+        .unwrap_or("[]");
+    let report: Vec<UnknownPackage> =
+        serde_json::from_str(rest.lines().next().unwrap_or("[]")).unwrap_or_default();
+    let unknown = report
+        .into_iter()
+        .map(|u| {
+            let depth = u.at.len();
+            let segment = u.name.split('.').nth(depth).unwrap_or(&u.name).to_string();
+            let prefix: String = u.at.iter().map(|a| format!("{a}.")).collect();
+            let close = closest(&segment, u.names, 3)
+                .into_iter()
+                .filter(|c| edit_distance(&segment, c) <= segment.len() / 3 + 1)
+                .map(|c| format!("{prefix}{c}"))
+                .collect();
+            (u.name, close)
+        })
+        .collect();
+    RegistryError::PackagesUnknown {
+        unknown,
+        source_name: t.location.clone(),
+    }
+}
+
 /// Turn a failed nix run into the error the client should see.
-fn classify(t: &BuildTarget, f: Failure, timeout: Duration) -> RegistryError {
+fn classify(target: &str, tag: &str, source: &str, f: Failure, timeout: Duration) -> RegistryError {
     let stderr = match f {
         Failure::Timeout => {
             return RegistryError::BuildTimeout {
-                target: t.to_string(),
+                target: target.to_string(),
                 secs: timeout.as_secs(),
             }
         }
         Failure::Exit { stderr } => stderr,
     };
-    if let Some(rest) = stderr.split("flakeport-unknown-name ").nth(1) {
-        let json = rest.lines().next().unwrap_or("[]");
-        let all: Vec<String> = serde_json::from_str(json).unwrap_or_default();
-        return RegistryError::NameUnknown {
-            name: t.attr_path.join("/"),
-            flake: t.flake_ref.clone(),
-            available: closest(&t.attr_path.join("/"), all, 8),
-        };
-    }
     const MISSING_REF: &[&str] = &[
         "unknown revision",
         "Cannot find Git revision",
@@ -287,16 +432,16 @@ fn classify(t: &BuildTarget, f: Failure, timeout: Duration) -> RegistryError {
         "does not exist",
         "not a tree object",
     ];
-    if t.tag != "latest" && MISSING_REF.iter().any(|m| stderr.contains(m)) {
+    if tag != "latest" && MISSING_REF.iter().any(|m| stderr.contains(m)) {
         return RegistryError::TagUnknown {
-            tag: t.tag.clone(),
-            flake: t.flake_ref.clone(),
+            tag: tag.to_string(),
+            flake: source.to_string(),
         };
     }
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
     RegistryError::BuildFailed {
-        target: t.to_string(),
+        target: target.to_string(),
         log_tail: tail,
     }
 }
@@ -345,7 +490,7 @@ mod tests {
     #[test]
     fn classifies_recorded_nix_errors() {
         let unknown = "error: flakeport-unknown-name [\"hello\",\"apps\",\"web\"]\n(use '--show-trace' to show detailed location information)\n";
-        match classify(
+        match classify_flake(
             &target("latest"),
             Failure::Exit {
                 stderr: unknown.into(),
@@ -357,7 +502,7 @@ mod tests {
         }
         let badref = "fatal: ambiguous argument 'v9': unknown revision or path not in the working tree.\nerror: program 'git' failed with exit code 128\n";
         assert!(matches!(
-            classify(
+            classify_flake(
                 &target("v9"),
                 Failure::Exit {
                     stderr: badref.into()
@@ -370,7 +515,7 @@ mod tests {
             .map(|i| format!("line {i}"))
             .collect::<Vec<_>>()
             .join("\n");
-        match classify(
+        match classify_flake(
             &target("latest"),
             Failure::Exit { stderr: failed },
             Duration::from_secs(1),
@@ -381,7 +526,7 @@ mod tests {
             e => panic!("{e:?}"),
         }
         assert!(matches!(
-            classify(&target("latest"), Failure::Timeout, Duration::from_secs(3)),
+            classify_flake(&target("latest"), Failure::Timeout, Duration::from_secs(3)),
             RegistryError::BuildTimeout { secs: 3, .. }
         ));
     }

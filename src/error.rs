@@ -26,6 +26,11 @@ pub enum RegistryError {
         "tag {tag:?} cannot be served: {flake} is not a git source, so only \"latest\" exists"
     )]
     TagNotGit { tag: String, flake: String },
+    #[error("{}", unknown_packages(.unknown, .source_name))]
+    PackagesUnknown {
+        unknown: Vec<(String, Vec<String>)>,
+        source_name: String,
+    },
     #[error("manifest {reference} is not known to this registry")]
     ManifestUnknown { reference: String },
     #[error("blob {digest} is not served by this registry")]
@@ -49,6 +54,23 @@ pub enum RegistryError {
     Internal(String),
 }
 
+fn unknown_packages(unknown: &[(String, Vec<String>)], source: &str) -> String {
+    if unknown.is_empty() {
+        return "the image name names no packages: use NAME/PACKAGE[/PACKAGE...] or shell/PACKAGE...".into();
+    }
+    let each: Vec<String> = unknown
+        .iter()
+        .map(|(name, close)| {
+            if close.is_empty() {
+                name.clone()
+            } else {
+                format!("{name} (did you mean {}?)", close.join(", "))
+            }
+        })
+        .collect();
+    format!("unknown packages in {source}: {}", each.join("; "))
+}
+
 fn suggest(available: &[String]) -> String {
     if available.is_empty() {
         return String::new();
@@ -68,9 +90,10 @@ impl RegistryError {
             TagInvalid { .. } => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
             DigestInvalid { .. } => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
             NameUnknown { .. } => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
-            TagUnknown { .. } | TagNotGit { .. } | ManifestUnknown { .. } => {
-                (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
-            }
+            TagUnknown { .. }
+            | TagNotGit { .. }
+            | ManifestUnknown { .. }
+            | PackagesUnknown { .. } => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
             BlobUnknown { .. } => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
             BuildFailed { .. } | NotAnImage { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")

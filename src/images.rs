@@ -8,17 +8,46 @@ use crate::layer::{LayerKey, LayerSource, LayerTar};
 use crate::manifest::{documents, ImageDocuments, JsonBlob, LayerDigest};
 use crate::plan::{self, GraphNode, ImagePlan};
 use crate::registry::route::valid_tag;
-use crate::resolve::{oci_arch, BuildTarget, FlakeSource};
+use crate::resolve::{git_refs, oci_arch, BuildTarget, FlakeSource, PackageSource, PackageTarget};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 pub struct Settings {
-    pub source: FlakeSource,
+    /// Images named by the flake's outputs.
+    pub flake: Option<FlakeSource>,
+    /// Nixery-style images: every other name is a list of packages of this set.
+    pub packages: Option<PackageSource>,
     pub system: String,
     pub manifest_ttl: Duration,
+}
+
+/// What one image is built from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ImageKey {
+    Flake(BuildTarget),
+    Packages(PackageTarget),
+}
+
+impl ImageKey {
+    fn pinned(&self) -> bool {
+        match self {
+            ImageKey::Flake(t) => t.pinned,
+            ImageKey::Packages(t) => t.pinned,
+        }
+    }
+}
+
+impl std::fmt::Display for ImageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageKey::Flake(t) => t.fmt(f),
+            ImageKey::Packages(t) => t.fmt(f),
+        }
+    }
 }
 
 /// Mutable refs expire after the manifest TTL; pinned commits never do.
@@ -26,14 +55,14 @@ struct TargetExpiry {
     ttl: Duration,
 }
 
-impl moka::Expiry<BuildTarget, Arc<ImageDocuments>> for TargetExpiry {
+impl moka::Expiry<ImageKey, Arc<ImageDocuments>> for TargetExpiry {
     fn expire_after_create(
         &self,
-        key: &BuildTarget,
+        key: &ImageKey,
         _: &Arc<ImageDocuments>,
         _: Instant,
     ) -> Option<Duration> {
-        (!key.pinned).then_some(self.ttl)
+        (!key.pinned()).then_some(self.ttl)
     }
 }
 
@@ -41,10 +70,13 @@ type PendingImage = Shared<BoxFuture<'static, Result<Arc<ImageDocuments>>>>;
 
 pub struct Images {
     settings: Settings,
-    inflight: Mutex<HashMap<BuildTarget, PendingImage>>,
+    inflight: Mutex<HashMap<ImageKey, PendingImage>>,
     pub nix: Nix,
     index: DigestIndex,
-    manifests: moka::future::Cache<BuildTarget, Arc<ImageDocuments>>,
+    manifests: moka::future::Cache<ImageKey, Arc<ImageDocuments>>,
+    /// (name, tag) pairs that are not outputs of the flake, so package-path
+    /// pulls skip the flake lookup until the manifest TTL passes.
+    not_outputs: moka::sync::Cache<(String, String), ()>,
     /// Coalesces digest passes of one layer wanted by several images at once.
     digesting: moka::future::Cache<LayerKey, LayerDigest>,
     /// Scanned layers (file lists with rendered headers) for blob GETs.
@@ -68,6 +100,10 @@ impl Images {
         Arc::new(Images {
             settings,
             inflight: Mutex::new(HashMap::new()),
+            not_outputs: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(ttl)
+                .build(),
             nix,
             index,
             manifests: moka::future::Cache::builder()
@@ -83,8 +119,23 @@ impl Images {
         })
     }
 
-    pub fn source(&self) -> &FlakeSource {
-        &self.settings.source
+    /// What is served, for the startup log.
+    pub fn describe(&self) -> String {
+        let flake = self
+            .settings
+            .flake
+            .as_ref()
+            .map(|f| format!("flake {}", f.url));
+        let packages = self
+            .settings
+            .packages
+            .as_ref()
+            .map(|p| format!("packages of {}", p.describe()));
+        [flake, packages]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The image for `name:tag`. Concurrent pulls share one build, which runs
@@ -92,20 +143,52 @@ impl Images {
     /// task caches its own result, so the next pull finds it even if every
     /// client has left. Failures are not cached.
     pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<ImageDocuments>> {
-        let target = self
+        let system = &self.settings.system;
+        if let Some(flake) = &self.settings.flake {
+            let asked = (name.to_string(), tag.to_string());
+            let has_packages = self.settings.packages.is_some();
+            if !(has_packages && self.not_outputs.contains_key(&asked)) {
+                match self
+                    .get_or_build(ImageKey::Flake(flake.target(name, tag, system)?))
+                    .await
+                {
+                    // Not an output of the flake: a package path, if there is a set.
+                    Err(RegistryError::NameUnknown { .. }) if has_packages => {
+                        self.not_outputs.insert(asked, ())
+                    }
+                    other => return other,
+                }
+            }
+        }
+        let packages = self
             .settings
-            .source
-            .target(name, tag, &self.settings.system)?;
-        if let Some(docs) = self.manifests.get(&target).await {
+            .packages
+            .as_ref()
+            .expect("a flake or a package set is configured");
+        let is_commit = tag.len() == 40 && tag.bytes().all(|b| b.is_ascii_hexdigit());
+        let git_ref = match packages.git_remote() {
+            Some(remote) if tag != "latest" && !is_commit => git_refs(&remote)
+                .await?
+                .into_iter()
+                .find(|(short, _)| short == tag)
+                .map(|(_, full)| full),
+            _ => None,
+        };
+        let target = packages.target(name, tag, system, git_ref)?;
+        self.get_or_build(ImageKey::Packages(target)).await
+    }
+
+    async fn get_or_build(self: &Arc<Self>, key: ImageKey) -> Result<Arc<ImageDocuments>> {
+        if let Some(docs) = self.manifests.get(&key).await {
             return Ok(docs);
         }
-        self.pending(target).await
+        self.pending(key).await
     }
 
     /// The in-flight build of `target`, started if there is none.
     /// (moka's own coalescing restarts the work when the first caller is
     /// dropped, which would run a second `nix build`.)
-    fn pending(self: &Arc<Self>, target: BuildTarget) -> PendingImage {
+    fn pending(self: &Arc<Self>, target: ImageKey) -> PendingImage {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = inflight.get(&target) {
             return p.clone();
@@ -133,11 +216,22 @@ impl Images {
         pending
     }
 
-    async fn produce(&self, target: &BuildTarget) -> Result<ImageDocuments> {
+    async fn produce(&self, key: &ImageKey) -> Result<ImageDocuments> {
         let started = Instant::now();
-        let out = self.nix.build(target).await?;
-        let built = started.elapsed();
-        let plan = self.plan(target, &out).await?;
+        let plan = match key {
+            ImageKey::Flake(t) => {
+                let out = self.nix.build(t).await?;
+                self.plan_flake_output(t, &out).await?
+            }
+            ImageKey::Packages(t) => {
+                let outs = self.nix.build_packages(t).await?;
+                let graph = self.graph(&outs).await?;
+                let (shell, arch) = (t.shell, oci_arch(&t.system).to_string());
+                tokio::task::spawn_blocking(move || plan::plan_packages(&outs, graph, shell, &arch))
+                    .await
+                    .map_err(RegistryError::internal)?
+            }
+        };
         let planned = started.elapsed();
         let layers = self.digest_layers(&plan).await?;
         let docs = documents(&plan, &layers);
@@ -145,18 +239,21 @@ impl Images {
             self.index.put_json(blob).map_err(RegistryError::internal)?;
         }
         tracing::info!(
-            target = %target,
+            target = %key,
             digest = %docs.oci.digest,
             layers = layers.len(),
-            build_ms = built.as_millis() as u64,
-            plan_ms = (planned - built).as_millis() as u64,
+            build_and_plan_ms = planned.as_millis() as u64,
             digest_ms = (started.elapsed() - planned).as_millis() as u64,
             "image ready"
         );
         Ok(docs)
     }
 
-    async fn plan(&self, target: &BuildTarget, out: &std::path::Path) -> Result<ImagePlan> {
+    async fn plan_flake_output(
+        &self,
+        target: &BuildTarget,
+        out: &std::path::Path,
+    ) -> Result<ImagePlan> {
         let arch = oci_arch(&self.settings.system).to_string();
         let not_image = |reason: String| RegistryError::NotAnImage {
             target: target.to_string(),
@@ -172,16 +269,20 @@ impl Images {
             return plan::plan_conf(&bytes, &arch).map_err(|e| not_image(e.to_string()));
         }
         let main_program = self.nix.main_program(target).await?;
-        let closure: Vec<PathInfo> = self.nix.closure(out).await?;
-        let graph = closure
+        let graph = self.graph(std::slice::from_ref(&out.to_path_buf())).await?;
+        Ok(plan::plan_package(out, graph, main_program, &arch))
+    }
+
+    async fn graph(&self, outs: &[PathBuf]) -> Result<Vec<GraphNode>> {
+        let closure: Vec<PathInfo> = self.nix.closure(outs).await?;
+        Ok(closure
             .into_iter()
             .map(|p| GraphNode {
                 path: p.path,
                 nar_size: p.nar_size,
                 references: p.references,
             })
-            .collect();
-        Ok(plan::plan_package(out, graph, main_program, &arch))
+            .collect())
     }
 
     /// One streaming pass per layer not digested before, in parallel.
@@ -279,37 +380,44 @@ impl Images {
         self.manifests.invalidate_all();
     }
 
-    /// `latest` plus the branches and tags of a git source.
+    /// `latest` plus the branches and tags of the source the name comes from.
     pub async fn tags(self: &Arc<Self>, name: &str) -> Result<Vec<String>> {
-        let target = self
-            .settings
-            .source
-            .target(name, "latest", &self.settings.system)?;
-        if self.manifests.get(&target).await.is_none() {
-            self.nix.check_exists(&target).await?;
+        let mut remote = None;
+        let mut is_output = false;
+        if let Some(flake) = &self.settings.flake {
+            let target = flake.target(name, "latest", &self.settings.system)?;
+            let cached = self
+                .manifests
+                .get(&ImageKey::Flake(target.clone()))
+                .await
+                .is_some();
+            match if cached {
+                Ok(())
+            } else {
+                self.nix.check_exists(&target).await
+            } {
+                Ok(()) => {
+                    is_output = true;
+                    remote = flake.git_remote();
+                }
+                Err(RegistryError::NameUnknown { .. }) if self.settings.packages.is_some() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !is_output {
+            if let Some(p) = &self.settings.packages {
+                remote = p.git_remote();
+            }
         }
         let mut tags = vec!["latest".to_string()];
-        if let Some(remote) = self.settings.source.git_remote() {
-            let out = tokio::process::Command::new("git")
-                .args(["ls-remote", "--heads", "--tags", &remote])
-                .kill_on_drop(true)
-                .output()
-                .await
-                .map_err(RegistryError::internal)?;
-            if !out.status.success() {
-                tracing::warn!(remote, stderr = %String::from_utf8_lossy(&out.stderr), "git ls-remote failed");
-            }
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let Some(r) = line.split('\t').nth(1) else {
-                    continue;
-                };
-                let short = r
-                    .strip_prefix("refs/heads/")
-                    .or_else(|| r.strip_prefix("refs/tags/"));
-                if let Some(t) = short.filter(|t| !t.ends_with("^{}") && valid_tag(t).is_ok()) {
-                    tags.push(t.to_string());
-                }
-            }
+        if let Some(remote) = remote {
+            tags.extend(
+                git_refs(&remote)
+                    .await?
+                    .into_iter()
+                    .map(|(short, _)| short)
+                    .filter(|t| valid_tag(t).is_ok()),
+            );
         }
         tags.sort();
         tags.dedup();

@@ -26,6 +26,8 @@ use std::time::Duration;
         `docker pull HOST:5000/NAME:TAG` runs `nix build FLAKE#NAME` (packages.<system>.NAME, else\n\
         legacyPackages.<system>.NAME) at git ref TAG (`latest` = the flake as given, a 40-hex tag =\n\
         that commit) and streams the image's layers straight out of /nix/store.\n\n\
+        With --packages SET, any other name is a list of packages of SET (Nixery-style):\n\
+        `docker pull HOST:5000/shell/curl/jq` is an image with bash, coreutils, curl and jq.\n\n\
         A bare `flakeport FLAKE` means `flakeport serve FLAKE`.",
     args_conflicts_with_subcommands = true
 )]
@@ -46,10 +48,18 @@ enum Command {
 struct ServeArgs {
     /// Flake to serve: github:ORG/REPO, git+https://..., git+file:///..., or a local path
     /// (a path inside a git work tree is served as git+file so tags select its refs).
-    #[arg(env = "FLAKEPORT_FLAKE")]
-    flake: String,
+    #[arg(env = "FLAKEPORT_FLAKE", required_unless_present = "packages")]
+    flake: Option<String>,
 
-    /// Address to listen on.
+    /// Package set for Nixery-style names (`shell/curl/jq`): a flake reference
+    /// (its legacyPackages.<system>, then packages.<system>), a local path to a
+    /// nixpkgs-style tree (`import PATH {}`), or a git URL. Tags select git
+    /// refs of the set. Nixery's NIXERY_CHANNEL, NIXERY_PKGS_REPO and
+    /// NIXERY_PKGS_PATH set it too.
+    #[arg(long, env = "FLAKEPORT_PACKAGES")]
+    packages: Option<String>,
+
+    /// Address to listen on (PORT=N also works: 0.0.0.0:N).
     #[arg(long, env = "FLAKEPORT_LISTEN", default_value = "0.0.0.0:5000")]
     listen: SocketAddr,
 
@@ -62,7 +72,7 @@ struct ServeArgs {
     #[arg(long, env = "FLAKEPORT_SYSTEM")]
     system: Option<String>,
 
-    /// Seconds a nix build may take before it is killed (its whole process group).
+    /// Seconds a nix build may take before it is stopped (NIX_TIMEOUT also works).
     #[arg(long, env = "FLAKEPORT_NIX_TIMEOUT", default_value_t = 1800)]
     nix_timeout: u64,
 
@@ -94,6 +104,31 @@ fn host_system() -> String {
     format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
 }
 
+/// Nixery's environment variables, for users switching from it. flakeport's
+/// own variables win when both are set.
+fn apply_nixery_aliases() {
+    let set_if_unset = |ours: &str, value: String| {
+        if std::env::var_os(ours).is_none() {
+            std::env::set_var(ours, value);
+        }
+    };
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(v) = var("NIXERY_PKGS_PATH").or_else(|| var("NIXERY_PKGS_REPO")) {
+        set_if_unset("FLAKEPORT_PACKAGES", v);
+    } else if let Some(channel) = var("NIXERY_CHANNEL") {
+        set_if_unset(
+            "FLAKEPORT_PACKAGES",
+            format!("github:NixOS/nixpkgs/{channel}"),
+        );
+    }
+    if let Some(t) = var("NIX_TIMEOUT") {
+        set_if_unset("FLAKEPORT_NIX_TIMEOUT", t);
+    }
+    if let Some(port) = var("PORT") {
+        set_if_unset("FLAKEPORT_LISTEN", format!("0.0.0.0:{port}"));
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -102,10 +137,12 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Before any thread starts: set_var is only sound single-threaded.
+    apply_nixery_aliases();
     let cli = Cli::parse();
     let args = match (cli.command, cli.serve) {
         (Some(Command::Serve(a)), _) | (None, Some(a)) => a,
-        (None, None) => unreachable!("clap requires FLAKE"),
+        (None, None) => unreachable!("clap requires FLAKE or --packages"),
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -114,7 +151,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let source = resolve::FlakeSource::parse(&args.flake).map_err(anyhow::Error::msg)?;
+    let flake = args
+        .flake
+        .as_deref()
+        .map(resolve::FlakeSource::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let packages = args
+        .packages
+        .as_deref()
+        .map(resolve::PackageSource::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
@@ -128,7 +176,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let index = index::DigestIndex::open(&state_dir).context("opening the digest index")?;
     let images = images::Images::new(
         images::Settings {
-            source,
+            flake,
+            packages,
             system: args.system.clone().unwrap_or_else(host_system),
             manifest_ttl: Duration::from_secs(args.manifest_ttl),
         },
@@ -140,7 +189,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
-        flake = images.source().url,
+        serving = images.describe(),
         state_dir = %state_dir.display(),
         "flakeport serving"
     );

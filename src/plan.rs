@@ -3,7 +3,7 @@
 //! (nixlib), nixpkgs/flakeforge `streamLayeredImage` confs, and plain
 //! packages.
 
-use crate::layer::{LayerSource, Owner, PermRule};
+use crate::layer::{LayerSource, LinkEntry, Owner, PermRule};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -280,6 +280,139 @@ pub fn plan_package(
     }
 }
 
+/// Directories of each package linked into `/` in a package-path image.
+pub const ROOT_DIRS: &[&str] = &["bin", "etc", "lib", "share"];
+/// Where nixpkgs' `cacert` puts its bundle.
+const CA_BUNDLE: &str = "etc/ssl/certs/ca-bundle.crt";
+
+/// A package-path image: the closure of the packages, and a root layer
+/// linking every package's `bin/`, `etc/`, `lib/` and `share/` into `/`
+/// (the first package, in store-path order, wins a conflict), `/tmp` (1777)
+/// and `/usr/bin/env`.
+pub fn plan_packages(
+    outs: &[PathBuf],
+    graph: Vec<GraphNode>,
+    shell: bool,
+    arch: &str,
+) -> ImagePlan {
+    let links = root_links(outs);
+    let has = |p: &str| links.iter().any(|e| e.path == p);
+    let mut env = vec![json!("PATH=/bin:/usr/bin")];
+    if has(&format!("/{CA_BUNDLE}")) {
+        env.push(json!(format!("SSL_CERT_FILE=/{CA_BUNDLE}")));
+    }
+    let mut config = serde_json::Map::new();
+    config.insert("Env".into(), Value::Array(env));
+    if shell && has("/bin/bash") {
+        config.insert("Cmd".into(), json!(["bash"]));
+    }
+    let owner = Owner::default();
+    let mut layers: Vec<PlannedLayer> = group_layers(&graph, &[], DEFAULT_MAX_LAYERS - 1)
+        .into_iter()
+        .map(|paths| store_layer(paths, DEFAULT_MTIME, &owner, &[]))
+        .collect();
+    let tmp = PermRule {
+        path: "/tmp".into(),
+        mode: Some(0o1777),
+        uid: None,
+        gid: None,
+        uname: None,
+        gname: None,
+        recursive: false,
+    };
+    layers.push(PlannedLayer {
+        comment: format!("root layer: links to {} packages", outs.len()),
+        source: LayerSource::Links {
+            entries: links,
+            mtime: DEFAULT_MTIME,
+            owner,
+            perms: vec![tmp],
+        },
+    });
+    ImagePlan {
+        architecture: arch.to_string(),
+        os: "linux".into(),
+        config: Value::Object(config),
+        created: DEFAULT_CREATED.into(),
+        layers,
+    }
+}
+
+/// The root layer's entries, in archive (component) order.
+pub fn root_links(outs: &[PathBuf]) -> Vec<LinkEntry> {
+    let mut tree: BTreeMap<Vec<String>, Option<String>> = BTreeMap::new();
+    for out in outs {
+        for dir in ROOT_DIRS {
+            link_into(&out.join(dir), vec![dir.to_string()], &mut tree, 0);
+        }
+    }
+    tree.insert(vec!["tmp".into()], None);
+    if let Some(Some(env)) = tree
+        .get(&vec!["bin".to_string(), "env".to_string()])
+        .cloned()
+    {
+        tree.entry(vec!["usr".into()]).or_insert(None);
+        tree.entry(vec!["usr".into(), "bin".into()]).or_insert(None);
+        tree.entry(vec!["usr".into(), "bin".into(), "env".into()])
+            .or_insert(Some(env));
+    }
+    // Every directory on the way to an entry exists.
+    let parents: Vec<Vec<String>> = tree
+        .keys()
+        .flat_map(|k| (1..k.len()).map(|n| k[..n].to_vec()).collect::<Vec<_>>())
+        .collect();
+    for p in parents {
+        tree.entry(p).or_insert(None);
+    }
+    tree.into_iter()
+        .map(|(k, target)| LinkEntry {
+            path: format!("/{}", k.join("/")),
+            target,
+        })
+        .collect()
+}
+
+fn link_into(
+    src: &Path,
+    at: Vec<String>,
+    tree: &mut BTreeMap<Vec<String>, Option<String>>,
+    depth: usize,
+) {
+    // Follows symlinks (a package's `bin` may itself be one); the depth bound
+    // stops a symlink cycle.
+    let Ok(meta) = std::fs::metadata(src) else {
+        return;
+    };
+    if !meta.is_dir() {
+        if let Some(target) = src.to_str() {
+            tree.entry(at).or_insert_with(|| Some(target.to_string()));
+        }
+        return;
+    }
+    match tree.get(&at) {
+        Some(Some(_)) => return, // an earlier package put a file here
+        Some(None) => {}
+        None => {
+            tree.insert(at.clone(), None);
+        }
+    }
+    if depth > 32 {
+        return;
+    }
+    let mut children: Vec<(String, PathBuf)> = std::fs::read_dir(src)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(|n| (n.to_string(), e.path())))
+        .collect();
+    children.sort();
+    for (name, path) in children {
+        let mut child = at.clone();
+        child.push(name);
+        link_into(&path, child, tree, depth + 1);
+    }
+}
+
 fn store_layer(paths: Vec<PathBuf>, mtime: u64, owner: &Owner, perms: &[PermRule]) -> PlannedLayer {
     let names: Vec<String> = paths
         .iter()
@@ -528,6 +661,59 @@ mod tests {
             plan_conf(newer, "amd64"),
             Err(PlanError::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn root_links_merge_packages_first_wins() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("a-pkg");
+        let b = t.path().join("b-pkg");
+        std::fs::create_dir_all(a.join("bin")).unwrap();
+        std::fs::create_dir_all(b.join("bin")).unwrap();
+        std::fs::create_dir_all(b.join("etc/ssl/certs")).unwrap();
+        std::fs::create_dir_all(b.join("include")).unwrap();
+        std::fs::write(a.join("bin/env"), "").unwrap();
+        std::fs::write(a.join("bin/tool"), "").unwrap();
+        std::fs::write(b.join("bin/tool"), "").unwrap();
+        std::fs::write(b.join("bin/bash"), "").unwrap();
+        std::fs::write(b.join("etc/ssl/certs/ca-bundle.crt"), "").unwrap();
+        let outs = vec![a.clone(), b.clone()];
+        let links = root_links(&outs);
+        let got: Vec<(String, Option<String>)> = links
+            .iter()
+            .map(|e| (e.path.clone(), e.target.clone()))
+            .collect();
+        let s = |p: &Path| Some(p.to_str().unwrap().to_string());
+        assert_eq!(
+            got,
+            vec![
+                ("/bin".into(), None),
+                ("/bin/bash".into(), s(&b.join("bin/bash"))),
+                ("/bin/env".into(), s(&a.join("bin/env"))),
+                ("/bin/tool".into(), s(&a.join("bin/tool"))),
+                ("/etc".into(), None),
+                ("/etc/ssl".into(), None),
+                ("/etc/ssl/certs".into(), None),
+                (
+                    "/etc/ssl/certs/ca-bundle.crt".into(),
+                    s(&b.join("etc/ssl/certs/ca-bundle.crt"))
+                ),
+                ("/tmp".into(), None),
+                ("/usr".into(), None),
+                ("/usr/bin".into(), None),
+                ("/usr/bin/env".into(), s(&a.join("bin/env"))),
+            ]
+        );
+        let plan = plan_packages(&outs, vec![], true, "amd64");
+        assert_eq!(plan.config["Cmd"], json!(["bash"]));
+        assert_eq!(
+            plan.config["Env"][1],
+            json!("SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt")
+        );
+        assert!(plan_packages(&outs, vec![], false, "amd64")
+            .config
+            .get("Cmd")
+            .is_none());
     }
 
     #[test]

@@ -18,7 +18,7 @@ cleanup() {
   sleep 1
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
   umount -R "$W"/ctd/root 2>/dev/null
-  rm -rf "$W" 2>/dev/null
+  [ -n "${KEEP:-}" ] && echo "kept $W" || rm -rf "$W" 2>/dev/null
 }
 trap cleanup EXIT
 
@@ -33,11 +33,13 @@ check() { # check NAME COMMAND...: run in this shell (tests may restart servers)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start_server VAR STATE_DIR [ARGS...]: flakeport on a free port; VAR=port
+# start_server VAR STATE_DIR [ARGS...]: flakeport serving the test flake (none
+# with NO_FLAKE=1) on a free port; VAR=port, VAR_PID=its pid
 start_server() {
   local var=$1 state=$2; shift 2
   local port; port=$(free_port)
-  "$BIN" serve "$W/repo" --listen "127.0.0.1:$port" --state-dir "$state" "$@" >>"$W/server-$port.log" 2>&1 &
+  local flake=("$W/repo"); [ -n "${NO_FLAKE:-}" ] && flake=()
+  "$BIN" serve "${flake[@]}" --listen "127.0.0.1:$port" --state-dir "$state" "$@" >>"$W/server-$port.log" 2>&1 &
   PIDS+=($!)
   eval "$var=$port; ${var}_PID=$!"
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && return 0; sleep 0.1; done
@@ -299,6 +301,110 @@ t_docker() {
     docker run --rm --network none "$R/plain:v1" | grep -q '^greetings'
 }
 check "Docker engine: docker pull + docker run" t_docker
+
+# ------------------------------------------------- package paths (Nixery-style)
+# PK: only a package set (the repo as a nixpkgs-style tree, `import path {}`).
+# PB: the flake beside its own legacyPackages as the set (a flake reference).
+NO_FLAKE=1 start_server PK "$W/state-pk" --packages "$W/repo" || exit 1
+start_server PB "$W/state-pb" --packages "git+file://$W/repo" || exit 1
+RK=127.0.0.1:$PK
+
+pkg_digest() { curl -fsS "http://$1/v2/$2/manifests/${3:-latest}" | sha256sum | cut -d' ' -f1; }
+
+t_pkg_chroot() {
+  rm -rf "$W/pk1" "$W/pkb1"
+  skopeo copy -q --src-tls-verify=false "docker://$RK/hello/greeter:latest" "oci:$W/pk1:x" &&
+    umoci unpack --image "$W/pk1:x" "$W/pkb1" >/dev/null &&
+    chroot "$W/pkb1/rootfs" /bin/hello | grep -qx 'hello from nix' &&
+    chroot "$W/pkb1/rootfs" /bin/greet | grep -q '^greetings' &&
+    [ "$(stat -c %a "$W/pkb1/rootfs/tmp")" = 1777 ] &&
+    [ -e "$W/pkb1/rootfs/etc/ssl/certs/ca-bundle.crt" ] &&
+    skopeo inspect --config --tls-verify=false "docker://$RK/hello/greeter:latest" |
+    json '" ".join(d["config"]["Env"])' | grep -q 'PATH=/bin.*SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt'
+}
+check "packages: two-package image, tools run from /bin in a chroot, /tmp, CA bundle" t_pkg_chroot
+
+t_pkg_order() {
+  local a; a=$(pkg_digest "$RK" hello/greeter) &&
+    [ "$(pkg_digest "$RK" greeter/hello)" = "$a" ] && [ "$(pkg_digest "$RK" hello/greeter/hello)" = "$a" ]
+}
+check "packages: order and duplicates do not change the digest" t_pkg_order
+
+t_pkg_nested() {
+  rm -rf "$W/pk2" "$W/pkb2"
+  skopeo copy -q --src-tls-verify=false "docker://$RK/python3packages.requests:latest" "oci:$W/pk2:x" &&
+    umoci unpack --image "$W/pk2:x" "$W/pkb2" >/dev/null &&
+    chroot "$W/pkb2/rootfs" /bin/requests-demo | grep -qx requests
+}
+check "packages: nested attribute (python3packages.requests, matched case-insensitively)" t_pkg_nested
+
+t_pkg_tags() {
+  local commit; commit=$(git -C "$W/repo" rev-parse v1)
+  for tag_want in v1:v1 latest:v2 main:v2 "$commit:v1"; do
+    rm -rf "$W/pk3" "$W/pkb3"
+    skopeo copy -q --src-tls-verify=false "docker://$RK/versioned:${tag_want%%:*}" "oci:$W/pk3:x" &&
+      umoci unpack --image "$W/pk3:x" "$W/pkb3" >/dev/null &&
+      [ "$(chroot "$W/pkb3/rootfs" /bin/version)" = "${tag_want#*:}" ] || { echo "tag ${tag_want%%:*}"; return 1; }
+  done
+  R=$RK expect_error GET /v2/versioned/manifests/v9 404 MANIFEST_UNKNOWN 'tag .*v9.* is not a branch, tag or commit' &&
+    [ "$(curl -fsS "http://$RK/v2/versioned/tags/list" | json '",".join(d["tags"])')" = "latest,main,v1" ]
+}
+check "packages: tag -> git tag, branch or commit of the set; tags/list" t_pkg_tags
+
+t_pkg_unknown() {
+  R=$RK expect_error GET /v2/hello/helo/gretter/python3packages.reqests/manifests/latest 404 MANIFEST_UNKNOWN \
+    'gretter (did you mean greeter?); helo (did you mean hello?); python3packages.reqests (did you mean python3packages.requests?)'
+}
+check "packages: every unknown package named in one 404, with close matches" t_pkg_unknown
+
+t_pkg_injection() {
+  local b; b=$(builds "$PK")
+  R=$RK expect_error GET '/v2/hello/builtins.abort/import/or/manifests/latest' 404 MANIFEST_UNKNOWN 'builtins.abort; import; or' &&
+    R=$RK expect_error GET '/v2/hello/%24%7Bbuiltins.abort%20%22x%22%7D/manifests/latest' 400 NAME_INVALID &&
+    R=$RK expect_error GET '/v2/hello/a%22%3B/manifests/latest' 400 NAME_INVALID &&
+    R=$RK expect_error GET '/v2/hello/manifests/latest%22%20--impure' 400 TAG_INVALID &&
+    healthy "$PK"
+}
+check "packages: injection attempts are data (unknown names) or rejected" t_pkg_injection
+
+t_pkg_shared() {
+  local a b
+  a=$(curl -fsS "http://$RK/v2/shell/hello/manifests/latest" | json '"\n".join(l["digest"] for l in d["layers"])')
+  b=$(curl -fsS "http://$RK/v2/shell/greeter/manifests/latest" | json '"\n".join(l["digest"] for l in d["layers"])')
+  # busybox, bash, coreutils, cacert: the same store paths, the same layers.
+  [ "$(comm -12 <(sort <<<"$a") <(sort <<<"$b") | wc -l)" -ge 4 ] &&
+    [ "$(wc -l <<<"$a")" -le 100 ]
+}
+check "packages: images share the layers of common packages" t_pkg_shared
+
+t_pkg_shell() {
+  rm -rf "$W/pk4" "$W/pkb4"
+  [ "$(skopeo inspect --config --tls-verify=false "docker://$RK/shell:latest" | json 'd["config"]["Cmd"]')" = "['bash']" ] &&
+    skopeo copy -q --src-tls-verify=false "docker://$RK/shell/hello:latest" "oci:$W/pk4:x" &&
+    umoci unpack --image "$W/pk4:x" "$W/pkb4" >/dev/null &&
+    chroot "$W/pkb4/rootfs" /bin/bash -c 'ls /bin/hello && /usr/bin/env echo ok' | grep -qx ok
+}
+check "packages: the shell meta-package (bash as Cmd, coreutils, /usr/bin/env)" t_pkg_shell
+
+t_pkg_arm64() {
+  # No aarch64 builder here: the build is attempted for aarch64-linux and fails saying so.
+  R=$RK expect_error GET /v2/arm64/hello/manifests/latest 500 UNKNOWN 'aarch64-linux'
+}
+check "packages: arm64 prefix builds for aarch64-linux" t_pkg_arm64
+
+t_pkg_failure() {
+  R=$RK expect_error GET /v2/broken/manifests/latest 500 UNKNOWN 'broken on purpose'
+}
+check "packages: a package that fails to build: 500 with the log tail" t_pkg_failure
+
+t_pkg_beside_flake() {
+  # Flake outputs keep their names; any other name is a package path.
+  [ "$(curl -fsS "http://127.0.0.1:$PB/v2/app/manifests/latest" | sha256sum | cut -d' ' -f1)" = "$(sha256sum < "$W/m" | cut -d' ' -f1)" ] &&
+    [ "$(pkg_digest "127.0.0.1:$PB" hello/greeter)" = "$(pkg_digest "$RK" hello/greeter)" ] &&
+    ctr image pull --plain-http "127.0.0.1:$PB/shell/hello:latest" >/dev/null &&
+    ctr run --rm "127.0.0.1:$PB/shell/hello:latest" "fp3-$$" /bin/hello | grep -qx 'hello from nix'
+}
+check "packages beside a flake: outputs by name, package paths otherwise; containerd runs one" t_pkg_beside_flake
 
 # ------------------------------------------------- after the client tests: these change the repo and the store
 t_digest_mismatch() {

@@ -113,6 +113,24 @@ pub enum LayerSource {
     },
     /// A finished tar file served byte for byte (nixpkgs' customisation layer).
     TarFile { path: PathBuf },
+    /// Directories and symlinks computed by the planner, in archive order:
+    /// the root layer of a package-path image (`/bin/curl -> /nix/store/...`).
+    Links {
+        entries: Vec<LinkEntry>,
+        mtime: u64,
+        owner: Owner,
+        perms: Vec<PermRule>,
+    },
+}
+
+/// One entry of a [`LayerSource::Links`] layer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LinkEntry {
+    /// Absolute path in the image, no trailing slash.
+    pub path: String,
+    /// Symlink target; `None` for a directory (0755).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 /// Identity of a layer's bytes: hash of the format version and the source.
@@ -197,6 +215,27 @@ impl LayerTar {
                 s.push(b"/nix/store/".to_vec(), EntryKind::Dir, 0o755);
                 for p in paths {
                     s.walk(p, p.as_os_str().as_bytes().to_vec())?;
+                }
+                Ok(s.finish())
+            }
+            LayerSource::Links {
+                entries,
+                mtime,
+                owner,
+                perms,
+            } => {
+                let mut s = Scanner::new(*mtime, owner, perms);
+                for e in entries {
+                    match &e.target {
+                        None => s.push(format!("{}/", e.path).into_bytes(), EntryKind::Dir, 0o755),
+                        Some(t) => s.push(
+                            e.path.clone().into_bytes(),
+                            EntryKind::Symlink {
+                                target: t.clone().into_bytes(),
+                            },
+                            0o777,
+                        ),
+                    }
                 }
                 Ok(s.finish())
             }
