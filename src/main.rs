@@ -1,15 +1,7 @@
 //! flakeport: a pull-only OCI registry that builds images on demand with Nix
 //! and streams their layers straight out of /nix/store.
 
-mod build;
-mod error;
-mod images;
-mod index;
-mod layer;
-mod manifest;
-mod plan;
-mod registry;
-mod resolve;
+use flakeport::{build, images, index, registry, resolve};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};

@@ -4,6 +4,9 @@
 //! packages.
 
 use crate::layer::{LayerSource, LinkEntry, Owner, PermRule};
+
+pub mod layering;
+pub use layering::group_layers;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -78,6 +81,9 @@ struct ConfV1 {
     perms: Vec<PermV1>,
     #[serde(default)]
     root_layer: Option<PathBuf>,
+    /// The image's contents: the layering keeps each with what only it needs.
+    #[serde(default)]
+    roots: Vec<PathBuf>,
     #[serde(default)]
     graph: Vec<GraphNode>,
     #[serde(default)]
@@ -182,10 +188,11 @@ fn plan_v1(conf: ConfV1, system_arch: &str) -> Result<ImagePlan, PlanError> {
         .filter(|n| Some(&n.path) != conf.root_layer.as_ref())
         .collect();
     let store_budget = max_layers - usize::from(conf.root_layer.is_some());
-    let mut layers: Vec<PlannedLayer> = group_layers(&graph, &conf.layers, store_budget)
-        .into_iter()
-        .map(|paths| store_layer(paths, mtime, &owner, &perms))
-        .collect();
+    let mut layers: Vec<PlannedLayer> =
+        group_layers(&graph, &conf.roots, &conf.layers, store_budget)
+            .into_iter()
+            .map(|paths| store_layer(paths, mtime, &owner, &perms))
+            .collect();
     if let Some(dir) = conf.root_layer {
         layers.push(PlannedLayer {
             comment: format!("root layer {}", dir.display()),
@@ -267,7 +274,7 @@ pub fn plan_package(
         config.insert("Entrypoint".into(), json!([bin.join(p)]));
     }
     let owner = Owner::default();
-    let layers = group_layers(&graph, &[], DEFAULT_MAX_LAYERS)
+    let layers = group_layers(&graph, &[out.to_path_buf()], &[], DEFAULT_MAX_LAYERS)
         .into_iter()
         .map(|paths| store_layer(paths, DEFAULT_MTIME, &owner, &[]))
         .collect();
@@ -307,7 +314,7 @@ pub fn plan_packages(
         config.insert("Cmd".into(), json!(["bash"]));
     }
     let owner = Owner::default();
-    let mut layers: Vec<PlannedLayer> = group_layers(&graph, &[], DEFAULT_MAX_LAYERS - 1)
+    let mut layers: Vec<PlannedLayer> = group_layers(&graph, outs, &[], DEFAULT_MAX_LAYERS - 1)
         .into_iter()
         .map(|paths| store_layer(paths, DEFAULT_MTIME, &owner, &[]))
         .collect();
@@ -436,78 +443,6 @@ fn store_layer(paths: Vec<PathBuf>, mtime: u64, owner: &Owner, perms: &[PermRule
             perms: perms.to_vec(),
         },
     }
-}
-
-/// Closure graph -> at most `budget` layers of store paths.
-///
-/// Explicit groups come first, each holding its closure minus what earlier
-/// groups took. The rest: the most depended-upon paths (ties: larger first)
-/// get a layer each, the tail shares the last layer, so a change to a leaf
-/// package touches one layer and shared libraries keep their digests.
-pub fn group_layers(
-    graph: &[GraphNode],
-    explicit: &[Vec<PathBuf>],
-    budget: usize,
-) -> Vec<Vec<PathBuf>> {
-    let budget = budget.max(1);
-    let nodes: BTreeMap<&Path, &GraphNode> = graph.iter().map(|n| (n.path.as_path(), n)).collect();
-    let closure_of = |start: &[PathBuf]| -> BTreeSet<PathBuf> {
-        let mut seen = BTreeSet::new();
-        let mut stack: Vec<&Path> = start.iter().map(|p| p.as_path()).collect();
-        while let Some(p) = stack.pop() {
-            if !nodes.contains_key(p) || !seen.insert(p.to_path_buf()) {
-                continue;
-            }
-            stack.extend(nodes[p].references.iter().map(|r| r.as_path()));
-        }
-        seen
-    };
-
-    let mut taken: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut layers: Vec<Vec<PathBuf>> = Vec::new();
-    for group in explicit {
-        if layers.len() + 1 >= budget {
-            break;
-        }
-        let paths: Vec<PathBuf> = closure_of(group)
-            .into_iter()
-            .filter(|p| !taken.contains(p))
-            .collect();
-        if !paths.is_empty() {
-            taken.extend(paths.iter().cloned());
-            layers.push(paths);
-        }
-    }
-
-    // How many paths of the graph have each path in their closure.
-    let mut dependents: HashMap<&Path, usize> = HashMap::new();
-    for n in graph {
-        for p in closure_of(std::slice::from_ref(&n.path)) {
-            if let Some((k, _)) = nodes.get_key_value(p.as_path()) {
-                *dependents.entry(*k).or_default() += 1;
-            }
-        }
-    }
-    let mut rest: Vec<&GraphNode> = nodes
-        .values()
-        .copied()
-        .filter(|n| !taken.contains(&n.path))
-        .collect();
-    rest.sort_by(|a, b| {
-        dependents[b.path.as_path()]
-            .cmp(&dependents[a.path.as_path()])
-            .then(b.nar_size.cmp(&a.nar_size))
-            .then(a.path.cmp(&b.path))
-    });
-    let own = budget.saturating_sub(layers.len() + 1);
-    let (singles, tail) = rest.split_at(own.min(rest.len()));
-    layers.extend(singles.iter().map(|n| vec![n.path.clone()]));
-    if !tail.is_empty() {
-        let mut t: Vec<PathBuf> = tail.iter().map(|n| n.path.clone()).collect();
-        t.sort();
-        layers.push(t);
-    }
-    layers
 }
 
 fn owner(
@@ -653,8 +588,8 @@ mod tests {
         };
         assert_eq!(
             paths,
-            &[PathBuf::from("/nix/store/lib")],
-            "the most depended-upon path comes first"
+            &[PathBuf::from("/nix/store/app"), "/nix/store/lib".into()],
+            "over budget, the app travels with the library only it needs"
         );
         let newer = br#"{"flakeport":2}"#;
         assert!(matches!(
@@ -714,32 +649,5 @@ mod tests {
             .config
             .get("Cmd")
             .is_none());
-    }
-
-    #[test]
-    fn grouping_respects_budget_and_explicit_groups() {
-        let graph = vec![
-            node("/s/app", 10, &["/s/lib", "/s/tool"]),
-            node("/s/tool", 3, &["/s/lib"]),
-            node("/s/lib", 50, &[]),
-            node("/s/doc", 1, &[]),
-        ];
-        let all = group_layers(&graph, &[], 100);
-        assert_eq!(all.len(), 4);
-        let two = group_layers(&graph, &[], 2);
-        assert_eq!(
-            two,
-            vec![
-                vec![PathBuf::from("/s/lib")],
-                vec!["/s/app".into(), "/s/doc".into(), "/s/tool".into()]
-            ]
-        );
-        let explicit = group_layers(&graph, &[vec!["/s/tool".into()]], 3);
-        assert_eq!(explicit[0], vec![PathBuf::from("/s/lib"), "/s/tool".into()]);
-        let mut every: Vec<PathBuf> = explicit.concat();
-        every.sort();
-        assert_eq!(every.len(), 4, "every path in exactly one layer");
-        every.dedup();
-        assert_eq!(every.len(), 4);
     }
 }

@@ -1,0 +1,17 @@
+//! flakeport: a pull-only OCI registry that builds images on demand with Nix
+//! and streams their layers straight out of /nix/store.
+//!
+//! Modules follow the path of a pull: [`registry`] (HTTP) -> [`resolve`]
+//! (name + tag -> target) -> [`build`] (nix) -> [`plan`] (layers) ->
+//! [`layer`] (tar bytes) -> [`manifest`] (JSON); [`images`] ties them
+//! together, [`index`] remembers digests, [`error`] maps failures to OCI JSON.
+
+pub mod build;
+pub mod error;
+pub mod images;
+pub mod index;
+pub mod layer;
+pub mod manifest;
+pub mod plan;
+pub mod registry;
+pub mod resolve;
