@@ -118,7 +118,7 @@ pub fn group_layers(
     explicit: &[Vec<PathBuf>],
     budget: usize,
 ) -> Vec<Vec<PathBuf>> {
-    shared_primaries(graph, roots, explicit, budget, true)
+    shared_primaries(graph, roots, explicit, budget, true, true)
 }
 
 /// nixpkgs' auto-layer as it ships (no seeding with roots), for comparison.
@@ -127,7 +127,7 @@ pub fn auto_layer(
     explicit: &[Vec<PathBuf>],
     budget: usize,
 ) -> Vec<Vec<PathBuf>> {
-    shared_primaries(graph, &[], explicit, budget, false)
+    shared_primaries(graph, &[], explicit, budget, false, false)
 }
 
 fn shared_primaries(
@@ -136,6 +136,7 @@ fn shared_primaries(
     explicit: &[Vec<PathBuf>],
     budget: usize,
     seed_roots: bool,
+    isolate_large: bool,
 ) -> Vec<Vec<PathBuf>> {
     let budget = budget.max(1);
     let g = Graph::new(graph);
@@ -154,29 +155,39 @@ fn shared_primaries(
         return layers;
     }
 
-    // owners[i]: the primaries (sorted) whose closure holds node i.
+    // owners[i]: the primaries (sorted) whose closure holds node i. Primaries
+    // chosen for their size are `isolated`: alone in their layer, so a large
+    // path keeps its digest whatever else the image holds.
     let mut owners: Vec<Vec<usize>> = vec![Vec::new(); g.nodes.len()];
-    let groups_with = |owners: &[Vec<usize>]| {
-        rest.iter()
+    let mut isolated: Vec<bool> = vec![false; g.nodes.len()];
+    let layer_count = |owners: &[Vec<usize>], isolated: &[bool]| {
+        let grouped = rest
+            .iter()
+            .filter(|&&i| !isolated[i])
             .map(|&i| &owners[i])
             .collect::<HashSet<_>>()
-            .len()
+            .len();
+        grouped + isolated.iter().filter(|&&x| x).count()
     };
-    let try_add = |owners: &mut Vec<Vec<usize>>, p: usize| -> bool {
-        let mut next = owners.clone();
-        for q in g.closure([p]) {
-            if !taken[q] {
-                if let Err(pos) = next[q].binary_search(&p) {
-                    next[q].insert(pos, p);
+    let try_add =
+        |owners: &mut Vec<Vec<usize>>, isolated: &mut Vec<bool>, p: usize, isolate: bool| -> bool {
+            let mut next = owners.clone();
+            for q in g.closure([p]) {
+                if !taken[q] {
+                    if let Err(pos) = next[q].binary_search(&p) {
+                        next[q].insert(pos, p);
+                    }
                 }
             }
-        }
-        if groups_with(&next) > budget {
-            return false;
-        }
-        *owners = next;
-        true
-    };
+            let mut next_isolated = isolated.clone();
+            next_isolated[p] = isolate;
+            if layer_count(&next, &next_isolated) > budget {
+                return false;
+            }
+            *owners = next;
+            *isolated = next_isolated;
+            true
+        };
 
     let mut seeds: Vec<usize> = if seed_roots {
         let given: Vec<usize> = roots
@@ -198,7 +209,7 @@ fn shared_primaries(
     let mut primaries = BTreeSet::new();
     let mut full = false;
     for s in seeds {
-        if !try_add(&mut owners, s) {
+        if !try_add(&mut owners, &mut isolated, s, false) {
             full = true;
             break;
         }
@@ -220,21 +231,32 @@ fn shared_primaries(
                 .then(a.cmp(&b))
         });
         for c in candidates {
-            if !try_add(&mut owners, c) {
+            if !try_add(&mut owners, &mut isolated, c, isolate_large) {
                 break;
             }
         }
     }
 
-    let mut groups: BTreeMap<&Vec<usize>, Vec<usize>> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
     for &i in &rest {
-        groups.entry(&owners[i]).or_default().push(i);
+        // An isolated path is keyed by itself alone.
+        let key = if isolated[i] {
+            vec![usize::MAX, i]
+        } else {
+            owners[i].clone()
+        };
+        groups.entry(key).or_default().push(i);
     }
     let mut ordered: Vec<(usize, u64, Vec<PathBuf>)> = groups
         .into_iter()
         .map(|(set, members)| {
+            let shared = if set.first() == Some(&usize::MAX) {
+                owners[set[1]].len()
+            } else {
+                set.len()
+            };
             (
-                set.len(),
+                shared,
                 members.iter().map(|&i| g.nodes[i].nar_size).sum(),
                 g.paths(&members),
             )

@@ -9,7 +9,7 @@ pub mod layering;
 pub use layering::group_layers;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Clients fail somewhere past 125 layers.
@@ -516,12 +516,6 @@ fn time_or_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Er
 mod tests {
     use super::*;
 
-    fn node(p: &str, size: u64, refs: &[&str]) -> GraphNode {
-        GraphNode {
-            path: p.into(),
-            nar_size: size,
-            references: refs.iter().map(PathBuf::from).collect(),
-        }
     }
 
     #[test]
