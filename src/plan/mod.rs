@@ -516,8 +516,6 @@ fn time_or_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Er
 mod tests {
     use super::*;
 
-    }
-
     #[test]
     fn nixpkgs_conf_with_string_ids_and_old_flakeforge_conf() {
         let nixpkgs = br#"{"architecture":"amd64","config":{"Cmd":["/bin/sh"]},"os":"linux","store_dir":"/nix/store",
