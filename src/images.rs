@@ -218,13 +218,16 @@ impl Images {
 
     async fn produce(&self, key: &ImageKey) -> Result<ImageDocuments> {
         let started = Instant::now();
+        let built;
         let plan = match key {
             ImageKey::Flake(t) => {
                 let out = self.nix.build(t).await?;
+                built = started.elapsed();
                 self.plan_flake_output(t, &out).await?
             }
             ImageKey::Packages(t) => {
                 let outs = self.nix.build_packages(t).await?;
+                built = started.elapsed();
                 let graph = self.graph(&outs).await?;
                 let (shell, arch) = (t.shell, oci_arch(&t.system).to_string());
                 tokio::task::spawn_blocking(move || plan::plan_packages(&outs, graph, shell, &arch))
@@ -242,7 +245,8 @@ impl Images {
             target = %key,
             digest = %docs.oci.digest,
             layers = layers.len(),
-            build_and_plan_ms = planned.as_millis() as u64,
+            build_ms = built.as_millis() as u64,
+            plan_ms = (planned - built).as_millis() as u64,
             digest_ms = (started.elapsed() - planned).as_millis() as u64,
             "image ready"
         );

@@ -60,10 +60,12 @@ pub async fn get(
                         let mut w = ChannelWriter {
                             tx: sender,
                             buf: BytesMut::with_capacity(CHUNK),
-                            hash: verify.then(HashingWriter::default),
+                            hasher: verify.then(Hasher::start),
                         };
                         tar.write_range(start, end, &mut w)?;
-                        Ok::<_, io::Error>((w.buf.freeze(), w.hash.map(HashingWriter::finish)))
+                        let last = w.buf.freeze();
+                        let got = w.hasher.map(|h| h.finish(last.clone())).transpose()?;
+                        Ok::<_, io::Error>((last, got))
                     })
                     .await;
                     let outcome = match produced {
@@ -129,14 +131,44 @@ fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>>
 struct ChannelWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
     buf: BytesMut,
-    hash: Option<HashingWriter>,
+    hasher: Option<Hasher>,
+}
+
+/// sha256 on a thread of its own, fed the same refcounted chunks the client
+/// gets: hashing (about 1.6 GiB/s with SHA-NI) runs beside reading and
+/// sending instead of after them.
+struct Hasher {
+    chunks: std::sync::mpsc::SyncSender<Bytes>,
+    thread: std::thread::JoinHandle<String>,
+}
+
+impl Hasher {
+    fn start() -> Hasher {
+        let (chunks, rx) = std::sync::mpsc::sync_channel::<Bytes>(CHANNEL_DEPTH);
+        let thread = std::thread::spawn(move || {
+            let mut h = HashingWriter::default();
+            for chunk in rx {
+                h.write_all(&chunk).expect("hashing cannot fail");
+            }
+            h.finish()
+        });
+        Hasher { chunks, thread }
+    }
+
+    fn feed(&self, chunk: Bytes) -> io::Result<()> {
+        self.chunks.send(chunk).map_err(|_| io::Error::other("hasher thread stopped"))
+    }
+
+    /// Hash the last chunk too and return the digest of everything.
+    fn finish(self, last: Bytes) -> io::Result<String> {
+        self.feed(last)?;
+        drop(self.chunks);
+        self.thread.join().map_err(|_| io::Error::other("hasher thread panicked"))
+    }
 }
 
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if let Some(h) = &mut self.hash {
-            h.write_all(data)?;
-        }
         let mut rest = data;
         while !rest.is_empty() {
             let n = rest.len().min(CHUNK - self.buf.len());
@@ -145,6 +177,9 @@ impl Write for ChannelWriter {
             if self.buf.len() == CHUNK {
                 let chunk =
                     std::mem::replace(&mut self.buf, BytesMut::with_capacity(CHUNK)).freeze();
+                if let Some(h) = &self.hasher {
+                    h.feed(chunk.clone())?;
+                }
                 self.tx
                     .blocking_send(Ok(chunk))
                     .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;

@@ -1,0 +1,38 @@
+# Images for scripts/bench, built on the offline example's package set
+# (scripts/bench copies this over the example's flake.nix).
+{
+  outputs = { self }:
+    let
+      system = "x86_64-linux";
+      pkgs = import ./. { inherit system; };
+      lib = import ./nixlib { inherit (pkgs) runCommand; inherit system; };
+      nonce = builtins.readFile ./nonce;
+      random = name: mib: pkgs.runCommand name { } "mkdir -p $out; head -c ${toString (mib * 1048576)} /dev/urandom > $out/blob";
+      manySmall = pkgs.runCommand "many-small" { } ''
+        mkdir -p $out
+        i=0
+        while [ $i -lt 3000 ]; do
+          d=$out/d$((i / 100)); mkdir -p $d
+          head -c $((i % 4096 + 1)) /dev/urandom > $d/f$i
+          i=$((i + 1))
+        done
+      '';
+    in
+    {
+      packages.${system} = {
+        big128 = lib.streamLayeredImageConf { name = "big128"; contents = [ (random "random-128m" 128) ]; };
+        small3000 = lib.streamLayeredImageConf { name = "small3000"; contents = [ manySmall ]; };
+        # 192 MiB in six layers, so the digest pass can use both cores.
+        img192 = lib.streamLayeredImageConf {
+          name = "img192";
+          contents = map (i: random "part${toString i}-32m" 32) [ 1 2 3 4 5 6 ] ++ [ pkgs.busybox ];
+          config.Cmd = [ "/bin/sh" ];
+        };
+        # New for every run: cold pulls build it.
+        cold = lib.streamLayeredImageConf {
+          name = "cold";
+          contents = [ (pkgs.runCommand "cold-${nonce}" { } "sleep 1; mkdir -p $out; echo ${nonce} > $out/x") ];
+        };
+      };
+    };
+}
