@@ -3,7 +3,9 @@
 
 use crate::build::{Nix, PathInfo};
 use crate::error::{RegistryError, Result};
+use crate::gzcache::GzCache;
 use crate::index::DigestIndex;
+use crate::layer::gzip::gzip_key;
 use crate::layer::{LayerKey, LayerSource, LayerTar};
 use crate::manifest::{documents, ImageDocuments, JsonBlob, LayerDigest};
 use crate::plan::{self, GraphNode, ImagePlan};
@@ -83,6 +85,8 @@ pub struct Images {
     scanned: moka::future::Cache<String, Arc<LayerTar>>,
     /// Digest passes run on blocking threads, one per core.
     digest_slots: Semaphore,
+    /// With `--compression gzip`: where compressed layers are kept.
+    gzip: Option<Arc<GzCache>>,
 }
 
 /// What a blob GET serves.
@@ -92,7 +96,12 @@ pub enum Blob {
 }
 
 impl Images {
-    pub fn new(settings: Settings, nix: Nix, index: DigestIndex) -> Arc<Images> {
+    pub fn new(
+        settings: Settings,
+        nix: Nix,
+        index: DigestIndex,
+        gzip: Option<GzCache>,
+    ) -> Arc<Images> {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -116,6 +125,7 @@ impl Images {
                 .build(),
             scanned: moka::future::Cache::builder().max_capacity(32).build(),
             digest_slots: Semaphore::new(cores),
+            gzip: gzip.map(Arc::new),
         })
     }
 
@@ -296,31 +306,45 @@ impl Images {
     }
 
     async fn layer_digest(&self, source: &LayerSource) -> Result<LayerDigest> {
-        let key = source.key();
+        let key = match &self.gzip {
+            Some(_) => gzip_key(source),
+            None => source.key(),
+        };
         if let Some(d) = self.index.layer_digest(&key) {
             return Ok(d);
         }
         let src = source.clone();
         self.digesting
-            .try_get_with(key, async move {
+            .try_get_with(key.clone(), async move {
                 let _slot = self
                     .digest_slots
                     .acquire()
                     .await
                     .map_err(RegistryError::internal)?;
-                let s = src.clone();
+                let (s, gzip) = (src.clone(), self.gzip.clone());
                 let d = tokio::task::spawn_blocking(move || -> std::io::Result<LayerDigest> {
                     let tar = LayerTar::scan(&s).map_err(std::io::Error::other)?;
-                    Ok(LayerDigest {
-                        digest: tar.digest()?,
-                        size: tar.size(),
-                    })
+                    match gzip {
+                        Some(cache) => {
+                            let (c, _) = cache.insert(&tar)?;
+                            Ok(LayerDigest {
+                                digest: c.digest,
+                                size: c.size,
+                                diff_id: Some(c.diff_id),
+                            })
+                        }
+                        None => Ok(LayerDigest {
+                            digest: tar.digest()?,
+                            size: tar.size(),
+                            diff_id: None,
+                        }),
+                    }
                 })
                 .await
                 .map_err(RegistryError::internal)?
                 .map_err(|e| RegistryError::internal(format!("digest pass failed: {e}")))?;
                 self.index
-                    .record_layer(&src, &d)
+                    .record_layer(key, &src, &d)
                     .map_err(RegistryError::internal)?;
                 Ok(d)
             })
@@ -341,10 +365,19 @@ impl Images {
         let unknown = || RegistryError::BlobUnknown {
             digest: digest.to_string(),
         };
-        let (source, size) = self.index.layer_source(digest).ok_or_else(unknown)?;
+        let layer = self.index.layer(digest).ok_or_else(unknown)?;
+        let size = layer.size;
+        if layer.diff_id.is_some() {
+            return match &self.gzip {
+                Some(cache) => self.gzip_blob(cache, digest, layer.source).await,
+                // Served compressed before a restart without --compression.
+                None => Err(unknown()),
+            };
+        }
+        let source = layer.source;
         let tar = self
             .scanned
-            .try_get_with(digest.to_string(), async {
+            .try_get_with(digest.to_string(), async move {
                 tokio::task::spawn_blocking(move || LayerTar::scan(&source).map(Arc::new))
                     .await
                     .map_err(|e| e.to_string())?
@@ -371,6 +404,49 @@ impl Images {
                 tracing::warn!(digest, error = %e, "cannot scan layer; dropping digest");
                 self.layer_is_corrupt(digest).await;
                 Err(unknown())
+            }
+        }
+    }
+
+    /// A compressed layer: opened from the cache right away (eviction cannot
+    /// cut the stream then), compressed again first if it was evicted.
+    async fn gzip_blob(
+        &self,
+        cache: &Arc<GzCache>,
+        digest: &str,
+        source: LayerSource,
+    ) -> Result<Blob> {
+        let (cache, want) = (cache.clone(), digest.to_string());
+        let opened =
+            tokio::task::spawn_blocking(move || -> std::result::Result<LayerTar, String> {
+                let path = cache.path(&want);
+                let file = match cache.open_blob(&want) {
+                    Some(file) => file,
+                    None => {
+                        let tar = LayerTar::scan(&source).map_err(|e| e.to_string())?;
+                        let (c, file) = cache.insert(&tar).map_err(|e| e.to_string())?;
+                        if c.digest != want {
+                            return Err(format!("compressed again to {}, not {want}", c.digest));
+                        }
+                        file
+                    }
+                };
+                let size = file.metadata().map_err(|e| e.to_string())?.len();
+                Ok(LayerTar::Opened { file, path, size })
+            })
+            .await
+            .map_err(RegistryError::internal)?;
+        match opened {
+            Ok(tar) => Ok(Blob::Layer {
+                digest: digest.to_string(),
+                tar: Arc::new(tar),
+            }),
+            Err(e) => {
+                tracing::error!(digest, error = %e, "cannot serve compressed layer; dropping digest");
+                self.layer_is_corrupt(digest).await;
+                Err(RegistryError::BlobUnknown {
+                    digest: digest.to_string(),
+                })
             }
         }
     }

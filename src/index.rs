@@ -26,15 +26,28 @@ enum Line {
         digest: String,
         size: u64,
         source: LayerSource,
+        /// Present for a gzip blob: the uncompressed tar's digest.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        diff_id: Option<String>,
     },
     Drop {
         drop: String,
     },
 }
 
+/// What a layer digest stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedLayer {
+    pub key: LayerKey,
+    pub source: LayerSource,
+    pub size: u64,
+    /// `Some` for a gzip blob (the uncompressed tar's digest).
+    pub diff_id: Option<String>,
+}
+
 pub struct DigestIndex {
     by_key: moka::sync::Cache<LayerKey, LayerDigest>,
-    by_digest: moka::sync::Cache<String, (LayerSource, u64)>,
+    by_digest: moka::sync::Cache<String, IndexedLayer>,
     json: moka::sync::Cache<String, Arc<JsonBlob>>,
     log: Mutex<std::fs::File>,
     json_dir: PathBuf,
@@ -77,15 +90,23 @@ impl DigestIndex {
                     digest,
                     size,
                     source,
+                    diff_id,
                 }) => {
-                    index.by_key.insert(
-                        key,
-                        LayerDigest {
-                            digest: digest.clone(),
+                    let d = LayerDigest {
+                        digest: digest.clone(),
+                        size,
+                        diff_id: diff_id.clone(),
+                    };
+                    index.by_key.insert(key.clone(), d);
+                    index.by_digest.insert(
+                        digest,
+                        IndexedLayer {
+                            key,
+                            source,
                             size,
+                            diff_id,
                         },
                     );
-                    index.by_digest.insert(digest, (source, size));
                     loaded += 1;
                 }
                 Ok(Line::Drop { drop }) => {
@@ -102,20 +123,31 @@ impl DigestIndex {
         self.by_key.get(key)
     }
 
-    pub fn layer_source(&self, digest: &str) -> Option<(LayerSource, u64)> {
+    pub fn layer(&self, digest: &str) -> Option<IndexedLayer> {
         self.by_digest.get(digest)
     }
 
-    pub fn record_layer(&self, source: &LayerSource, d: &LayerDigest) -> std::io::Result<()> {
-        let key = source.key();
+    /// `key` is the source's key, or its gzip key for a compressed blob.
+    pub fn record_layer(
+        &self,
+        key: LayerKey,
+        source: &LayerSource,
+        d: &LayerDigest,
+    ) -> std::io::Result<()> {
         self.by_key.insert(key.clone(), d.clone());
-        self.by_digest
-            .insert(d.digest.clone(), (source.clone(), d.size));
+        let indexed = IndexedLayer {
+            key: key.clone(),
+            source: source.clone(),
+            size: d.size,
+            diff_id: d.diff_id.clone(),
+        };
+        self.by_digest.insert(d.digest.clone(), indexed);
         let line = Line::Layer {
             key,
             digest: d.digest.clone(),
             size: d.size,
             source: source.clone(),
+            diff_id: d.diff_id.clone(),
         };
         self.append(&line)
     }
@@ -135,10 +167,9 @@ impl DigestIndex {
     }
 
     fn remove(&self, digest: &str) -> Option<LayerKey> {
-        let (source, _) = self.by_digest.remove(digest)?;
-        let key = source.key();
-        self.by_key.invalidate(&key);
-        Some(key)
+        let layer = self.by_digest.remove(digest)?;
+        self.by_key.invalidate(&layer.key);
+        Some(layer.key)
     }
 
     fn append(&self, line: &Line) -> std::io::Result<()> {
@@ -209,15 +240,31 @@ mod tests {
         let d1 = LayerDigest {
             digest: format!("sha256:{}", "1".repeat(64)),
             size: 10240,
+            diff_id: None,
         };
+        // A gzip blob: its diff_id survives the restart too.
         let d2 = LayerDigest {
             digest: format!("sha256:{}", "2".repeat(64)),
             size: 20480,
+            diff_id: None,
+        };
+        let d3 = LayerDigest {
+            digest: format!("sha256:{}", "3".repeat(64)),
+            size: 300,
+            diff_id: Some(format!("sha256:{}", "4".repeat(64))),
         };
         {
             let idx = DigestIndex::open(dir.path()).unwrap();
-            idx.record_layer(&src("/nix/store/a"), &d1).unwrap();
-            idx.record_layer(&src("/nix/store/b"), &d2).unwrap();
+            idx.record_layer(src("/nix/store/a").key(), &src("/nix/store/a"), &d1)
+                .unwrap();
+            idx.record_layer(src("/nix/store/b").key(), &src("/nix/store/b"), &d2)
+                .unwrap();
+            idx.record_layer(
+                crate::layer::gzip::gzip_key(&src("/nix/store/a")),
+                &src("/nix/store/a"),
+                &d3,
+            )
+            .unwrap();
             idx.forget_layer(&d2.digest);
             idx.put_json(&JsonBlob::new(
                 "application/vnd.oci.image.manifest.v1+json",
@@ -237,8 +284,13 @@ mod tests {
             idx.layer_digest(&src("/nix/store/a").key()),
             Some(d1.clone())
         );
-        assert_eq!(idx.layer_source(&d1.digest).unwrap().0, src("/nix/store/a"));
-        assert!(idx.layer_source(&d2.digest).is_none());
+        assert_eq!(idx.layer(&d1.digest).unwrap().source, src("/nix/store/a"));
+        assert!(idx.layer(&d2.digest).is_none());
+        assert_eq!(
+            idx.layer_digest(&crate::layer::gzip::gzip_key(&src("/nix/store/a"))),
+            Some(d3.clone())
+        );
+        assert_eq!(idx.layer(&d3.digest).unwrap().diff_id, d3.diff_id);
         assert!(idx.layer_digest(&src("/nix/store/b").key()).is_none());
         let m = JsonBlob::new(
             "application/vnd.oci.image.manifest.v1+json",

@@ -8,6 +8,7 @@
 
 pub mod build;
 pub mod error;
+pub mod gzcache;
 pub mod images;
 pub mod index;
 pub mod layer;

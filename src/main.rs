@@ -1,7 +1,7 @@
 //! flakeport: a pull-only OCI registry that builds images on demand with Nix
 //! and streams their layers straight out of /nix/store.
 
-use flakeport::{build, images, index, registry, resolve};
+use flakeport::{build, gzcache, images, index, registry, resolve};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -76,6 +76,17 @@ struct ServeArgs {
     /// ref is resolved and built again. 40-hex commit tags are cached for good.
     #[arg(long, env = "FLAKEPORT_MANIFEST_TTL", default_value_t = 60)]
     manifest_ttl: u64,
+
+    /// Layer compression. `none` (the default) streams tars straight from the
+    /// store; `gzip` compresses each layer once (pinned encoder, level 6) and
+    /// keeps it in the state dir, for clients and links that want it.
+    #[arg(long, env = "FLAKEPORT_COMPRESSION", default_value = "none", value_parser = ["none", "gzip"])]
+    compression: String,
+
+    /// Most MiB of compressed layers kept in the state dir; least recently
+    /// used go first, and are compressed again when asked for.
+    #[arg(long, env = "FLAKEPORT_COMPRESSED_CACHE_MIB", default_value_t = 10240)]
+    compressed_cache_mib: u64,
 
     /// Seconds to let streams in flight finish after SIGTERM/SIGINT.
     #[arg(long, env = "FLAKEPORT_SHUTDOWN_GRACE", default_value_t = 30)]
@@ -167,6 +178,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.max_builds,
     )?;
     let index = index::DigestIndex::open(&state_dir).context("opening the digest index")?;
+    let gzip = (args.compression == "gzip")
+        .then(|| gzcache::GzCache::open(&state_dir, args.compressed_cache_mib * 1024 * 1024))
+        .transpose()
+        .context("opening the compressed layer cache")?;
     let images = images::Images::new(
         images::Settings {
             flake,
@@ -176,6 +191,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         nix,
         index,
+        gzip,
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

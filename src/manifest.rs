@@ -12,10 +12,12 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 /// A JSON document with its digest, served byte for byte.
 #[derive(Debug, Clone)]
@@ -45,6 +47,9 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 pub struct LayerDigest {
     pub digest: String,
     pub size: u64,
+    /// For a compressed blob: the digest of the uncompressed tar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
 }
 
 /// The config blob and both manifest flavours of one image.
@@ -63,8 +68,11 @@ pub fn documents(plan: &ImagePlan, layers: &[LayerDigest]) -> ImageDocuments {
             |l| json!({ "created": plan.created, "created_by": "flakeport", "comment": l.comment }),
         )
         .collect();
-    // Layers are uncompressed, so each diff_id is the blob digest.
-    let diff_ids: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
+    // An uncompressed layer's diff_id is its blob digest.
+    let diff_ids: Vec<&str> = layers
+        .iter()
+        .map(|l| l.diff_id.as_deref().unwrap_or(&l.digest))
+        .collect();
     let config = JsonBlob::new(
         OCI_CONFIG,
         &json!({
@@ -76,10 +84,17 @@ pub fn documents(plan: &ImagePlan, layers: &[LayerDigest]) -> ImageDocuments {
             "history": history,
         }),
     );
-    let manifest = |manifest_type: &str, config_type: &str, layer_type: &str| {
+    let manifest = |manifest_type: &str, config_type: &str, layer_types: (&str, &str)| {
         let layer_descs: Vec<Value> = layers
             .iter()
-            .map(|l| json!({ "mediaType": layer_type, "digest": l.digest, "size": l.size }))
+            .map(|l| {
+                let media_type = if l.diff_id.is_some() {
+                    layer_types.1
+                } else {
+                    layer_types.0
+                };
+                json!({ "mediaType": media_type, "digest": l.digest, "size": l.size })
+            })
             .collect();
         JsonBlob::new(
             manifest_type,
@@ -91,8 +106,12 @@ pub fn documents(plan: &ImagePlan, layers: &[LayerDigest]) -> ImageDocuments {
             }),
         )
     };
-    let oci = manifest(OCI_MANIFEST, OCI_CONFIG, OCI_LAYER);
-    let docker = manifest(DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER);
+    let oci = manifest(OCI_MANIFEST, OCI_CONFIG, (OCI_LAYER, OCI_LAYER_GZIP));
+    let docker = manifest(
+        DOCKER_MANIFEST,
+        DOCKER_CONFIG,
+        (DOCKER_LAYER, DOCKER_LAYER_GZIP),
+    );
     ImageDocuments {
         config,
         oci,
@@ -145,6 +164,7 @@ mod tests {
         let l = [LayerDigest {
             digest: format!("sha256:{}", "a".repeat(64)),
             size: 10240,
+            diff_id: None,
         }];
         let a = documents(&plan(), &l);
         let b = documents(&plan(), &l);
@@ -160,6 +180,31 @@ mod tests {
         assert_eq!(m["config"]["digest"], a.config.digest.as_str());
         assert_eq!(m["layers"][0]["mediaType"], DOCKER_LAYER);
         assert_eq!(a.oci.digest, sha256_digest(&a.oci.bytes));
+    }
+
+    #[test]
+    fn gzip_layers_keep_uncompressed_diff_ids() {
+        let l = [LayerDigest {
+            digest: format!("sha256:{}", "b".repeat(64)),
+            size: 900,
+            diff_id: Some(format!("sha256:{}", "c".repeat(64))),
+        }];
+        let d = documents(&plan(), &l);
+        let config: Value = serde_json::from_slice(&d.config.bytes).unwrap();
+        assert_eq!(
+            config["rootfs"]["diff_ids"][0],
+            format!("sha256:{}", "c".repeat(64))
+        );
+        let oci: Value = serde_json::from_slice(&d.oci.bytes).unwrap();
+        assert_eq!(
+            (
+                oci["layers"][0]["mediaType"].as_str(),
+                oci["layers"][0]["size"].as_u64()
+            ),
+            (Some(OCI_LAYER_GZIP), Some(900))
+        );
+        let docker: Value = serde_json::from_slice(&d.docker.bytes).unwrap();
+        assert_eq!(docker["layers"][0]["mediaType"], DOCKER_LAYER_GZIP);
     }
 
     #[test]

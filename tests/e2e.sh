@@ -406,12 +406,49 @@ t_pkg_beside_flake() {
 }
 check "packages beside a flake: outputs by name, package paths otherwise; containerd runs one" t_pkg_beside_flake
 
+# ------------------------------------------------- gzip layers
+# A bound of 0: only the blob just compressed stays, so blobs are
+# evicted and compressed again all the time.
+start_server PZ "$W/state-gz" --compression gzip --compressed-cache-mib 0 || exit 1
+RZ=127.0.0.1:$PZ
+t_gzip() {
+  local m cfg
+  m=$(curl -fsS "http://$RZ/v2/app/manifests/latest") || return 1
+  cfg=$(curl -fsS "http://$RZ/v2/app/blobs/$(echo "$m" | json 'd["config"]["digest"]')")
+  echo "$m" | json 'd["layers"]' | grep -q 'tar+gzip' || { echo "not gzip: $m"; return 1; }
+  local i=0
+  for layer in $(echo "$m" | json '" ".join(l["digest"] for l in d["layers"])'); do
+    local diff; diff=$(echo "$cfg" | json "d['rootfs']['diff_ids'][$i]")
+    curl -fsS "http://$RZ/v2/app/blobs/$layer" -o "$W/gz.blob" || return 1
+    [ "sha256:$(sha256sum < "$W/gz.blob" | cut -d' ' -f1)" = "$layer" ] || { echo "blob digest"; return 1; }
+    [ "sha256:$(gzip -dc < "$W/gz.blob" | sha256sum | cut -d' ' -f1)" = "$diff" ] || { echo "diff_id"; return 1; }
+    i=$((i + 1))
+  done
+  # Uncompressed tars are the same whatever the compression: same diff_ids.
+  [ "$(echo "$cfg" | json 'd["rootfs"]["diff_ids"]')" = \
+    "$(curl -fsS "http://$R/v2/app/blobs/$(json 'd["config"]["digest"]' < "$W/m")" | json 'd["rootfs"]["diff_ids"]')" ]
+}
+check "gzip: layers compressed, blob digests and diff_ids verified" t_gzip
+
+t_gzip_clients() {
+  rm -rf "$W/gz1" "$W/gzb1"
+  # Pull other images first so app's blobs are evicted and recompressed.
+  for img in other stock plain; do curl -fsS -o /dev/null "http://$RZ/v2/$img/manifests/latest" || return 1; done
+  skopeo copy -q --src-tls-verify=false "docker://$RZ/app:latest" "oci:$W/gz1:x" &&
+    umoci unpack --image "$W/gz1:x" "$W/gzb1" >/dev/null &&
+    chroot "$W/gzb1/rootfs" /bin/sh -c 'GREETING=z /bin/greet' | grep -qx 'greetings z as 0' &&
+    ctr image pull --plain-http "$RZ/other:latest" >/dev/null &&
+    ctr run --rm "$RZ/other:latest" "fpz-$$" | grep -qx 'hello from nix' &&
+    grep -q 'evicted a compressed layer' "$W/server-$PZ.log"
+}
+check "gzip: skopeo+umoci+chroot and containerd runs, after evictions" t_gzip_clients
+
 # ------------------------------------------------- after the client tests: these change the repo and the store
 t_digest_mismatch() {
   local m layer bad=""
   m=$(curl -fsS "http://$R/v2/corrupt/manifests/latest") || return 1
   for layer in $(echo "$m" | json '" ".join(l["digest"] for l in d["layers"])'); do
-    curl -fsS "http://$R/v2/corrupt/blobs/$layer" | grep -aq original-content && bad=$layer
+    curl -fsS "http://$R/v2/corrupt/blobs/$layer" -o "$W/corrupt.blob" && grep -aq original-content "$W/corrupt.blob" && bad=$layer
   done
   [ -n "$bad" ] || { echo "no layer holds the data file"; return 1; }
   local f; f=$(ls -d /nix/store/*-corruptible-"$(cat "$W/repo/nonce")")/share/data

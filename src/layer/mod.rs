@@ -17,6 +17,7 @@
 //!   otherwise;
 //! - two zero blocks, then zero padding to a multiple of 10240 bytes.
 
+pub mod gzip;
 mod tar;
 
 use serde::{Deserialize, Serialize};
@@ -178,8 +179,21 @@ impl Entry {
 /// A scanned layer: its exact size is known, its bytes can be generated.
 #[derive(Debug)]
 pub enum LayerTar {
-    Generated { entries: Vec<Entry>, size: u64 },
-    File { path: PathBuf, size: u64 },
+    Generated {
+        entries: Vec<Entry>,
+        size: u64,
+    },
+    File {
+        path: PathBuf,
+        size: u64,
+    },
+    /// A file opened up front: the stream reads it even if it is unlinked
+    /// meanwhile (a compressed layer evicted from its cache).
+    Opened {
+        file: std::fs::File,
+        path: PathBuf,
+        size: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,7 +274,9 @@ impl LayerTar {
     /// Exact number of bytes the tar stream has.
     pub fn size(&self) -> u64 {
         match self {
-            LayerTar::Generated { size, .. } | LayerTar::File { size, .. } => *size,
+            LayerTar::Generated { size, .. }
+            | LayerTar::File { size, .. }
+            | LayerTar::Opened { size, .. } => *size,
         }
     }
 
@@ -278,6 +294,12 @@ impl LayerTar {
                 check_unchanged(path, f.metadata()?.len(), *size)?;
                 f.seek(SeekFrom::Start(start))?;
                 copy_exact(&mut f, end - start, out, path)
+            }
+            LayerTar::Opened { file, path, size } => {
+                check_unchanged(path, file.metadata()?.len(), *size)?;
+                // Positional reads: one opened file serves any range, no seek state.
+                let mut reader = PositionedReader { file, pos: start };
+                copy_exact(&mut reader, end - start, out, path)
             }
             LayerTar::Generated { entries, size } => {
                 let mut w = Window {
@@ -318,6 +340,19 @@ impl LayerTar {
             )));
         }
         Ok(h.finish())
+    }
+}
+
+struct PositionedReader<'a> {
+    file: &'a std::fs::File,
+    pos: u64,
+}
+
+impl Read for PositionedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 

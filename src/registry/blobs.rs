@@ -156,14 +156,18 @@ impl Hasher {
     }
 
     fn feed(&self, chunk: Bytes) -> io::Result<()> {
-        self.chunks.send(chunk).map_err(|_| io::Error::other("hasher thread stopped"))
+        self.chunks
+            .send(chunk)
+            .map_err(|_| io::Error::other("hasher thread stopped"))
     }
 
     /// Hash the last chunk too and return the digest of everything.
     fn finish(self, last: Bytes) -> io::Result<String> {
         self.feed(last)?;
         drop(self.chunks);
-        self.thread.join().map_err(|_| io::Error::other("hasher thread panicked"))
+        self.thread
+            .join()
+            .map_err(|_| io::Error::other("hasher thread panicked"))
     }
 }
 

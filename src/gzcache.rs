@@ -1,0 +1,158 @@
+//! Compressed layers, computed once and kept in the state dir (never in the
+//! Nix store) under a size bound, least recently used first out. An evicted
+//! blob is compressed again on its next request: the encoder is pinned, so
+//! the bytes (and digest) come out the same.
+
+use crate::layer::gzip::{gzip, Compressed};
+use crate::layer::LayerTar;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+pub struct GzCache {
+    dir: PathBuf,
+    max_bytes: u64,
+    /// digest -> (size, last use)
+    entries: Mutex<HashMap<String, (u64, Instant)>>,
+}
+
+impl GzCache {
+    pub fn open(state_dir: &Path, max_bytes: u64) -> io::Result<GzCache> {
+        let dir = state_dir.join("gzip");
+        std::fs::create_dir_all(&dir)?;
+        let mut entries = HashMap::new();
+        let now = Instant::now();
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                // Older files count as used longer ago.
+                let age = e.metadata()?.modified()?.elapsed().unwrap_or_default();
+                entries.insert(
+                    format!("sha256:{name}"),
+                    (e.metadata()?.len(), now.checked_sub(age).unwrap_or(now)),
+                );
+            } else {
+                let _ = std::fs::remove_file(e.path()); // a temp file from a crash
+            }
+        }
+        let cache = GzCache {
+            dir,
+            max_bytes,
+            entries: Mutex::new(entries),
+        };
+        cache.evict(None);
+        Ok(cache)
+    }
+
+    pub fn path(&self, digest: &str) -> PathBuf {
+        self.dir.join(digest.trim_start_matches("sha256:"))
+    }
+
+    /// The cached blob, opened, marking it used. Opened under the lock that
+    /// eviction takes: once open, an eviction cannot cut a stream short.
+    pub fn open_blob(&self, digest: &str) -> Option<File> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let e = entries.get_mut(digest)?;
+        e.1 = Instant::now();
+        File::open(self.path(digest)).ok()
+    }
+
+    /// Compress the layer into the cache (blocking); returns its digests and
+    /// the blob, opened before anything could evict it.
+    pub fn insert(&self, tar: &LayerTar) -> io::Result<(Compressed, File)> {
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        let c = {
+            let mut out = io::BufWriter::with_capacity(256 * 1024, tmp.as_file_mut());
+            let c = gzip(tar, &mut out)?;
+            out.flush()?;
+            c
+        };
+        let path = self.path(&c.digest);
+        tmp.persist(&path).map_err(|e| e.error)?;
+        let file = File::open(&path)?;
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(c.digest.clone(), (c.size, Instant::now()));
+        self.evict(Some(&c.digest));
+        Ok((c, file))
+    }
+
+    /// Evict down to the bound; `keep` (just written, about to be served) stays.
+    fn evict(&self, keep: Option<&str>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total: u64 = entries.values().map(|(s, _)| s).sum();
+        if total <= self.max_bytes {
+            return;
+        }
+        let mut by_age: Vec<(Instant, String, u64)> = entries
+            .iter()
+            .map(|(d, (s, t))| (*t, d.clone(), *s))
+            .collect();
+        by_age.sort();
+        for (_, digest, size) in by_age {
+            if Some(digest.as_str()) == keep {
+                continue;
+            }
+            if total <= self.max_bytes {
+                break;
+            }
+            let _ = std::fs::remove_file(self.path(&digest));
+            entries.remove(&digest);
+            total -= size;
+            tracing::info!(%digest, size, "evicted a compressed layer");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{LayerSource, Owner};
+
+    fn layer(dir: &Path, name: &str, bytes: usize) -> LayerTar {
+        let p = dir.join(name);
+        std::fs::create_dir(&p).unwrap();
+        let data: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(p.join("f"), data).unwrap();
+        LayerTar::scan(&LayerSource::StorePaths {
+            paths: vec![p],
+            mtime: 1,
+            owner: Owner::default(),
+            perms: vec![],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn least_recently_used_goes_first_and_comes_back_identical() {
+        let t = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            layer(src.path(), "a", 100_000),
+            layer(src.path(), "b", 100_000),
+        );
+        // Room for one blob only.
+        let cache = GzCache::open(t.path(), 1).unwrap();
+        let (ca, mut opened_a) = cache.insert(&a).unwrap();
+        let first = std::fs::read(cache.path(&ca.digest)).unwrap();
+        let (cb, _) = cache.insert(&b).unwrap();
+        assert!(cache.open_blob(&ca.digest).is_none(), "a was evicted");
+        assert!(cache.open_blob(&cb.digest).is_some());
+        // A blob opened before its eviction still reads whole.
+        let mut read_back = Vec::new();
+        std::io::Read::read_to_end(&mut opened_a, &mut read_back).unwrap();
+        assert_eq!(read_back, first);
+        // Recompressed after eviction: the same bytes and digest.
+        assert_eq!(cache.insert(&a).unwrap().0, ca);
+        assert_eq!(std::fs::read(cache.path(&ca.digest)).unwrap(), first);
+        // A restart finds what is on disk.
+        drop(cache);
+        let reopened = GzCache::open(t.path(), u64::MAX).unwrap();
+        assert!(reopened.open_blob(&ca.digest).is_some());
+    }
+}
