@@ -443,6 +443,25 @@ t_gzip_clients() {
 }
 check "gzip: skopeo+umoci+chroot and containerd runs, after evictions" t_gzip_clients
 
+# ------------------------------------------------- graceful shutdown
+t_sigterm() {
+  start_server PS "$W/state-sigterm" --shutdown-grace 20 || return 1
+  local layer; layer=$(curl -fsS "http://127.0.0.1:$PS/v2/app/manifests/latest" | json 'max(d["layers"], key=lambda l: l["size"])["digest"]')
+  # A slow download in flight (about 4 s), then SIGTERM.
+  curl -fsS --limit-rate 500k "http://127.0.0.1:$PS/v2/app/blobs/$layer" -o "$W/sigterm.blob" &
+  local dl=$!
+  sleep 1
+  kill -TERM "$PS_PID"
+  sleep 0.5
+  # No new connections...
+  if curl -fsS -m 2 "http://127.0.0.1:$PS/v2/" >/dev/null 2>&1; then echo "still accepting"; return 1; fi
+  # ...the stream in flight completes intact, then the server exits.
+  wait "$dl" && [ "sha256:$(sha256sum < "$W/sigterm.blob" | cut -d' ' -f1)" = "$layer" ] || { echo "download cut"; return 1; }
+  for _ in $(seq 50); do kill -0 "$PS_PID" 2>/dev/null || return 0; sleep 0.1; done
+  echo "server still running after its streams finished"; return 1
+}
+check "SIGTERM: stops accepting, finishes the stream in flight, exits" t_sigterm
+
 # ------------------------------------------------- after the client tests: these change the repo and the store
 t_digest_mismatch() {
   local m layer bad=""
