@@ -1,0 +1,123 @@
+# services.flakeport: flakeport as a systemd service that builds through the
+# nix-daemon as its own unprivileged user.
+{ config, lib, pkgs, ... }:
+let
+  cfg = config.services.flakeport;
+  inherit (lib) mkEnableOption mkOption mkIf types optional optionalAttrs escapeShellArgs;
+  port = lib.toInt (lib.last (lib.splitString ":" cfg.listen));
+in
+{
+  options.services.flakeport = {
+    enable = mkEnableOption "flakeport, a pull-only OCI registry that builds images on demand with Nix";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.flakeport;
+      defaultText = "pkgs.flakeport (from flakeport's overlays.default)";
+      description = "The flakeport package.";
+    };
+
+    flake = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "github:org/repo";
+      description = "Flake whose image outputs are served by name.";
+    };
+
+    packages = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "github:NixOS/nixpkgs/nixos-25.05";
+      description = "Package set for Nixery-style names (shell/curl/jq): a flake reference, a path or a git URL.";
+    };
+
+    listen = mkOption {
+      type = types.str;
+      default = "0.0.0.0:5000";
+      description = "Address and port to listen on.";
+    };
+
+    stateDir = mkOption {
+      type = types.str;
+      default = "/var/lib/flakeport";
+      description = "GC roots of builds, the digest index and manifests.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the listen port in the firewall.";
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "--manifest-ttl" "300" "--compression" "gzip" ];
+      description = "More flakeport flags (see flakeport --help).";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [{
+      assertion = cfg.flake != null || cfg.packages != null;
+      message = "services.flakeport: set flake, packages, or both.";
+    }];
+
+    users.users.flakeport = {
+      isSystemUser = true;
+      group = "flakeport";
+      home = cfg.stateDir;
+    };
+    users.groups.flakeport = { };
+
+    # Builds go through the nix-daemon as this user; allowed-users is enough
+    # (flakeport passes no settings that need a trusted user).
+    nix.settings.allowed-users = [ "flakeport" ];
+
+    systemd.tmpfiles.rules = [ "d ${cfg.stateDir} 0750 flakeport flakeport -" ];
+
+    systemd.services.flakeport = {
+      description = "flakeport OCI registry";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network-online.target" "nix-daemon.socket" ];
+      wants = [ "network-online.target" ];
+      path = [ config.nix.package pkgs.git ];
+      environment = {
+        FLAKEPORT_LISTEN = cfg.listen;
+        FLAKEPORT_STATE_DIR = cfg.stateDir;
+        NIX_REMOTE = "daemon";
+      } // optionalAttrs (cfg.packages != null) { FLAKEPORT_PACKAGES = cfg.packages; };
+      serviceConfig = {
+        ExecStart = "${cfg.package}/bin/flakeport serve ${escapeShellArgs (optional (cfg.flake != null) cfg.flake ++ cfg.extraArgs)}";
+        User = "flakeport";
+        Group = "flakeport";
+        Restart = "on-failure";
+        # flakeport drains streams on SIGTERM (--shutdown-grace, 30 s).
+        TimeoutStopSec = 45;
+        ReadWritePaths = [ cfg.stateDir ];
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        RestrictSUIDSGID = true;
+        RestrictRealtime = true;
+        RestrictNamespaces = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        SystemCallArchitectures = "native";
+        CapabilityBoundingSet = "";
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+        UMask = "0027";
+      };
+    };
+
+    networking.firewall.allowedTCPPorts = optional cfg.openFirewall port;
+  };
+}

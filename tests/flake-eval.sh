@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Evaluates flake.nix and the NixOS module against tests/nixpkgs-stub (real
+# nixpkgs cannot be fetched here), so their structure cannot rot unseen.
+# Uses the committed tree (git+file), as CI sees it.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/tests/lib.sh"
+W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
+nix_offline_env "$W"
+F="git+file://$ROOT"
+STUB=(--override-input nixpkgs "path:$ROOT/tests/nixpkgs-stub" --no-write-lock-file)
+ev() { nix eval "${STUB[@]}" "$@" 2>"$W/stderr"; }
+fails=0
+expect() { # expect NAME WANT ARGS...
+  local name=$1 want=$2; shift 2
+  local got; got=$(ev "$@") || true
+  if [[ "$got" == $want ]]; then echo "ok   $name"; else echo "FAIL $name: got $got"; tail -5 "$W/stderr"; fails=$((fails + 1)); fi
+}
+for s in x86_64-linux aarch64-linux; do
+  expect "packages.$s.default instantiates" '/nix/store/*-flakeport-*.drv' --raw "$F#packages.$s.default.drvPath"
+  expect "packages.$s.image instantiates (nixlib conf)" '/nix/store/*-flakeport-conf.json.drv' --raw "$F#packages.$s.image.drvPath"
+  expect "apps.$s.default runs flakeport" '/nix/store/*-flakeport-*/bin/flakeport' --raw "$F#apps.$s.default.program"
+  expect "devShells.$s.default instantiates" '/nix/store/*-shell.drv' --raw "$F#devShells.$s.default.drvPath"
+  expect "checks.$s.flakeport instantiates" '/nix/store/*.drv' --raw "$F#checks.$s.flakeport.drvPath"
+  expect "lib.$s.streamLayeredImageConf is a function" 'true' --apply builtins.isFunction "$F#lib.$s.streamLayeredImageConf"
+done
+expect "meta.mainProgram" '"flakeport"' "$F#packages.x86_64-linux.default.meta.mainProgram"
+expect "overlays.default adds flakeport" '"flakeport-0.1.0"' --impure --apply \
+  'o: (o (import '"$ROOT"'/tests/nixpkgs-stub/pkgs.nix { lib = import '"$ROOT"'/tests/nixpkgs-stub/lib.nix; system = "x86_64-linux"; } // { rustPlatform = (import '"$ROOT"'/tests/nixpkgs-stub/pkgs.nix { lib = import '"$ROOT"'/tests/nixpkgs-stub/lib.nix; system = "x86_64-linux"; }).rustPlatform; }) { }).flakeport.name' \
+  "$F#overlays.default"
+expect "nixosModules.default imports the module and the overlay" '"1 imports, 1 overlays"' --apply 'm: "${toString (builtins.length m.imports)} imports, ${toString (builtins.length m.nixpkgs.overlays)} overlays"' "$F#nixosModules.default"
+
+# The module, with the stub lib: options exist, and an enabled service
+# becomes the systemd unit, user, firewall rule we mean.
+module_eval() { # module_eval SETTINGS EXPR-ON-r
+  nix eval --impure --json --expr '
+    let
+      lib = import '"$ROOT"'/tests/nixpkgs-stub/lib.nix;
+      pkgs = import '"$ROOT"'/tests/nixpkgs-stub/pkgs.nix { inherit lib; system = "x86_64-linux"; } // { flakeport = builtins.derivation { name = "flakeport"; system = "x86_64-linux"; builder = "/bin/sh"; }; };
+      opts = (import '"$ROOT"'/nixlib/nixos-module.nix { config = { }; inherit lib pkgs; }).options.services.flakeport;
+      defaults = builtins.mapAttrs (_: o: o.default) opts;
+      cfg = defaults // ('"$1"');
+      m = import '"$ROOT"'/nixlib/nixos-module.nix { config = { services.flakeport = cfg; nix.package = pkgs.nix; }; inherit lib pkgs; };
+      r = if m.config.condition then m.config.content else null;
+    in '"$2" 2>"$W/stderr" || tail -5 "$W/stderr"
+}
+got=$(module_eval '{ enable = true; flake = "github:org/repo"; openFirewall = true; listen = "0.0.0.0:5001"; extraArgs = [ "--compression" "gzip" ]; }' \
+  '[ r.systemd.services.flakeport.serviceConfig.ExecStart r.systemd.services.flakeport.serviceConfig.User r.networking.firewall.allowedTCPPorts r.users.users.flakeport.isSystemUser r.nix.settings.allowed-users ]')
+if [[ "$got" == '["/nix/store/'*'-flakeport/bin/flakeport serve '"'"'github:org/repo'"'"' '"'"'--compression'"'"' '"'"'gzip'"'"'","flakeport",[5001],true,["flakeport"]]' ]]; then
+  echo "ok   NixOS module: unit, user, firewall, daemon access"
+else echo "FAIL NixOS module: $got"; fails=$((fails + 1)); fi
+got=$(module_eval '{ enable = false; }' 'r')
+[ "$got" = null ] && echo "ok   NixOS module: disabled adds nothing" || { echo "FAIL disabled: $got"; fails=$((fails + 1)); }
+got=$(module_eval '{ enable = true; packages = "github:NixOS/nixpkgs/nixos-25.05"; }' '[ r.systemd.services.flakeport.environment.FLAKEPORT_PACKAGES (builtins.head r.assertions).assertion r.networking.firewall.allowedTCPPorts ]')
+[ "$got" = '["github:NixOS/nixpkgs/nixos-25.05",true,[]]' ] && echo "ok   NixOS module: package set alone, firewall closed" || { echo "FAIL packages: $got"; fails=$((fails + 1)); }
+[ "$fails" = 0 ]
