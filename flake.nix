@@ -92,9 +92,10 @@
         default = { type = "app"; program = "${self.packages.${pkgs.system}.default}/bin/flakeport"; };
       });
 
-      # `flakeport.lib.streamLayeredImageConf` per system, with nixpkgs'
-      # runCommand; `import "${flakeport}/nixlib"` to bring your own.
-      lib = forAllSystems (pkgs: import ./nixlib { inherit (pkgs) runCommand; inherit (pkgs) system; });
+      # `flakeport.lib.<system>.streamLayeredImageConf`, with nixpkgs' runCommand;
+      # `lib.nixlib { runCommand; system; }` with any runCommand-style function.
+      lib = forAllSystems (pkgs: import ./nixlib { inherit (pkgs) runCommand; inherit (pkgs) system; })
+        // { nixlib = import ./nixlib; };
 
       overlays.default = final: prev: { flakeport = flakeportFor final; };
     };

@@ -24,6 +24,7 @@ for s in x86_64-linux aarch64-linux; do
   expect "checks.$s.flakeport instantiates" '/nix/store/*.drv' --raw "$F#checks.$s.flakeport.drvPath"
   expect "lib.$s.streamLayeredImageConf is a function" 'true' --apply builtins.isFunction "$F#lib.$s.streamLayeredImageConf"
 done
+expect "lib.nixlib takes runCommand and system" 'true' --apply 'f: builtins.isFunction (f { runCommand = x: x; system = "x86_64-linux"; }).streamLayeredImageConf' "$F#lib.nixlib"
 expect "meta.mainProgram" '"flakeport"' "$F#packages.x86_64-linux.default.meta.mainProgram"
 expect "overlays.default adds flakeport" '"flakeport-0.1.0"' --impure --apply \
   'o: (o (import '"$ROOT"'/tests/nixpkgs-stub/pkgs.nix { lib = import '"$ROOT"'/tests/nixpkgs-stub/lib.nix; system = "x86_64-linux"; } // { rustPlatform = (import '"$ROOT"'/tests/nixpkgs-stub/pkgs.nix { lib = import '"$ROOT"'/tests/nixpkgs-stub/lib.nix; system = "x86_64-linux"; }).rustPlatform; }) { }).flakeport.name' \
