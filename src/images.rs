@@ -2,10 +2,9 @@
 //! manifest, with the caches that make every step happen once.
 
 use crate::build::{Nix, PathInfo};
+use crate::compressed::CompressedCache;
 use crate::error::{RegistryError, Result};
-use crate::gzcache::GzCache;
 use crate::index::DigestIndex;
-use crate::layer::gzip::gzip_key;
 use crate::layer::{LayerKey, LayerSource, LayerTar};
 use crate::manifest::{documents, ImageDocuments, JsonBlob, LayerDigest};
 use crate::plan::{self, GraphNode, ImagePlan};
@@ -85,8 +84,8 @@ pub struct Images {
     scanned: moka::future::Cache<String, Arc<LayerTar>>,
     /// Digest passes run on blocking threads, one per core.
     digest_slots: Semaphore,
-    /// With `--compression gzip`: where compressed layers are kept.
-    gzip: Option<Arc<GzCache>>,
+    /// With `--compression gzip|zstd`: the codec and where its blobs are kept.
+    compressed: Option<Arc<CompressedCache>>,
 }
 
 /// What a blob GET serves.
@@ -100,7 +99,7 @@ impl Images {
         settings: Settings,
         nix: Nix,
         index: DigestIndex,
-        gzip: Option<GzCache>,
+        compressed: Option<CompressedCache>,
     ) -> Arc<Images> {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -125,7 +124,7 @@ impl Images {
                 .build(),
             scanned: moka::future::Cache::builder().max_capacity(32).build(),
             digest_slots: Semaphore::new(cores),
-            gzip: gzip.map(Arc::new),
+            compressed: compressed.map(Arc::new),
         })
     }
 
@@ -247,7 +246,7 @@ impl Images {
         };
         let planned = started.elapsed();
         let layers = self.digest_layers(&plan).await?;
-        let docs = documents(&plan, &layers);
+        let docs = documents(&plan, &layers, self.compressed.as_ref().map(|c| c.codec));
         for blob in [&docs.config, &docs.oci, &docs.docker] {
             self.index.put_json(blob).map_err(RegistryError::internal)?;
         }
@@ -306,8 +305,8 @@ impl Images {
     }
 
     async fn layer_digest(&self, source: &LayerSource) -> Result<LayerDigest> {
-        let key = match &self.gzip {
-            Some(_) => gzip_key(source),
+        let key = match &self.compressed {
+            Some(cache) => cache.codec.key(source),
             None => source.key(),
         };
         if let Some(d) = self.index.layer_digest(&key) {
@@ -321,10 +320,10 @@ impl Images {
                     .acquire()
                     .await
                     .map_err(RegistryError::internal)?;
-                let (s, gzip) = (src.clone(), self.gzip.clone());
+                let (s, compressed) = (src.clone(), self.compressed.clone());
                 let d = tokio::task::spawn_blocking(move || -> std::io::Result<LayerDigest> {
                     let tar = LayerTar::scan(&s).map_err(std::io::Error::other)?;
-                    match gzip {
+                    match compressed {
                         Some(cache) => {
                             let (c, _) = cache.insert(&tar)?;
                             Ok(LayerDigest {
@@ -368,8 +367,8 @@ impl Images {
         let layer = self.index.layer(digest).ok_or_else(unknown)?;
         let size = layer.size;
         if layer.diff_id.is_some() {
-            return match &self.gzip {
-                Some(cache) => self.gzip_blob(cache, digest, layer.source).await,
+            return match &self.compressed {
+                Some(cache) => self.compressed_blob(cache, digest, layer.source).await,
                 // Served compressed before a restart without --compression.
                 None => Err(unknown()),
             };
@@ -410,9 +409,9 @@ impl Images {
 
     /// A compressed layer: opened from the cache right away (eviction cannot
     /// cut the stream then), compressed again first if it was evicted.
-    async fn gzip_blob(
+    async fn compressed_blob(
         &self,
-        cache: &Arc<GzCache>,
+        cache: &Arc<CompressedCache>,
         digest: &str,
         source: LayerSource,
     ) -> Result<Blob> {

@@ -26,7 +26,7 @@ enum Line {
         digest: String,
         size: u64,
         source: LayerSource,
-        /// Present for a gzip blob: the uncompressed tar's digest.
+        /// Present for a compressed blob: the uncompressed tar's digest.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         diff_id: Option<String>,
     },
@@ -41,7 +41,7 @@ pub struct IndexedLayer {
     pub key: LayerKey,
     pub source: LayerSource,
     pub size: u64,
-    /// `Some` for a gzip blob (the uncompressed tar's digest).
+    /// `Some` for a compressed blob (the uncompressed tar's digest).
     pub diff_id: Option<String>,
 }
 
@@ -127,7 +127,7 @@ impl DigestIndex {
         self.by_digest.get(digest)
     }
 
-    /// `key` is the source's key, or its gzip key for a compressed blob.
+    /// `key` is the source's key, or its codec's key for a compressed blob.
     pub fn record_layer(
         &self,
         key: LayerKey,
@@ -242,7 +242,7 @@ mod tests {
             size: 10240,
             diff_id: None,
         };
-        // A gzip blob: its diff_id survives the restart too.
+        // A compressed blob: its diff_id survives the restart too.
         let d2 = LayerDigest {
             digest: format!("sha256:{}", "2".repeat(64)),
             size: 20480,
@@ -260,7 +260,7 @@ mod tests {
             idx.record_layer(src("/nix/store/b").key(), &src("/nix/store/b"), &d2)
                 .unwrap();
             idx.record_layer(
-                crate::layer::gzip::gzip_key(&src("/nix/store/a")),
+                crate::layer::compress::Codec::Gzip.key(&src("/nix/store/a")),
                 &src("/nix/store/a"),
                 &d3,
             )
@@ -287,7 +287,7 @@ mod tests {
         assert_eq!(idx.layer(&d1.digest).unwrap().source, src("/nix/store/a"));
         assert!(idx.layer(&d2.digest).is_none());
         assert_eq!(
-            idx.layer_digest(&crate::layer::gzip::gzip_key(&src("/nix/store/a"))),
+            idx.layer_digest(&crate::layer::compress::Codec::Gzip.key(&src("/nix/store/a"))),
             Some(d3.clone())
         );
         assert_eq!(idx.layer(&d3.digest).unwrap().diff_id, d3.diff_id);

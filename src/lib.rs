@@ -7,8 +7,8 @@
 //! together, [`index`] remembers digests, [`error`] maps failures to OCI JSON.
 
 pub mod build;
+pub mod compressed;
 pub mod error;
-pub mod gzcache;
 pub mod images;
 pub mod index;
 pub mod layer;

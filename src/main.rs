@@ -1,7 +1,8 @@
 //! flakeport: a pull-only OCI registry that builds images on demand with Nix
 //! and streams their layers straight out of /nix/store.
 
-use flakeport::{build, gzcache, images, index, registry, resolve};
+use flakeport::layer::compress::Codec;
+use flakeport::{build, compressed, images, index, registry, resolve};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -78,9 +79,10 @@ struct ServeArgs {
     manifest_ttl: u64,
 
     /// Layer compression. `none` (the default) streams tars straight from the
-    /// store; `gzip` compresses each layer once (pinned encoder, level 6) and
-    /// keeps it in the state dir, for clients and links that want it.
-    #[arg(long, env = "FLAKEPORT_COMPRESSION", default_value = "none", value_parser = ["none", "gzip"])]
+    /// store; `gzip` (level 6) or `zstd` (level 3; OCI clients such as
+    /// containerd, not Docker 20.10) compresses each layer once with a pinned
+    /// encoder and keeps it in the state dir, for clients and links that want it.
+    #[arg(long, env = "FLAKEPORT_COMPRESSION", default_value = "none", value_parser = ["none", "gzip", "zstd"])]
     compression: String,
 
     /// Most MiB of compressed layers kept in the state dir; least recently
@@ -178,8 +180,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.max_builds,
     )?;
     let index = index::DigestIndex::open(&state_dir).context("opening the digest index")?;
-    let gzip = (args.compression == "gzip")
-        .then(|| gzcache::GzCache::open(&state_dir, args.compressed_cache_mib * 1024 * 1024))
+    let compressed = Codec::parse(&args.compression)
+        .map(|codec| {
+            compressed::CompressedCache::open(
+                &state_dir,
+                codec,
+                args.compressed_cache_mib * 1024 * 1024,
+            )
+        })
         .transpose()
         .context("opening the compressed layer cache")?;
     let images = images::Images::new(
@@ -191,7 +199,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         nix,
         index,
-        gzip,
+        compressed,
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

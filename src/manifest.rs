@@ -3,6 +3,7 @@
 //! `preserve_order` feature is off, and a test guards that), so key order
 //! never depends on a hash seed.
 
+use crate::layer::compress::Codec;
 use crate::plan::ImagePlan;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -13,6 +14,7 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
@@ -60,7 +62,8 @@ pub struct ImageDocuments {
     pub docker: JsonBlob,
 }
 
-pub fn documents(plan: &ImagePlan, layers: &[LayerDigest]) -> ImageDocuments {
+/// `codec`: how layers with a `diff_id` are compressed.
+pub fn documents(plan: &ImagePlan, layers: &[LayerDigest], codec: Option<Codec>) -> ImageDocuments {
     let history: Vec<Value> = plan
         .layers
         .iter()
@@ -106,11 +109,17 @@ pub fn documents(plan: &ImagePlan, layers: &[LayerDigest]) -> ImageDocuments {
             }),
         )
     };
-    let oci = manifest(OCI_MANIFEST, OCI_CONFIG, (OCI_LAYER, OCI_LAYER_GZIP));
+    // Docker's schema has no zstd type: its manifest names the OCI one,
+    // which containerd understands (Docker engine 20.10 does not: use gzip).
+    let (oci_packed, docker_packed) = match codec {
+        Some(Codec::Zstd) => (OCI_LAYER_ZSTD, OCI_LAYER_ZSTD),
+        _ => (OCI_LAYER_GZIP, DOCKER_LAYER_GZIP),
+    };
+    let oci = manifest(OCI_MANIFEST, OCI_CONFIG, (OCI_LAYER, oci_packed));
     let docker = manifest(
         DOCKER_MANIFEST,
         DOCKER_CONFIG,
-        (DOCKER_LAYER, DOCKER_LAYER_GZIP),
+        (DOCKER_LAYER, docker_packed),
     );
     ImageDocuments {
         config,
@@ -166,8 +175,8 @@ mod tests {
             size: 10240,
             diff_id: None,
         }];
-        let a = documents(&plan(), &l);
-        let b = documents(&plan(), &l);
+        let a = documents(&plan(), &l, None);
+        let b = documents(&plan(), &l, None);
         assert_eq!(a.oci.bytes, b.oci.bytes);
         // Keys sorted: fails if anything enables serde_json's preserve_order.
         let s = std::str::from_utf8(&a.config.bytes).unwrap();
@@ -189,7 +198,7 @@ mod tests {
             size: 900,
             diff_id: Some(format!("sha256:{}", "c".repeat(64))),
         }];
-        let d = documents(&plan(), &l);
+        let d = documents(&plan(), &l, Some(Codec::Gzip));
         let config: Value = serde_json::from_slice(&d.config.bytes).unwrap();
         assert_eq!(
             config["rootfs"]["diff_ids"][0],

@@ -443,6 +443,19 @@ t_gzip_clients() {
 }
 check "gzip: skopeo+umoci+chroot and containerd runs, after evictions" t_gzip_clients
 
+start_server PZS "$W/state-zstd" --compression zstd || exit 1
+t_zstd() {
+  local m; m=$(curl -fsS "http://127.0.0.1:$PZS/v2/app/manifests/latest") || return 1
+  echo "$m" | json 'd["layers"]' | grep -q 'tar+zstd' || { echo "not zstd: $m"; return 1; }
+  for layer in $(echo "$m" | json '" ".join(l["digest"] for l in d["layers"])'); do
+    [ "sha256:$(curl -fsS "http://127.0.0.1:$PZS/v2/app/blobs/$layer" | sha256sum | cut -d' ' -f1)" = "$layer" ] || return 1
+  done
+  # containerd checks every decompressed layer against the config's diff_ids.
+  ctr image pull --plain-http "127.0.0.1:$PZS/app:latest" >/dev/null &&
+    ctr run --rm "127.0.0.1:$PZS/app:latest" "fpzs-$$" | grep -qx 'greetings v2 as 1000'
+}
+check "zstd: layers compressed, containerd unpacks (diff_ids verified) and runs" t_zstd
+
 # ------------------------------------------------- graceful shutdown
 t_sigterm() {
   start_server PS "$W/state-sigterm" --shutdown-grace 20 || return 1

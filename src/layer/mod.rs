@@ -17,7 +17,7 @@
 //!   otherwise;
 //! - two zero blocks, then zero padding to a multiple of 10240 bytes.
 
-pub mod gzip;
+pub mod compress;
 mod tar;
 
 use serde::{Deserialize, Serialize};

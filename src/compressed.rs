@@ -3,7 +3,7 @@
 //! blob is compressed again on its next request: the encoder is pinned, so
 //! the bytes (and digest) come out the same.
 
-use crate::layer::gzip::{gzip, Compressed};
+use crate::layer::compress::{Codec, Compressed};
 use crate::layer::LayerTar;
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,16 +12,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-pub struct GzCache {
+pub struct CompressedCache {
+    pub codec: Codec,
     dir: PathBuf,
     max_bytes: u64,
     /// digest -> (size, last use)
     entries: Mutex<HashMap<String, (u64, Instant)>>,
 }
 
-impl GzCache {
-    pub fn open(state_dir: &Path, max_bytes: u64) -> io::Result<GzCache> {
-        let dir = state_dir.join("gzip");
+impl CompressedCache {
+    pub fn open(state_dir: &Path, codec: Codec, max_bytes: u64) -> io::Result<CompressedCache> {
+        let dir = state_dir.join(codec.name());
         std::fs::create_dir_all(&dir)?;
         let mut entries = HashMap::new();
         let now = Instant::now();
@@ -39,7 +40,8 @@ impl GzCache {
                 let _ = std::fs::remove_file(e.path()); // a temp file from a crash
             }
         }
-        let cache = GzCache {
+        let cache = CompressedCache {
+            codec,
             dir,
             max_bytes,
             entries: Mutex::new(entries),
@@ -67,7 +69,7 @@ impl GzCache {
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         let c = {
             let mut out = io::BufWriter::with_capacity(256 * 1024, tmp.as_file_mut());
-            let c = gzip(tar, &mut out)?;
+            let c = self.codec.compress(tar, &mut out)?;
             out.flush()?;
             c
         };
@@ -137,7 +139,7 @@ mod tests {
             layer(src.path(), "b", 100_000),
         );
         // Room for one blob only.
-        let cache = GzCache::open(t.path(), 1).unwrap();
+        let cache = CompressedCache::open(t.path(), Codec::Zstd, 1).unwrap();
         let (ca, mut opened_a) = cache.insert(&a).unwrap();
         let first = std::fs::read(cache.path(&ca.digest)).unwrap();
         let (cb, _) = cache.insert(&b).unwrap();
@@ -152,7 +154,7 @@ mod tests {
         assert_eq!(std::fs::read(cache.path(&ca.digest)).unwrap(), first);
         // A restart finds what is on disk.
         drop(cache);
-        let reopened = GzCache::open(t.path(), u64::MAX).unwrap();
+        let reopened = CompressedCache::open(t.path(), Codec::Zstd, u64::MAX).unwrap();
         assert!(reopened.open_blob(&ca.digest).is_some());
     }
 }
