@@ -69,14 +69,8 @@ struct ConfV1 {
     created: Option<String>,
     #[serde(default, deserialize_with = "time_or_seconds")]
     mtime: Option<u64>,
-    #[serde(default, deserialize_with = "num_or_string")]
-    uid: Option<u64>,
-    #[serde(default, deserialize_with = "num_or_string")]
-    gid: Option<u64>,
-    #[serde(default)]
-    uname: Option<String>,
-    #[serde(default)]
-    gname: Option<String>,
+    #[serde(flatten)]
+    owner: OwnerFields,
     #[serde(default)]
     perms: Vec<PermV1>,
     #[serde(default)]
@@ -92,11 +86,10 @@ struct ConfV1 {
     max_layers: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
-struct PermV1 {
-    path: String,
-    #[serde(default)]
-    mode: Option<String>,
+/// Owner fields, shared by both conf formats and perms rules: ids as
+/// numbers or strings (nixpkgs passes them with `--arg`, as strings).
+#[derive(Debug, Default, Deserialize)]
+struct OwnerFields {
     #[serde(default, deserialize_with = "num_or_string")]
     uid: Option<u64>,
     #[serde(default, deserialize_with = "num_or_string")]
@@ -105,6 +98,28 @@ struct PermV1 {
     uname: Option<String>,
     #[serde(default)]
     gname: Option<String>,
+}
+
+impl OwnerFields {
+    /// The owner, with root's defaults for what is not set.
+    fn or_root(self) -> Owner {
+        let d = Owner::default();
+        Owner {
+            uid: self.uid.unwrap_or(d.uid),
+            gid: self.gid.unwrap_or(d.gid),
+            uname: self.uname.unwrap_or(d.uname),
+            gname: self.gname.unwrap_or(d.gname),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PermV1 {
+    path: String,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(flatten)]
+    owner: OwnerFields,
     #[serde(default)]
     recursive: bool,
 }
@@ -124,14 +139,8 @@ struct NixpkgsConf {
     created: Option<String>,
     #[serde(default, deserialize_with = "time_or_seconds")]
     mtime: Option<u64>,
-    #[serde(default, deserialize_with = "num_or_string")]
-    uid: Option<u64>,
-    #[serde(default, deserialize_with = "num_or_string")]
-    gid: Option<u64>,
-    #[serde(default)]
-    uname: Option<String>,
-    #[serde(default)]
-    gname: Option<String>,
+    #[serde(flatten)]
+    owner: OwnerFields,
     #[serde(default)]
     from_image: Option<Value>,
 }
@@ -160,7 +169,7 @@ fn plan_v1(conf: ConfV1, system_arch: &str) -> Result<ImagePlan, PlanError> {
         )));
     }
     let mtime = conf.mtime.unwrap_or(DEFAULT_MTIME);
-    let owner = owner(conf.uid, conf.gid, conf.uname, conf.gname);
+    let owner = conf.owner.or_root();
     let perms = conf
         .perms
         .into_iter()
@@ -173,10 +182,10 @@ fn plan_v1(conf: ConfV1, system_arch: &str) -> Result<ImagePlan, PlanError> {
             Ok(PermRule {
                 path: p.path,
                 mode,
-                uid: p.uid,
-                gid: p.gid,
-                uname: p.uname,
-                gname: p.gname,
+                uid: p.owner.uid,
+                gid: p.owner.gid,
+                uname: p.owner.uname,
+                gname: p.owner.gname,
                 recursive: p.recursive,
             })
         })
@@ -224,7 +233,7 @@ fn plan_nixpkgs(conf: NixpkgsConf, system_arch: &str) -> Result<ImagePlan, PlanE
         .mtime
         .or_else(|| conf.created.as_deref().and_then(parse_time))
         .unwrap_or(DEFAULT_MTIME);
-    let owner = owner(conf.uid, conf.gid, conf.uname, conf.gname);
+    let owner = conf.owner.or_root();
     let mut layers: Vec<PlannedLayer> = conf
         .store_layers
         .into_iter()
@@ -442,21 +451,6 @@ fn store_layer(paths: Vec<PathBuf>, mtime: u64, owner: &Owner, perms: &[PermRule
             owner: owner.clone(),
             perms: perms.to_vec(),
         },
-    }
-}
-
-fn owner(
-    uid: Option<u64>,
-    gid: Option<u64>,
-    uname: Option<String>,
-    gname: Option<String>,
-) -> Owner {
-    let d = Owner::default();
-    Owner {
-        uid: uid.unwrap_or(d.uid),
-        gid: gid.unwrap_or(d.gid),
-        uname: uname.unwrap_or(d.uname),
-        gname: gname.unwrap_or(d.gname),
     }
 }
 
