@@ -80,7 +80,7 @@ pub struct Images {
     not_outputs: moka::sync::Cache<(String, String), ()>,
     /// Coalesces digest passes of one layer wanted by several images at once.
     digesting: moka::future::Cache<LayerKey, LayerDigest>,
-    /// Scanned layers (file lists with rendered headers) for blob GETs.
+    /// Scanned layers (member lists with rendered headers) for blob GETs.
     scanned: moka::future::Cache<String, Arc<LayerTar>>,
     /// Digest passes run on blocking threads, one per core.
     digest_slots: Semaphore,
@@ -122,7 +122,14 @@ impl Images {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
-            scanned: moka::future::Cache::builder().max_capacity(32).build(),
+            // Weighed by members: about 700 bytes each (header and path),
+            // so 50,000 keep this cache near 35 MiB whatever the layers hold.
+            scanned: moka::future::Cache::builder()
+                .weigher(|_, tar: &Arc<LayerTar>| {
+                    u32::try_from(tar.entry_count()).unwrap_or(u32::MAX)
+                })
+                .max_capacity(50_000)
+                .build(),
             digest_slots: Semaphore::new(cores),
             compressed: compressed.map(Arc::new),
         })

@@ -271,6 +271,14 @@ impl LayerTar {
         }
     }
 
+    /// Archive members held in memory (for cache weights).
+    pub fn entry_count(&self) -> usize {
+        match self {
+            LayerTar::Generated { entries, .. } => entries.len(),
+            LayerTar::File { .. } | LayerTar::Opened { .. } => 1,
+        }
+    }
+
     /// Exact number of bytes the tar stream has.
     pub fn size(&self) -> u64 {
         match self {
