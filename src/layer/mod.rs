@@ -315,6 +315,7 @@ impl LayerTar {
                     pos: 0,
                     start,
                     end,
+                    small: Vec::new(),
                 };
                 for e in entries {
                     let span = e.span();
@@ -562,7 +563,12 @@ struct Window<'a> {
     pos: u64,
     start: u64,
     end: u64,
+    /// Reused for whole small files.
+    small: Vec<u8>,
 }
+
+/// Files up to this size are read whole, in one `read` of size + 1 bytes.
+const SMALL_FILE: u64 = 64 * 1024;
 
 impl Window<'_> {
     /// The part of `pos..pos+len` inside the window, relative to `pos`.
@@ -594,7 +600,25 @@ impl Window<'_> {
 
     fn file(&mut self, source: &Path, size: u64) -> io::Result<()> {
         let (from, to) = self.clip(size);
-        if to > from {
+        if from == 0 && to == size && size <= SMALL_FILE {
+            // One read of size + 1 bytes both reads the file and proves it
+            // did not grow, without a stat: a quarter of the syscalls of a
+            // layer of many small files.
+            let mut f = std::fs::File::open(source)?;
+            self.small.resize(size as usize + 1, 0);
+            let mut got = 0;
+            loop {
+                let want = self.small.len() - got;
+                let n = f.read(&mut self.small[got..])?;
+                got += n;
+                // A regular file's read comes up short only at its end.
+                if n == 0 || n < want || got > size as usize {
+                    break;
+                }
+            }
+            check_unchanged(source, got as u64, size)?;
+            self.out.write_all(&self.small[..got])?;
+        } else if to > from {
             let mut f = std::fs::File::open(source)?;
             check_unchanged(source, f.metadata()?.len(), size)?;
             if from > 0 {

@@ -285,6 +285,22 @@ fn key_depends_on_everything_that_changes_bytes() {
 }
 
 #[test]
+fn a_file_that_shrinks_fails_the_stream() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("p");
+    std::fs::create_dir(&p).unwrap();
+    std::fs::write(p.join("f"), b"123456").unwrap();
+    let l = LayerTar::scan(&store_source(vec![p.clone()])).unwrap();
+    std::fs::write(p.join("f"), b"1234").unwrap();
+    assert!(l.digest().is_err());
+    // Large files (read in chunks, with a stat) are checked too.
+    std::fs::write(p.join("f"), vec![7u8; 200_000]).unwrap();
+    let big = LayerTar::scan(&store_source(vec![p.clone()])).unwrap();
+    std::fs::write(p.join("f"), vec![7u8; 200_001]).unwrap();
+    assert!(big.digest().is_err());
+}
+
+#[test]
 fn a_file_that_changes_size_fails_the_stream() {
     let t = tempfile::tempdir().unwrap();
     let p = t.path().join("p");
