@@ -141,65 +141,29 @@ impl Nix {
     /// keeps the output (and everything it references) alive until the same
     /// name and tag is built again.
     pub async fn build(&self, t: &BuildTarget) -> Result<PathBuf> {
-        let _permit = self
-            .builds
-            .acquire()
-            .await
-            .map_err(RegistryError::internal)?;
         let link = self.gcroots.join(root_name(t));
-        let mut args = vec![
-            "build".to_string(),
-            "--json".into(),
-            "--out-link".into(),
-            path_str(&link),
-        ];
-        args.extend(expr_args(t, "target"));
-        self.builds_started.fetch_add(1, Ordering::SeqCst);
-        tracing::info!(target = %t, "nix build started");
-        let started = std::time::Instant::now();
-        let stdout = self
-            .run(&args)
-            .await
-            .map_err(|f| classify_flake(t, f, self.timeout))?;
-        tracing::info!(target = %t, secs = started.elapsed().as_secs_f64(), "nix build finished");
-        let built: Vec<BuildJson> = serde_json::from_slice(&stdout).map_err(|e| {
-            RegistryError::internal(format!("unexpected `nix build --json` output: {e}"))
-        })?;
-        let outputs = built
-            .into_iter()
+        let outs = self
+            .build_outputs(&link, expr_args(t, "target"), t, |f| {
+                classify_flake(t, f, self.timeout)
+            })
+            .await?;
+        outs.into_iter()
             .next()
-            .map(|b| b.outputs)
-            .unwrap_or_default();
-        outputs
-            .get("out")
-            .or_else(|| outputs.values().next())
-            .cloned()
             .ok_or_else(|| RegistryError::internal("`nix build --json` named no output"))
     }
 
     /// Build every package of a package-path image; returns their outputs.
     pub async fn build_packages(&self, t: &PackageTarget) -> Result<Vec<PathBuf>> {
-        let _permit = self
-            .builds
-            .acquire()
-            .await
-            .map_err(RegistryError::internal)?;
         let mut h = Sha256::new();
         h.update(t.to_string());
         h.update(&t.system);
         let link = self
             .gcroots
             .join(format!("{}-packages", &hex::encode(h.finalize())[..16]));
-        let mut args = vec![
-            "build".to_string(),
-            "--json".into(),
-            "--out-link".into(),
-            path_str(&link),
-        ];
         let json = |v: &[String]| serde_json::to_string(v).expect("strings serialise");
-        for a in ["--impure", "--expr", PACKAGES_NIX, "all"] {
-            args.push(a.to_string());
-        }
+        let mut args: Vec<String> = ["--impure", "--expr", PACKAGES_NIX, "all"]
+            .map(String::from)
+            .to_vec();
         for (k, v) in [
             ("kind", t.kind.to_string()),
             ("location", t.location.clone()),
@@ -211,18 +175,49 @@ impl Nix {
         ] {
             args.extend(["--argstr".to_string(), k.to_string(), v]);
         }
+        let mut outs = self
+            .build_outputs(&link, args, t, |f| match f {
+                Failure::Exit { stderr } if stderr.contains("flakeport-unknown-packages ") => {
+                    unknown_packages(t, &stderr)
+                }
+                f => classify(&t.to_string(), &t.tag, &t.location, f, self.timeout),
+            })
+            .await?;
+        outs.sort();
+        outs.dedup();
+        Ok(outs)
+    }
+
+    /// `nix build --json --out-link LINK ARGS` within the build limit; each
+    /// built derivation's default output, in nix's order.
+    async fn build_outputs(
+        &self,
+        link: &Path,
+        args: Vec<String>,
+        target: &(dyn std::fmt::Display + Sync),
+        on_failure: impl FnOnce(Failure) -> RegistryError,
+    ) -> Result<Vec<PathBuf>> {
+        let _permit = self
+            .builds
+            .acquire()
+            .await
+            .map_err(RegistryError::internal)?;
+        let mut all = vec![
+            "build".to_string(),
+            "--json".into(),
+            "--out-link".into(),
+            path_str(link),
+        ];
+        all.extend(args);
         self.builds_started.fetch_add(1, Ordering::SeqCst);
-        tracing::info!(target = %t, "nix build started");
-        let stdout = self.run(&args).await.map_err(|f| match f {
-            Failure::Exit { stderr } if stderr.contains("flakeport-unknown-packages ") => {
-                unknown_packages(t, &stderr)
-            }
-            f => classify(&t.to_string(), &t.tag, &t.location, f, self.timeout),
-        })?;
+        tracing::info!(%target, "nix build started");
+        let started = std::time::Instant::now();
+        let stdout = self.run(&all).await.map_err(on_failure)?;
+        tracing::info!(%target, secs = started.elapsed().as_secs_f64(), "nix build finished");
         let built: Vec<BuildJson> = serde_json::from_slice(&stdout).map_err(|e| {
             RegistryError::internal(format!("unexpected `nix build --json` output: {e}"))
         })?;
-        let mut outs: Vec<PathBuf> = built
+        Ok(built
             .into_iter()
             .filter_map(|b| {
                 b.outputs
@@ -230,10 +225,7 @@ impl Nix {
                     .or_else(|| b.outputs.values().next())
                     .cloned()
             })
-            .collect();
-        outs.sort();
-        outs.dedup();
-        Ok(outs)
+            .collect())
     }
 
     pub async fn main_program(&self, t: &BuildTarget) -> Result<Option<String>> {
