@@ -60,7 +60,7 @@ impl Default for Owner {
 /// Ownership and mode applied to one archive path (or a whole subtree) while
 /// streaming: how an image gets a non-root user or a 1777 `/tmp` without
 /// fakeroot. Later rules win over earlier ones.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PermRule {
     /// Absolute path inside the image, without a trailing slash.
     pub path: String,

@@ -330,11 +330,7 @@ pub fn plan_packages(
     let tmp = PermRule {
         path: "/tmp".into(),
         mode: Some(0o1777),
-        uid: None,
-        gid: None,
-        uname: None,
-        gname: None,
-        recursive: false,
+        ..Default::default()
     };
     layers.push(PlannedLayer {
         comment: format!("root layer: links to {} packages", outs.len()),
