@@ -2,53 +2,143 @@
 # End-to-end tests: the real flakeport binary, real Nix and store, the test
 # flake in a git repo with a tag, and real clients (skopeo, umoci + chroot,
 # containerd + ctr, the Docker engine). Run by scripts/test, as root.
+#
+# How a check is written. `check NAME FN` runs FN in a subshell under
+# `set -euo pipefail` and `inherit_errexit`, as a plain statement (never in
+# an `if` or `&&`, where bash ignores set -e), so the first failing step
+# fails the check. One step per line: bash exempts every command but the
+# last of an `a && b` list from set -e, and `local x=$(...)`, `for x in
+# $(...)` and `[ "$(...)" = ... ]` drop the status of what they run. The
+# lint below refuses those forms in this file; capture into a variable,
+# then compare with `eq`.
 set -uo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/.." && pwd) # lint-ok
 . "$ROOT/tests/lib.sh"
 BIN=${FLAKEPORT_BIN:-$ROOT/target/release/flakeport}
+
+lint=$(grep -nE '&&|\blocal [A-Za-z_][A-Za-z_0-9]*=\$\(|\bfor [A-Za-z_]+ in [^;]*\$\([^s(]|(\[|\beq|\bne) [^#]*"\$\([^(]' "$0" | grep -vE 'lint-ok|^[0-9]+:[[:space:]]*#') # lint-ok
+if [ -n "$lint" ]; then # lint-ok
+  echo "tests/e2e.sh: these lines can hide a failing step (see the comment at the top):"
+  echo "$lint"
+  exit 1
+fi
+
 W=$(mktemp -d /tmp/flakeport-e2e.XXXXXX)
 nix_offline_env "$W"
-PIDS=()
 FAILED=()
 PASSED=0
 
 cleanup() {
-  # Stop only what this script started, by PID, newest first.
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[i]}" 2>/dev/null; done
+  # Stop only what this script started, by PID, newest first. Servers
+  # started inside a check's subshell are in the same file.
+  local pids
+  pids=$(tac "$W/pids" 2>/dev/null)
+  for p in $pids; do kill "$p" 2>/dev/null; done
   sleep 1
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  for p in $pids; do kill -9 "$p" 2>/dev/null; done
   umount -R "$W"/ctd/root 2>/dev/null
-  [ -n "${KEEP:-}" ] && echo "kept $W" || rm -rf "$W" 2>/dev/null
+  if [ -n "${KEEP:-}" ]; then echo "kept $W"; else rm -rf "$W" 2>/dev/null; fi
 }
 trap cleanup EXIT
 
-check() { # check NAME COMMAND...: run in this shell (tests may restart servers), record pass or fail
-  local name=$1; shift
-  if "$@" > "$W/check.out" 2>&1; then
+check() { # check NAME FUNCTION [ARGS...]
+  local name=$1 rc
+  shift
+  ( set -euo pipefail; shopt -s inherit_errexit; "$@" ) > "$W/check.out" 2>&1
+  rc=$?
+  if [ "$rc" = 0 ]; then
     PASSED=$((PASSED + 1)); echo "ok   $name"
   else
     FAILED+=("$name"); echo "FAIL $name"; tail -20 "$W/check.out" | sed 's/^/     /'
   fi
 }
 
+# ---------------------------------------------------------------- helpers
+# Each fails (returns non-zero) with a message saying what it saw.
+eq() { # eq GOT WANT WHAT
+  if [ "$1" != "$2" ]; then echo "$3: got '$1', want '$2'"; return 1; fi
+}
+ne() { # ne GOT UNWANTED WHAT
+  if [ "$1" = "$2" ]; then echo "$3: got '$1' both times"; return 1; fi
+}
+has_header() { # has_header FILE 'name: exact value' (case-insensitive, whole line)
+  local headers
+  headers=$(tr -d '\r' < "$1")
+  if ! grep -qixF -- "$2" <<<"$headers"; then echo "no header '$2' in:"; echo "$headers"; return 1; fi
+}
+lacks_header() { # lacks_header FILE NAME
+  local headers
+  headers=$(tr -d '\r' < "$1")
+  if grep -qi "^$2:" <<<"$headers"; then echo "unexpected header $2 in:"; echo "$headers"; return 1; fi
+}
+has_line() { # has_line TEXT REGEX WHAT: TEXT has a line matching REGEX
+  if ! grep -qE -- "$2" <<<"$1"; then echo "$3: no line matching '$2' in:"; echo "$1"; return 1; fi
+}
+status() { # status URL [CURL ARGS...]: the HTTP status code; fails if nothing answered
+  curl -s -o /dev/null -w '%{http_code}' "${@:2}" "$1"
+}
+sha_file() { # sha_file FILE: sha256:<hex>
+  local sum
+  sum=$(sha256sum < "$1")
+  echo "sha256:${sum%% *}"
+}
+blob_sha() { # blob_sha URL: download (failing on any HTTP error) and hash
+  curl -fsS -o "$W/dl.$BASHPID" "$1"
+  sha_file "$W/dl.$BASHPID"
+  rm -f "$W/dl.$BASHPID"
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+builds() { # builds PORT: nix builds the server has started
+  local n
+  n=$(curl -fsS "http://127.0.0.1:$1/metrics" | awk '/^flakeport_nix_builds_started_total / {print $2}')
+  if ! [[ "$n" =~ ^[0-9]+$ ]]; then echo "no build counter on port $1: '$n'"; return 1; fi
+  echo "$n"
+}
+healthy() { curl -fsS -o /dev/null "http://$R/v2/"; }
 
 # start_server VAR STATE_DIR [ARGS...]: flakeport serving the test flake (none
 # with NO_FLAKE=1) on a free port; VAR=port, VAR_PID=its pid
 start_server() {
-  local var=$1 state=$2; shift 2
-  local port; port=$(free_port)
-  local flake=("$W/repo"); [ -n "${NO_FLAKE:-}" ] && flake=()
+  local var=$1 state=$2 port pid
+  shift 2
+  port=$(free_port)
+  local flake=("$W/repo")
+  if [ -n "${NO_FLAKE:-}" ]; then flake=(); fi
   "$BIN" serve "${flake[@]}" --listen "127.0.0.1:$port" --state-dir "$state" "$@" >>"$W/server-$port.log" 2>&1 &
-  PIDS+=($!)
-  eval "$var=$port; ${var}_PID=$!"
-  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && return 0; sleep 0.1; done
+  pid=$!
+  echo "$pid" >> "$W/pids"
+  eval "$var=$port; ${var}_PID=$pid"
+  for _ in $(seq 100); do
+    if curl -fs -o /dev/null "http://127.0.0.1:$port/v2/"; then return 0; fi
+    sleep 0.1
+  done
   echo "flakeport did not start"; cat "$W/server-$port.log"; return 1
 }
+stop_server() { # stop_server PID: SIGTERM, then wait for it to exit
+  kill "$1"
+  for _ in $(seq 100); do
+    if ! kill -0 "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "server $1 did not exit"; return 1
+}
 
-builds() { curl -fs "http://127.0.0.1:$1/metrics" | awk '/^flakeport_nix_builds_started_total/ {print $2}'; }
-healthy() { curl -fs "http://127.0.0.1:$1/v2/" >/dev/null; }
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+# expect_error METHOD PATH STATUS CODE [REGEX]: the error contract of design.md,
+# against $R; the server still answers afterwards.
+expect_error() {
+  local out body code
+  out=$(curl -s -X "$1" -w '\n%{http_code}' "http://$R$2")
+  code=$(tail -1 <<<"$out")
+  body=$(sed '$d' <<<"$out")
+  eq "$code" "$3" "status of $1 $2 ($body)"
+  if [ "$1" != HEAD ]; then
+    code=$(json 'd["errors"][0]["code"]' <<<"$body")
+    eq "$code" "$4" "OCI error code of $1 $2"
+    if [ -n "${5:-}" ]; then has_line "$body" "$5" "message of $1 $2"; fi
+  fi
+  healthy
+}
 
 echo "== fixture flake in $W/repo (tag v1 = version v1, main = v2)"
 make_fixture_repo "$ROOT" "$W/repo"
@@ -57,73 +147,90 @@ R=127.0.0.1:$P
 
 # ---------------------------------------------------------------- protocol
 t_base() {
-  curl -fsi "http://$R/v2/" | tee "$W/base" | grep -qi '^docker-distribution-api-version: registry/2.0' &&
-    [ "$(curl -s -o /dev/null -w '%{http_code}' -I "http://$R/v2/")" = 200 ]
+  curl -fsS -D "$W/base.h" -o /dev/null "http://$R/v2/"
+  has_header "$W/base.h" 'docker-distribution-api-version: registry/2.0'
+  local code
+  code=$(status "http://$R/v2/" -I)
+  eq "$code" 200 "HEAD /v2/"
 }
 check "GET/HEAD /v2/ with the API version header" t_base
 
 t_manifest_headers() {
-  curl -fsS -D "$W/h" -o "$W/m" "http://$R/v2/app/manifests/latest" || return 1
-  local digest; digest=$(sha256sum "$W/m" | cut -d' ' -f1)
-  grep -qi "^docker-content-digest: sha256:$digest" "$W/h" &&
-    grep -qi '^content-type: application/vnd.oci.image.manifest.v1+json' "$W/h" &&
-    grep -qi '^vary: accept' "$W/h" &&
-    grep -qi "^content-length: $(stat -c %s "$W/m")" "$W/h" &&
-    curl -fsSI "http://$R/v2/app/manifests/latest" > "$W/hh" &&
-    grep -qi "^docker-content-digest: sha256:$digest" "$W/hh" &&
-    grep -qi "^content-length: $(stat -c %s "$W/m")" "$W/hh" &&
-    curl -fsS "http://$R/v2/app/manifests/sha256:$digest" | cmp - "$W/m"
+  local digest len
+  curl -fsS -D "$W/h" -o "$W/m" "http://$R/v2/app/manifests/latest"
+  digest=$(sha_file "$W/m")
+  len=$(stat -c %s "$W/m")
+  has_header "$W/h" "docker-content-digest: $digest"
+  has_header "$W/h" 'content-type: application/vnd.oci.image.manifest.v1+json'
+  has_header "$W/h" 'vary: accept'
+  has_header "$W/h" "content-length: $len"
+  curl -fsSI "http://$R/v2/app/manifests/latest" > "$W/hh"
+  has_header "$W/hh" "docker-content-digest: $digest"
+  has_header "$W/hh" "content-length: $len"
+  curl -fsS -o "$W/m.by-digest" "http://$R/v2/app/manifests/$digest"
+  cmp "$W/m.by-digest" "$W/m"
 }
 check "manifest: digest, length, type, Vary; HEAD agrees; by digest same bytes" t_manifest_headers
 
 t_docker_flavour() {
-  local m; m=$(curl -fsS -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' "http://$R/v2/app/manifests/latest")
-  [ "$(echo "$m" | json 'd["mediaType"]')" = application/vnd.docker.distribution.manifest.v2+json ] &&
-    [ "$(echo "$m" | json 'd["layers"][0]["mediaType"]')" = application/vnd.docker.image.rootfs.diff.tar ] &&
-    [ "$(echo "$m" | json 'd["config"]["digest"]')" = "$(json 'd["config"]["digest"]' < "$W/m")" ]
+  local m got want
+  m=$(curl -fsS -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' "http://$R/v2/app/manifests/latest")
+  got=$(json 'd["mediaType"]' <<<"$m")
+  eq "$got" application/vnd.docker.distribution.manifest.v2+json "manifest mediaType"
+  got=$(json 'd["layers"][0]["mediaType"]' <<<"$m")
+  eq "$got" application/vnd.docker.image.rootfs.diff.tar "layer mediaType"
+  got=$(json 'd["config"]["digest"]' <<<"$m")
+  want=$(json 'd["config"]["digest"]' < "$W/m")
+  eq "$got" "$want" "config digest"
 }
 check "Docker schema2 when Accept asks only for Docker types, same config" t_docker_flavour
 
 t_blobs() {
-  local layer size
-  layer=$(json 'd["layers"][0]["digest"]' < "$W/m"); size=$(json 'd["layers"][0]["size"]' < "$W/m")
-  curl -fsS -D "$W/bh" "http://$R/v2/app/blobs/$layer" -o "$W/blob" || return 1
-  [ "sha256:$(sha256sum < "$W/blob" | cut -d' ' -f1)" = "$layer" ] && [ "$(stat -c %s "$W/blob")" = "$size" ] &&
-    grep -qi "^docker-content-digest: $layer" "$W/bh" &&
-    # Ranges: pieces concatenate to the whole; a range past the end is 416.
-    curl -fsS -r 0-99999 "http://$R/v2/app/blobs/$layer" -o "$W/r1" &&
-    curl -fsS -r 100000- "http://$R/v2/app/blobs/$layer" -o "$W/r2" &&
-    cat "$W/r1" "$W/r2" | cmp - "$W/blob" &&
-    [ "$(curl -s -o /dev/null -w '%{http_code}' -r 100-199 "http://$R/v2/app/blobs/$layer")" = 206 ] &&
-    curl -s -D - -o /dev/null -r 100-199 "http://$R/v2/app/blobs/$layer" | grep -qi "^content-range: bytes 100-199/$size" &&
-    [ "$(curl -s -o /dev/null -w '%{http_code}' -r "$size-" "http://$R/v2/app/blobs/$layer")" = 416 ] &&
-    [ "$(curl -s -o /dev/null -w '%{http_code}' -I "http://$R/v2/app/blobs/$layer")" = 200 ] &&
-    local cfg; cfg=$(json 'd["config"]["digest"]' < "$W/m") &&
-    [ "sha256:$(curl -fsS "http://$R/v2/app/blobs/$cfg" | sha256sum | cut -d' ' -f1)" = "$cfg" ]
+  local layer size cfg got
+  layer=$(json 'd["layers"][0]["digest"]' < "$W/m")
+  size=$(json 'd["layers"][0]["size"]' < "$W/m")
+  cfg=$(json 'd["config"]["digest"]' < "$W/m")
+  if [ "$size" -le 100000 ]; then echo "layer of $size bytes: too small for the range checks"; return 1; fi
+  curl -fsS -D "$W/bh" -o "$W/blob" "http://$R/v2/app/blobs/$layer"
+  got=$(sha_file "$W/blob")
+  eq "$got" "$layer" "sha256 of the layer blob"
+  got=$(stat -c %s "$W/blob")
+  eq "$got" "$size" "blob size"
+  has_header "$W/bh" "docker-content-digest: $layer"
+  has_header "$W/bh" "content-length: $size"
+  # Ranges: pieces concatenate to the whole; a range past the end is 416.
+  curl -fsS -r 0-99999 -o "$W/r1" "http://$R/v2/app/blobs/$layer"
+  curl -fsS -r 100000- -o "$W/r2" "http://$R/v2/app/blobs/$layer"
+  cat "$W/r1" "$W/r2" > "$W/r12"
+  cmp "$W/r12" "$W/blob"
+  got=$(status "http://$R/v2/app/blobs/$layer" -r 100-199 -D "$W/rh")
+  eq "$got" 206 "status of a Range GET"
+  has_header "$W/rh" "content-range: bytes 100-199/$size"
+  has_header "$W/rh" "content-length: 100"
+  got=$(status "http://$R/v2/app/blobs/$layer" -r "$size-")
+  eq "$got" 416 "status of a range past the end"
+  got=$(status "http://$R/v2/app/blobs/$layer" -I -D "$W/hb")
+  eq "$got" 200 "status of HEAD"
+  has_header "$W/hb" "content-length: $size"
+  got=$(blob_sha "http://$R/v2/app/blobs/$cfg")
+  eq "$got" "$cfg" "sha256 of the config blob"
 }
-check "blobs: digest verified, exact length, Range 206 pieces = whole, 416" t_blobs
+check "blobs: digest verified, exact length, Range 206 pieces = whole, 416, HEAD" t_blobs
 
 t_tags() {
-  local tags; tags=$(curl -fsS "http://$R/v2/app/tags/list" | json '",".join(d["tags"])')
-  [ "$tags" = "latest,main,v1" ] || { echo "tags: $tags"; return 1; }
-  curl -fsS -D "$W/th" "http://$R/v2/app/tags/list?n=1" | json 'd["tags"]' | grep -q latest &&
-    grep -qi '^link: </v2/app/tags/list?n=1&last=latest>; rel="next"' "$W/th" &&
-    [ "$(curl -fsS "http://$R/v2/app/tags/list?n=5&last=main" | json '",".join(d["tags"])')" = v1 ]
+  local tags
+  tags=$(curl -fsS "http://$R/v2/app/tags/list" | json '",".join(d["tags"])')
+  eq "$tags" latest,main,v1 "all tags"
+  curl -fsS -D "$W/th" -o "$W/tb" "http://$R/v2/app/tags/list?n=1"
+  tags=$(json '",".join(d["tags"])' < "$W/tb")
+  eq "$tags" latest "first page of 1"
+  has_header "$W/th" 'link: </v2/app/tags/list?n=1&last=latest>; rel="next"'
+  tags=$(curl -fsS "http://$R/v2/app/tags/list?n=5&last=main" | json '",".join(d["tags"])')
+  eq "$tags" v1 "page after main"
 }
 check "tags/list: latest + branches + tags, n/last pagination with Link" t_tags
 
 # ---------------------------------------------------------------- errors
-# expect_error METHOD PATH STATUS CODE [GREP]: the error contract of design.md
-expect_error() {
-  local body status
-  body=$(curl -s -X "$1" -w '\n%{http_code}' "http://$R$2")
-  status=$(echo "$body" | tail -1); body=$(echo "$body" | sed '$d')
-  [ "$status" = "$3" ] || { echo "status $status, want $3: $body"; return 1; }
-  [ "$1" = HEAD ] && return 0
-  [ "$(echo "$body" | json 'd["errors"][0]["code"]')" = "$4" ] || { echo "$body"; return 1; }
-  [ -z "${5:-}" ] || echo "$body" | grep -q -- "$5" || { echo "message lacks '$5': $body"; return 1; }
-  healthy "$P"
-}
 check "NAME_INVALID 400" expect_error GET /v2/Bad_Name/manifests/latest 400 NAME_INVALID "lowercase"
 check "TAG_INVALID 400" expect_error GET '/v2/app/manifests/-bad' 400 TAG_INVALID
 check "DIGEST_INVALID 400" expect_error GET /v2/app/blobs/sha256:1234 400 DIGEST_INVALID "sha256:<64"
@@ -133,135 +240,198 @@ check "tag not a ref: MANIFEST_UNKNOWN 404" expect_error GET /v2/app/manifests/v
 check "manifest digest never served: MANIFEST_UNKNOWN 404" expect_error GET "/v2/app/manifests/sha256:$(printf %064d 0)" 404 MANIFEST_UNKNOWN
 check "BLOB_UNKNOWN 404" expect_error GET "/v2/app/blobs/sha256:$(printf %064d 0)" 404 BLOB_UNKNOWN
 check "build failure: 500 UNKNOWN with the log tail" expect_error GET /v2/broken/manifests/latest 500 UNKNOWN "broken on purpose"
-check "build failure is not cached (fails again, server healthy)" expect_error GET /v2/broken/manifests/latest 500 UNKNOWN "broken on purpose"
+t_failure_not_cached() {
+  local before after
+  before=$(builds "$P")
+  expect_error GET /v2/broken/manifests/latest 500 UNKNOWN "broken on purpose"
+  after=$(builds "$P")
+  eq "$after" "$((before + 1))" "nix builds started by a second pull of a failing image"
+}
+check "build failure is not cached: the next pull builds again" t_failure_not_cached
 check "push: 405 UNSUPPORTED" expect_error POST /v2/app/blobs/uploads/ 405 UNSUPPORTED "read-only"
 check "PUT manifest: 405 UNSUPPORTED" expect_error PUT /v2/app/manifests/latest 405 UNSUPPORTED
 check "DELETE: 405 UNSUPPORTED" expect_error DELETE "/v2/app/manifests/sha256:$(printf %064d 0)" 405 UNSUPPORTED
 
 t_injection() {
   # Nothing a client sends is Nix code: quotes, interpolation and attribute
-  # tricks are rejected by validation or are just names that do not exist.
-  local before; before=$(builds "$P")
-  expect_error GET '/v2/a%22%24%7Bthrow%7D/manifests/latest' 400 NAME_INVALID &&
-    expect_error GET '/v2/app/manifests/$%7Bbuiltins.abort%20%22x%22%7D' 400 TAG_INVALID &&
-    expect_error GET '/v2/app/manifests/v1%20--impure' 400 TAG_INVALID &&
-    expect_error GET '/v2/or/manifests/latest' 404 NAME_UNKNOWN &&
-    expect_error GET '/v2/outpath/manifests/latest' 404 NAME_UNKNOWN
+  # tricks are rejected before nix runs, or are names that do not exist.
+  local before after
+  before=$(builds "$P")
+  expect_error GET '/v2/a%22%24%7Bthrow%7D/manifests/latest' 400 NAME_INVALID
+  expect_error GET '/v2/app/manifests/$%7Bbuiltins.abort%20%22x%22%7D' 400 TAG_INVALID
+  expect_error GET '/v2/app/manifests/v1%20--impure' 400 TAG_INVALID
+  after=$(builds "$P")
+  eq "$after" "$before" "nix runs for requests refused by validation"
+  expect_error GET '/v2/or/manifests/latest' 404 NAME_UNKNOWN
+  expect_error GET '/v2/outpath/manifests/latest' 404 NAME_UNKNOWN
+  after=$(builds "$P")
+  eq "$after" "$((before + 2))" "nix runs for two names that are not outputs"
 }
 check "injection attempts are rejected as data" t_injection
 
 start_server PT "$W/state-timeout" --nix-timeout 3 || exit 1
 t_timeout() {
-  local out; out=$(curl -s -w '\n%{http_code}' "http://127.0.0.1:$PT/v2/slow/manifests/latest")
-  [ "$(echo "$out" | tail -1)" = 504 ] && echo "$out" | grep -q 'timed out after 3 s' &&
-    ! pgrep -f 'sleep 600' >/dev/null && healthy "$PT"
+  local out code
+  out=$(curl -s -w '\n%{http_code}' "http://127.0.0.1:$PT/v2/slow/manifests/latest")
+  code=$(tail -1 <<<"$out")
+  eq "$code" 504 "status of a build that times out"
+  has_line "$out" 'timed out after 3 s' "504 message"
+  if pgrep -f 'sleep 600' >/dev/null; then echo "the builder's sleep is still running"; return 1; fi
+  R=127.0.0.1:$PT healthy
 }
 check "build timeout: 504, whole process group killed" t_timeout
 
 # ------------------------------------------------------ clients: skopeo, umoci
 t_skopeo_chroot() {
+  local mode out
   rm -rf "$W/oci" "$W/b1"
-  skopeo copy -q --src-tls-verify=false "docker://$R/app:latest" "oci:$W/oci:app" &&
-    umoci unpack --image "$W/oci:app" "$W/b1" >/dev/null &&
-    [ "$(stat -c '%a %u' "$W/b1/rootfs/tmp")" = "1777 0" ] &&
-    [ "$(stat -c '%u' "$W/b1/rootfs/home/app")" = 1000 ] &&
-    chroot "$W/b1/rootfs" /bin/sh -c 'GREETING=x /bin/greet' | grep -qx 'greetings x as 0'
+  skopeo copy -q --src-tls-verify=false "docker://$R/app:latest" "oci:$W/oci:app"
+  umoci unpack --image "$W/oci:app" "$W/b1" >/dev/null
+  mode=$(stat -c '%a %u' "$W/b1/rootfs/tmp")
+  eq "$mode" "1777 0" "/tmp mode and owner"
+  mode=$(stat -c '%u' "$W/b1/rootfs/home/app")
+  eq "$mode" 1000 "owner of /home/app"
+  out=$(chroot "$W/b1/rootfs" /bin/sh -c 'GREETING=x /bin/greet')
+  eq "$out" 'greetings x as 0' "the image's program in a chroot"
 }
 check "skopeo copy + umoci unpack + chroot run (conf v1, perms, /tmp 1777)" t_skopeo_chroot
 
+greeting() { # greeting REF: the GREETING of the image's Env
+  skopeo inspect --tls-verify=false "docker://$1" | json '[e for e in d["Env"] if e.startswith("GREETING")][0]'
+}
 t_tag_ref() {
-  rm -rf "$W/b2" "$W/oci2"
-  [ "$(skopeo inspect --tls-verify=false "docker://$R/app:v1" | json '[e for e in d["Env"] if e.startswith("GREETING")][0]')" = GREETING=v1 ] &&
-    [ "$(skopeo inspect --tls-verify=false "docker://$R/app:latest" | json '[e for e in d["Env"] if e.startswith("GREETING")][0]')" = GREETING=v2 ] &&
-    local commit; commit=$(git -C "$W/repo" rev-parse v1) &&
-    [ "$(skopeo inspect --tls-verify=false "docker://$R/app:$commit" | json 'd["Digest"]')" = \
-      "$(skopeo inspect --tls-verify=false "docker://$R/app:v1" | json 'd["Digest"]')" ]
+  local got commit by_commit by_tag
+  got=$(greeting "$R/app:v1")
+  eq "$got" GREETING=v1 "Env of app:v1"
+  got=$(greeting "$R/app:latest")
+  eq "$got" GREETING=v2 "Env of app:latest"
+  commit=$(git -C "$W/repo" rev-parse v1)
+  by_commit=$(skopeo inspect --tls-verify=false "docker://$R/app:$commit" | json 'd["Digest"]')
+  by_tag=$(skopeo inspect --tls-verify=false "docker://$R/app:v1" | json 'd["Digest"]')
+  eq "$by_commit" "$by_tag" "digest of app:<commit of v1> and app:v1"
+  has_line "$by_tag" '^sha256:[0-9a-f]{64}$' "a digest"
 }
 check "tag -> git ref: v1 and its commit give the v1 image, latest the v2" t_tag_ref
 
 t_stock() {
+  local out
   rm -rf "$W/b3" "$W/oci3"
-  skopeo copy -q --src-tls-verify=false "docker://$R/stock:latest" "oci:$W/oci3:s" &&
-    umoci unpack --image "$W/oci3:s" "$W/b3" >/dev/null &&
-    chroot "$W/b3/rootfs" /bin/hello | grep -qx 'hello from nix' && grep -qx stock "$W/b3/rootfs/etc/stock-release"
+  skopeo copy -q --src-tls-verify=false "docker://$R/stock:latest" "oci:$W/oci3:s"
+  umoci unpack --image "$W/oci3:s" "$W/b3" >/dev/null
+  out=$(chroot "$W/b3/rootfs" /bin/hello)
+  eq "$out" 'hello from nix' "/bin/hello in a chroot"
+  out=$(cat "$W/b3/rootfs/etc/stock-release")
+  eq "$out" stock "/etc/stock-release from the customisation layer"
 }
 check "dockerTools-style output (passthru.conf, customisation layer.tar) runs" t_stock
 
 t_plain() {
+  local ep out
   rm -rf "$W/b4" "$W/oci4"
-  local ep; ep=$(skopeo inspect --config --tls-verify=false "docker://$R/plain:latest" | json 'd["config"]["Entrypoint"][0]')
-  case "$ep" in /nix/store/*-greeter/bin/greet) ;; *) echo "entrypoint $ep"; return 1 ;; esac
-  skopeo copy -q --src-tls-verify=false "docker://$R/plain:latest" "oci:$W/oci4:p" &&
-    umoci unpack --image "$W/oci4:p" "$W/b4" >/dev/null && chroot "$W/b4/rootfs" "$ep" | grep -q '^greetings'
+  ep=$(skopeo inspect --config --tls-verify=false "docker://$R/plain:latest" | json 'd["config"]["Entrypoint"][0]')
+  has_line "$ep" '^/nix/store/[a-z0-9]{32}-greeter/bin/greet$' "entrypoint"
+  skopeo copy -q --src-tls-verify=false "docker://$R/plain:latest" "oci:$W/oci4:p"
+  umoci unpack --image "$W/oci4:p" "$W/b4" >/dev/null
+  out=$(chroot "$W/b4/rootfs" "$ep")
+  eq "$out" 'greetings  as 0' "the entrypoint in a chroot"
 }
 check "plain package: closure image, meta.mainProgram entrypoint runs" t_plain
 
 t_nested() {
-  skopeo inspect --config --tls-verify=false "docker://$R/tools/nested:latest" | json 'd["config"]["Entrypoint"][0]' | grep -q -- '-hello/bin/hello$'
+  local ep
+  ep=$(skopeo inspect --config --tls-verify=false "docker://$R/tools/nested:latest" | json 'd["config"]["Entrypoint"][0]')
+  has_line "$ep" '^/nix/store/[a-z0-9]{32}-hello/bin/hello$' "entrypoint"
 }
 check "multi-segment name -> nested legacyPackages attribute" t_nested
 
+layer_digests() { # layer_digests MANIFEST-JSON: one digest per line
+  json '"\n".join(l["digest"] for l in d["layers"])' <<<"$1"
+}
 t_shared_layers() {
-  local a b
-  a=$(curl -fsS "http://$R/v2/app/manifests/latest" | json '" ".join(l["digest"] for l in d["layers"])')
-  b=$(curl -fsS "http://$R/v2/other/manifests/latest" | json '" ".join(l["digest"] for l in d["layers"])')
+  local a b shared
+  a=$(curl -fsS "http://$R/v2/app/manifests/latest")
+  b=$(curl -fsS "http://$R/v2/other/manifests/latest")
+  a=$(layer_digests "$a" | sort)
+  b=$(layer_digests "$b" | sort)
   # Both images hold busybox in its own layer: one digest, one blob.
-  [ -n "$(comm -12 <(tr ' ' '\n' <<<"$a" | sort) <(tr ' ' '\n' <<<"$b" | sort))" ]
+  shared=$(comm -12 <(echo "$a") <(echo "$b"))
+  has_line "$shared" '^sha256:[0-9a-f]{64}$' "layers shared by app and other"
 }
 check "images share the layers of common store paths" t_shared_layers
 
 # ------------------------------------------------- concurrency and robustness
 t_concurrent_cold() {
-  local before after
+  local before after codes sums pulls=()
   before=$(builds "$P")
-  local pulls=()
   for i in $(seq 16); do
-    curl -fsS -o "$W/cold.$i" -w '%{http_code}\n' "http://$R/v2/cold/manifests/latest" > "$W/cold.code.$i" &
+    curl -sS -o "$W/cold.$i" -w '%{http_code}\n' "http://$R/v2/cold/manifests/latest" > "$W/cold.code.$i" &
     pulls+=($!)
   done
-  wait "${pulls[@]}"
+  for p in "${pulls[@]}"; do wait "$p"; done
   after=$(builds "$P")
-  [ "$((after - before))" = 1 ] || { echo "nix builds: $((after - before))"; return 1; }
-  [ "$(cat "$W"/cold.code.* | sort -u)" = 200 ] && [ "$(sha256sum "$W"/cold.[0-9]* | cut -d' ' -f1 | sort -u | wc -l)" = 1 ]
+  eq "$((after - before))" 1 "nix builds for 16 concurrent pulls of one cold image"
+  codes=$(cat "$W"/cold.code.* | sort -u)
+  eq "$codes" 200 "statuses"
+  sums=$(sha256sum "$W"/cold.[0-9]* | cut -d' ' -f1 | sort -u | wc -l)
+  eq "$sums" 1 "distinct manifests"
 }
 check "16 concurrent cold pulls run exactly one nix build, same digest" t_concurrent_cold
 
 t_disconnect_mid_build() {
-  local before; before=$(builds "$P")
-  # The first client gives up while the build runs; the build goes on and
-  # the next client gets its result without a second build.
-  curl -s --max-time 0.5 "http://$R/v2/sleepy/manifests/latest" -o /dev/null
-  curl -fsS "http://$R/v2/sleepy/manifests/latest" -o /dev/null &&
-    [ "$(($(builds "$P") - before))" = 1 ] || { echo "builds: $(($(builds "$P") - before))"; return 1; }
+  local before after code
+  before=$(builds "$P")
+  # The first client gives up while the build runs (it takes 2 s); the build
+  # goes on and the next client gets its result without a second build.
+  code=$(status "http://$R/v2/sleepy/manifests/latest" --max-time 0.5) || true
+  eq "$code" 000 "the first client hung up before an answer"
+  curl -fsS -o /dev/null "http://$R/v2/sleepy/manifests/latest"
+  after=$(builds "$P")
+  eq "$((after - before))" 1 "nix builds"
 }
 check "a client hanging up mid-build does not cancel it for the next" t_disconnect_mid_build
 
 t_killed_client() {
-  local layer; layer=$(json 'd["layers"][0]["digest"]' < "$W/m")
+  local layer size got
+  layer=$(json 'd["layers"][0]["digest"]' < "$W/m")
+  size=$(json 'd["layers"][0]["size"]' < "$W/m")
   # A slow client killed mid-blob, several times over.
-  for _ in 1 2 3; do timeout 0.5 curl -s --limit-rate 100k "http://$R/v2/app/blobs/$layer" -o /dev/null; done
-  healthy "$P" &&
-    [ "sha256:$(curl -fsS "http://$R/v2/app/blobs/$layer" | sha256sum | cut -d' ' -f1)" = "$layer" ] &&
-    kill -0 "$P_PID"
+  for i in 1 2 3; do
+    timeout 0.5 "$ROOT/tests/slow_client.py" "http://$R/v2/app/blobs/$layer" "$W/killed.$i" 100 || true
+    got=$(stat -c %s "$W/killed.$i")
+    if [ "$got" -ge "$size" ]; then echo "client $i was not killed mid-blob"; return 1; fi
+  done
+  healthy
+  got=$(blob_sha "http://$R/v2/app/blobs/$layer")
+  eq "$got" "$layer" "sha256 of the blob afterwards"
+  kill -0 "$P_PID"
 }
 check "a client killed mid-blob leaves the server healthy" t_killed_client
 
-t_restart() {
-  local digest layer
-  digest=$(sha256sum < "$W/m" | cut -d' ' -f1)
+# Restart on the same state dir: blobs and manifests by digest answer
+# without any build. On an empty state dir: the same manifest digest.
+APP_DIGEST=$(sha_file "$W/m")
+stop_server "$P_PID" || exit 1
+start_server P "$W/state" || exit 1
+R=127.0.0.1:$P
+t_restart_same_state() {
+  local layer got n
   layer=$(json 'd["layers"][0]["digest"]' < "$W/m")
-  kill "$P_PID"; wait "$P_PID" 2>/dev/null
-  # Same state dir: blobs and manifests by digest answer without any build.
-  start_server P "$W/state" || return 1
-  R=127.0.0.1:$P
-  [ "sha256:$(curl -fsS "http://$R/v2/app/blobs/$layer" | sha256sum | cut -d' ' -f1)" = "$layer" ] &&
-    curl -fsS "http://$R/v2/app/manifests/sha256:$digest" | cmp - "$W/m" &&
-    [ "$(builds "$P")" = 0 ] || { echo "after restart with state: builds=$(builds "$P")"; return 1; }
-  # Empty state dir: a fresh build gives the same manifest digest.
-  start_server PE "$W/state-empty" || return 1
-  [ "$(curl -fsS "http://127.0.0.1:$PE/v2/app/manifests/latest" | sha256sum | cut -d' ' -f1)" = "$digest" ]
+  got=$(blob_sha "http://$R/v2/app/blobs/$layer")
+  eq "$got" "$layer" "layer blob after the restart"
+  curl -fsS -o "$W/m.restart" "http://$R/v2/app/manifests/$APP_DIGEST"
+  cmp "$W/m.restart" "$W/m"
+  n=$(builds "$P")
+  eq "$n" 0 "nix builds after the restart"
 }
-check "restart: same state answers without rebuilding; empty state, same digest" t_restart
+check "restart, same state: blob and manifest by digest without a build" t_restart_same_state
+start_server PE "$W/state-empty" || exit 1
+t_restart_empty_state() {
+  local got
+  curl -fsS -o "$W/m.empty" "http://127.0.0.1:$PE/v2/app/manifests/latest"
+  got=$(sha_file "$W/m.empty")
+  eq "$got" "$APP_DIGEST" "manifest digest from an empty state dir"
+}
+check "restart, empty state: a fresh build gives the same manifest digest" t_restart_empty_state
 
 # ------------------------------------------------- containerd and Docker engine
 mkdir -p "$W/ctd"
@@ -273,15 +443,18 @@ state = "$W/ctd/state"
   address = "$W/ctd/containerd.sock"
 TOML
 containerd --config "$W/ctd/config.toml" > "$W/ctd/log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do [ -S "$W/ctd/containerd.sock" ] && break; sleep 0.1; done
+echo $! >> "$W/pids"
+for _ in $(seq 100); do if [ -S "$W/ctd/containerd.sock" ]; then break; fi; sleep 0.1; done
 export CONTAINERD_ADDRESS=$W/ctd/containerd.sock
 
 t_containerd() {
-  ctr image pull --plain-http "$R/app:latest" >/dev/null &&
-    ctr run --rm "$R/app:latest" "fp-$$" | grep -qx 'greetings v2 as 1000' &&
-    ctr image pull --plain-http "$R/stock:v1" >/dev/null &&
-    ctr run --rm "$R/stock:v1" "fp2-$$" | grep -qx 'hello from nix'
+  local out
+  ctr image pull --plain-http "$R/app:latest" >/dev/null
+  out=$(ctr run --rm "$R/app:latest" "fp-$$")
+  eq "$out" 'greetings v2 as 1000' "ctr run app"
+  ctr image pull --plain-http "$R/stock:v1" >/dev/null
+  out=$(ctr run --rm "$R/stock:v1" "fp2-$$")
+  eq "$out" 'hello from nix' "ctr run stock:v1"
 }
 check "containerd: ctr image pull + ctr run (runs as uid 1000)" t_containerd
 
@@ -290,15 +463,18 @@ dockerd --data-root "$W/dockerd/data" --exec-root "$W/dockerd/exec" --pidfile "$
   -H "unix://$W/dockerd/docker.sock" --containerd "$W/ctd/containerd.sock" --bridge=none \
   --iptables=false --ip-forward=false --ip-masq=false --default-ulimit nofile=1024:1024 \
   > "$W/dockerd/log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 150); do [ -S "$W/dockerd/docker.sock" ] && DOCKER_HOST="unix://$W/dockerd/docker.sock" docker info >/dev/null 2>&1 && break; sleep 0.2; done
+echo $! >> "$W/pids"
 export DOCKER_HOST="unix://$W/dockerd/docker.sock"
+for _ in $(seq 150); do if docker info >/dev/null 2>&1; then break; fi; sleep 0.2; done
 
 t_docker() {
-  docker pull -q "$R/app:latest" >/dev/null &&
-    docker run --rm --network none "$R/app:latest" | grep -qx 'greetings v2 as 1000' &&
-    docker pull -q "$R/plain:v1" >/dev/null &&
-    docker run --rm --network none "$R/plain:v1" | grep -q '^greetings'
+  local out
+  docker pull -q "$R/app:latest" >/dev/null
+  out=$(docker run --rm --network none "$R/app:latest")
+  eq "$out" 'greetings v2 as 1000' "docker run app"
+  docker pull -q "$R/plain:v1" >/dev/null
+  out=$(docker run --rm --network none "$R/plain:v1")
+  eq "$out" 'greetings  as 0' "docker run plain:v1"
 }
 check "Docker engine: docker pull + docker run" t_docker
 
@@ -309,80 +485,107 @@ NO_FLAKE=1 start_server PK "$W/state-pk" --packages "$W/repo" || exit 1
 start_server PB "$W/state-pb" --packages "git+file://$W/repo" || exit 1
 RK=127.0.0.1:$PK
 
-pkg_digest() { curl -fsS "http://$1/v2/$2/manifests/${3:-latest}" | sha256sum | cut -d' ' -f1; }
+pkg_digest() { # pkg_digest HOST NAME [TAG]: digest of the manifest
+  curl -fsS -o "$W/pkg.$BASHPID" "http://$1/v2/$2/manifests/${3:-latest}"
+  sha_file "$W/pkg.$BASHPID"
+}
 
 t_pkg_chroot() {
+  local out env
   rm -rf "$W/pk1" "$W/pkb1"
-  skopeo copy -q --src-tls-verify=false "docker://$RK/hello/greeter:latest" "oci:$W/pk1:x" &&
-    umoci unpack --image "$W/pk1:x" "$W/pkb1" >/dev/null &&
-    chroot "$W/pkb1/rootfs" /bin/hello | grep -qx 'hello from nix' &&
-    chroot "$W/pkb1/rootfs" /bin/greet | grep -q '^greetings' &&
-    [ "$(stat -c %a "$W/pkb1/rootfs/tmp")" = 1777 ] &&
-    [ -e "$W/pkb1/rootfs/etc/ssl/certs/ca-bundle.crt" ] &&
-    skopeo inspect --config --tls-verify=false "docker://$RK/hello/greeter:latest" |
-    json '" ".join(d["config"]["Env"])' | grep -q 'PATH=/bin.*SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt'
+  skopeo copy -q --src-tls-verify=false "docker://$RK/hello/greeter:latest" "oci:$W/pk1:x"
+  umoci unpack --image "$W/pk1:x" "$W/pkb1" >/dev/null
+  out=$(chroot "$W/pkb1/rootfs" /bin/hello)
+  eq "$out" 'hello from nix' "/bin/hello"
+  out=$(chroot "$W/pkb1/rootfs" /bin/greet)
+  eq "$out" 'greetings  as 0' "/bin/greet"
+  out=$(stat -c %a "$W/pkb1/rootfs/tmp")
+  eq "$out" 1777 "/tmp mode"
+  test -e "$W/pkb1/rootfs/etc/ssl/certs/ca-bundle.crt"
+  env=$(skopeo inspect --config --tls-verify=false "docker://$RK/hello/greeter:latest" | json '" ".join(d["config"]["Env"])')
+  has_line "$env" 'PATH=/bin.*SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt' "Env"
 }
 check "packages: two-package image, tools run from /bin in a chroot, /tmp, CA bundle" t_pkg_chroot
 
 t_pkg_order() {
-  local a; a=$(pkg_digest "$RK" hello/greeter) &&
-    [ "$(pkg_digest "$RK" greeter/hello)" = "$a" ] && [ "$(pkg_digest "$RK" hello/greeter/hello)" = "$a" ]
+  local a b c
+  a=$(pkg_digest "$RK" hello/greeter)
+  b=$(pkg_digest "$RK" greeter/hello)
+  c=$(pkg_digest "$RK" hello/greeter/hello)
+  eq "$b" "$a" "greeter/hello vs hello/greeter"
+  eq "$c" "$a" "hello/greeter/hello vs hello/greeter"
 }
 check "packages: order and duplicates do not change the digest" t_pkg_order
 
 t_pkg_nested() {
+  local out
   rm -rf "$W/pk2" "$W/pkb2"
-  skopeo copy -q --src-tls-verify=false "docker://$RK/python3packages.requests:latest" "oci:$W/pk2:x" &&
-    umoci unpack --image "$W/pk2:x" "$W/pkb2" >/dev/null &&
-    chroot "$W/pkb2/rootfs" /bin/requests-demo | grep -qx requests
+  skopeo copy -q --src-tls-verify=false "docker://$RK/python3packages.requests:latest" "oci:$W/pk2:x"
+  umoci unpack --image "$W/pk2:x" "$W/pkb2" >/dev/null
+  out=$(chroot "$W/pkb2/rootfs" /bin/requests-demo)
+  eq "$out" requests "/bin/requests-demo"
 }
 check "packages: nested attribute (python3packages.requests, matched case-insensitively)" t_pkg_nested
 
 t_pkg_tags() {
-  local commit; commit=$(git -C "$W/repo" rev-parse v1)
+  local commit out tags
+  commit=$(git -C "$W/repo" rev-parse v1)
   for tag_want in v1:v1 latest:v2 main:v2 "$commit:v1"; do
     rm -rf "$W/pk3" "$W/pkb3"
-    skopeo copy -q --src-tls-verify=false "docker://$RK/versioned:${tag_want%%:*}" "oci:$W/pk3:x" &&
-      umoci unpack --image "$W/pk3:x" "$W/pkb3" >/dev/null &&
-      [ "$(chroot "$W/pkb3/rootfs" /bin/version)" = "${tag_want#*:}" ] || { echo "tag ${tag_want%%:*}"; return 1; }
+    skopeo copy -q --src-tls-verify=false "docker://$RK/versioned:${tag_want%%:*}" "oci:$W/pk3:x"
+    umoci unpack --image "$W/pk3:x" "$W/pkb3" >/dev/null
+    out=$(chroot "$W/pkb3/rootfs" /bin/version)
+    eq "$out" "${tag_want#*:}" "version in versioned:${tag_want%%:*}"
   done
-  R=$RK expect_error GET /v2/versioned/manifests/v9 404 MANIFEST_UNKNOWN 'tag .*v9.* is not a branch, tag or commit' &&
-    [ "$(curl -fsS "http://$RK/v2/versioned/tags/list" | json '",".join(d["tags"])')" = "latest,main,v1" ]
+  R=$RK expect_error GET /v2/versioned/manifests/v9 404 MANIFEST_UNKNOWN 'tag .*v9.* is not a branch, tag or commit'
+  tags=$(curl -fsS "http://$RK/v2/versioned/tags/list" | json '",".join(d["tags"])')
+  eq "$tags" latest,main,v1 "tags of the set"
 }
 check "packages: tag -> git tag, branch or commit of the set; tags/list" t_pkg_tags
 
 t_pkg_unknown() {
   R=$RK expect_error GET /v2/hello/helo/gretter/python3packages.reqests/manifests/latest 404 MANIFEST_UNKNOWN \
-    'gretter (did you mean greeter?); helo (did you mean hello?); python3packages.reqests (did you mean python3packages.requests?)'
+    'gretter \(did you mean greeter\?\); helo \(did you mean hello\?\); python3packages.reqests \(did you mean python3packages.requests\?\)'
 }
 check "packages: every unknown package named in one 404, with close matches" t_pkg_unknown
 
 t_pkg_injection() {
-  local b; b=$(builds "$PK")
-  R=$RK expect_error GET '/v2/hello/builtins.abort/import/or/manifests/latest' 404 MANIFEST_UNKNOWN 'builtins.abort; import; or' &&
-    R=$RK expect_error GET '/v2/hello/%24%7Bbuiltins.abort%20%22x%22%7D/manifests/latest' 400 NAME_INVALID &&
-    R=$RK expect_error GET '/v2/hello/a%22%3B/manifests/latest' 400 NAME_INVALID &&
-    R=$RK expect_error GET '/v2/hello/manifests/latest%22%20--impure' 400 TAG_INVALID &&
-    healthy "$PK"
+  local before after
+  before=$(builds "$PK")
+  R=$RK expect_error GET '/v2/hello/%24%7Bbuiltins.abort%20%22x%22%7D/manifests/latest' 400 NAME_INVALID
+  R=$RK expect_error GET '/v2/hello/a%22%3B/manifests/latest' 400 NAME_INVALID
+  R=$RK expect_error GET '/v2/hello/manifests/latest%22%20--impure' 400 TAG_INVALID
+  after=$(builds "$PK")
+  eq "$after" "$before" "nix runs for requests refused by validation"
+  R=$RK expect_error GET '/v2/hello/builtins.abort/import/or/manifests/latest' 404 MANIFEST_UNKNOWN 'builtins.abort; import; or'
+  after=$(builds "$PK")
+  eq "$after" "$((before + 1))" "nix runs for one lookup of unknown names"
 }
 check "packages: injection attempts are data (unknown names) or rejected" t_pkg_injection
 
 t_pkg_shared() {
-  local a b
-  a=$(curl -fsS "http://$RK/v2/shell/hello/manifests/latest" | json '"\n".join(l["digest"] for l in d["layers"])')
-  b=$(curl -fsS "http://$RK/v2/shell/greeter/manifests/latest" | json '"\n".join(l["digest"] for l in d["layers"])')
+  local a b shared n
+  a=$(curl -fsS "http://$RK/v2/shell/hello/manifests/latest")
+  b=$(curl -fsS "http://$RK/v2/shell/greeter/manifests/latest")
+  a=$(layer_digests "$a" | sort)
+  b=$(layer_digests "$b" | sort)
   # busybox, bash, coreutils, cacert: the same store paths, the same layers.
-  [ "$(comm -12 <(sort <<<"$a") <(sort <<<"$b") | wc -l)" -ge 4 ] &&
-    [ "$(wc -l <<<"$a")" -le 100 ]
+  shared=$(comm -12 <(echo "$a") <(echo "$b") | wc -l)
+  if [ "$shared" -lt 4 ]; then echo "shared layers: $shared, want >= 4"; return 1; fi
+  n=$(wc -l <<<"$a")
+  if [ "$n" -gt 100 ]; then echo "$n layers"; return 1; fi
 }
 check "packages: images share the layers of common packages" t_pkg_shared
 
 t_pkg_shell() {
+  local cmd out
   rm -rf "$W/pk4" "$W/pkb4"
-  [ "$(skopeo inspect --config --tls-verify=false "docker://$RK/shell:latest" | json 'd["config"]["Cmd"]')" = "['bash']" ] &&
-    skopeo copy -q --src-tls-verify=false "docker://$RK/shell/hello:latest" "oci:$W/pk4:x" &&
-    umoci unpack --image "$W/pk4:x" "$W/pkb4" >/dev/null &&
-    chroot "$W/pkb4/rootfs" /bin/bash -c 'ls /bin/hello && /usr/bin/env echo ok' | grep -qx ok
+  cmd=$(skopeo inspect --config --tls-verify=false "docker://$RK/shell:latest" | json 'd["config"]["Cmd"]')
+  eq "$cmd" "['bash']" "Cmd of shell"
+  skopeo copy -q --src-tls-verify=false "docker://$RK/shell/hello:latest" "oci:$W/pk4:x"
+  umoci unpack --image "$W/pk4:x" "$W/pkb4" >/dev/null
+  out=$(chroot "$W/pkb4/rootfs" /bin/bash -c 'ls /bin/hello; /usr/bin/env echo ok')
+  eq "$out" $'/bin/hello\nok' "bash, /bin/hello and /usr/bin/env in shell/hello"
 }
 check "packages: the shell meta-package (bash as Cmd, coreutils, /usr/bin/env)" t_pkg_shell
 
@@ -398,11 +601,16 @@ t_pkg_failure() {
 check "packages: a package that fails to build: 500 with the log tail" t_pkg_failure
 
 t_pkg_beside_flake() {
+  local got want out
   # Flake outputs keep their names; any other name is a package path.
-  [ "$(curl -fsS "http://127.0.0.1:$PB/v2/app/manifests/latest" | sha256sum | cut -d' ' -f1)" = "$(sha256sum < "$W/m" | cut -d' ' -f1)" ] &&
-    [ "$(pkg_digest "127.0.0.1:$PB" hello/greeter)" = "$(pkg_digest "$RK" hello/greeter)" ] &&
-    ctr image pull --plain-http "127.0.0.1:$PB/shell/hello:latest" >/dev/null &&
-    ctr run --rm "127.0.0.1:$PB/shell/hello:latest" "fp3-$$" /bin/hello | grep -qx 'hello from nix'
+  got=$(pkg_digest "127.0.0.1:$PB" app)
+  eq "$got" "$APP_DIGEST" "app beside a package set"
+  got=$(pkg_digest "127.0.0.1:$PB" hello/greeter)
+  want=$(pkg_digest "$RK" hello/greeter)
+  eq "$got" "$want" "hello/greeter from the flake's legacyPackages and from the path"
+  ctr image pull --plain-http "127.0.0.1:$PB/shell/hello:latest" >/dev/null
+  out=$(ctr run --rm "127.0.0.1:$PB/shell/hello:latest" "fp3-$$" /bin/hello)
+  eq "$out" 'hello from nix' "ctr run shell/hello"
 }
 check "packages beside a flake: outputs by name, package paths otherwise; containerd runs one" t_pkg_beside_flake
 
@@ -412,104 +620,146 @@ check "packages beside a flake: outputs by name, package paths otherwise; contai
 start_server PZ "$W/state-gz" --compression gzip --compressed-cache-mib 0 || exit 1
 RZ=127.0.0.1:$PZ
 t_gzip() {
-  local m cfg
-  m=$(curl -fsS "http://$RZ/v2/app/manifests/latest") || return 1
-  cfg=$(curl -fsS "http://$RZ/v2/app/blobs/$(echo "$m" | json 'd["config"]["digest"]')")
-  echo "$m" | json 'd["layers"]' | grep -q 'tar+gzip' || { echo "not gzip: $m"; return 1; }
-  local i=0
-  for layer in $(echo "$m" | json '" ".join(l["digest"] for l in d["layers"])'); do
-    local diff; diff=$(echo "$cfg" | json "d['rootfs']['diff_ids'][$i]")
-    curl -fsS "http://$RZ/v2/app/blobs/$layer" -o "$W/gz.blob" || return 1
-    [ "sha256:$(sha256sum < "$W/gz.blob" | cut -d' ' -f1)" = "$layer" ] || { echo "blob digest"; return 1; }
-    [ "sha256:$(gzip -dc < "$W/gz.blob" | sha256sum | cut -d' ' -f1)" = "$diff" ] || { echo "diff_id"; return 1; }
+  local m cfg layers n i diff got plain_cfg
+  m=$(curl -fsS "http://$RZ/v2/app/manifests/latest")
+  has_line "$m" 'tar\+gzip' "gzip media type in the manifest"
+  cfg=$(json 'd["config"]["digest"]' <<<"$m")
+  cfg=$(curl -fsS "http://$RZ/v2/app/blobs/$cfg")
+  layers=$(layer_digests "$m")
+  n=$(wc -l <<<"$layers")
+  if [ "$n" -lt 2 ]; then echo "$n layers"; return 1; fi
+  i=0
+  for layer in $layers; do
+    diff=$(json "d['rootfs']['diff_ids'][$i]" <<<"$cfg")
+    curl -fsS -o "$W/gz.blob" "http://$RZ/v2/app/blobs/$layer"
+    got=$(sha_file "$W/gz.blob")
+    eq "$got" "$layer" "blob digest"
+    gzip -dc < "$W/gz.blob" > "$W/gz.tar"
+    got=$(sha_file "$W/gz.tar")
+    eq "$got" "$diff" "gunzipped layer vs its diff_id"
     i=$((i + 1))
   done
   # Uncompressed tars are the same whatever the compression: same diff_ids.
-  [ "$(echo "$cfg" | json 'd["rootfs"]["diff_ids"]')" = \
-    "$(curl -fsS "http://$R/v2/app/blobs/$(json 'd["config"]["digest"]' < "$W/m")" | json 'd["rootfs"]["diff_ids"]')" ]
+  plain_cfg=$(json 'd["config"]["digest"]' < "$W/m")
+  plain_cfg=$(curl -fsS "http://$R/v2/app/blobs/$plain_cfg" | json 'd["rootfs"]["diff_ids"]')
+  got=$(json 'd["rootfs"]["diff_ids"]' <<<"$cfg")
+  eq "$got" "$plain_cfg" "diff_ids with and without gzip"
 }
 check "gzip: layers compressed, blob digests and diff_ids verified" t_gzip
 
 t_gzip_clients() {
+  local out
   rm -rf "$W/gz1" "$W/gzb1"
   # Pull other images first so app's blobs are evicted and recompressed.
-  for img in other stock plain; do curl -fsS -o /dev/null "http://$RZ/v2/$img/manifests/latest" || return 1; done
-  skopeo copy -q --src-tls-verify=false "docker://$RZ/app:latest" "oci:$W/gz1:x" &&
-    umoci unpack --image "$W/gz1:x" "$W/gzb1" >/dev/null &&
-    chroot "$W/gzb1/rootfs" /bin/sh -c 'GREETING=z /bin/greet' | grep -qx 'greetings z as 0' &&
-    ctr image pull --plain-http "$RZ/other:latest" >/dev/null &&
-    ctr run --rm "$RZ/other:latest" "fpz-$$" | grep -qx 'hello from nix' &&
-    grep -q 'evicted a compressed layer' "$W/server-$PZ.log"
+  for img in other stock plain; do curl -fsS -o /dev/null "http://$RZ/v2/$img/manifests/latest"; done
+  skopeo copy -q --src-tls-verify=false "docker://$RZ/app:latest" "oci:$W/gz1:x"
+  umoci unpack --image "$W/gz1:x" "$W/gzb1" >/dev/null
+  out=$(chroot "$W/gzb1/rootfs" /bin/sh -c 'GREETING=z /bin/greet')
+  eq "$out" 'greetings z as 0' "app from gzip layers in a chroot"
+  ctr image pull --plain-http "$RZ/other:latest" >/dev/null
+  out=$(ctr run --rm "$RZ/other:latest" "fpz-$$")
+  eq "$out" 'hello from nix' "ctr run other"
+  grep -q 'evicted a compressed layer' "$W/server-$PZ.log"
 }
 check "gzip: skopeo+umoci+chroot and containerd runs, after evictions" t_gzip_clients
 
 start_server PZS "$W/state-zstd" --compression zstd || exit 1
 t_zstd() {
-  local m; m=$(curl -fsS "http://127.0.0.1:$PZS/v2/app/manifests/latest") || return 1
-  echo "$m" | json 'd["layers"]' | grep -q 'tar+zstd' || { echo "not zstd: $m"; return 1; }
-  for layer in $(echo "$m" | json '" ".join(l["digest"] for l in d["layers"])'); do
-    [ "sha256:$(curl -fsS "http://127.0.0.1:$PZS/v2/app/blobs/$layer" | sha256sum | cut -d' ' -f1)" = "$layer" ] || return 1
+  local m layers got out
+  m=$(curl -fsS "http://127.0.0.1:$PZS/v2/app/manifests/latest")
+  has_line "$m" 'tar\+zstd' "zstd media type in the manifest"
+  layers=$(layer_digests "$m")
+  for layer in $layers; do
+    got=$(blob_sha "http://127.0.0.1:$PZS/v2/app/blobs/$layer")
+    eq "$got" "$layer" "blob digest"
   done
   # containerd checks every decompressed layer against the config's diff_ids.
-  ctr image pull --plain-http "127.0.0.1:$PZS/app:latest" >/dev/null &&
-    ctr run --rm "127.0.0.1:$PZS/app:latest" "fpzs-$$" | grep -qx 'greetings v2 as 1000'
+  ctr image pull --plain-http "127.0.0.1:$PZS/app:latest" >/dev/null
+  out=$(ctr run --rm "127.0.0.1:$PZS/app:latest" "fpzs-$$")
+  eq "$out" 'greetings v2 as 1000' "ctr run app from zstd layers"
 }
 check "zstd: layers compressed, containerd unpacks (diff_ids verified) and runs" t_zstd
 
 # ------------------------------------------------- graceful shutdown
 t_sigterm() {
-  start_server PS "$W/state-sigterm" --shutdown-grace 20 || return 1
-  local layer; layer=$(curl -fsS "http://127.0.0.1:$PS/v2/app/manifests/latest" | json 'max(d["layers"], key=lambda l: l["size"])["digest"]')
-  # A slow download in flight (about 4 s), then SIGTERM.
-  curl -fsS --limit-rate 500k "http://127.0.0.1:$PS/v2/app/blobs/$layer" -o "$W/sigterm.blob" &
-  local dl=$!
+  local m layer size dl have got
+  start_server PS "$W/state-sigterm" --shutdown-grace 20
+  m=$(curl -fsS "http://127.0.0.1:$PS/v2/large/manifests/latest")
+  layer=$(json 'max(d["layers"], key=lambda l: l["size"])["digest"]' <<<"$m")
+  size=$(json 'max(d["layers"], key=lambda l: l["size"])["size"]' <<<"$m")
+  # A slow download of 12 MiB (3 times the largest socket send buffer here)
+  # at 4 MiB/s, then SIGTERM while it runs.
+  "$ROOT/tests/slow_client.py" "http://127.0.0.1:$PS/v2/large/blobs/$layer" "$W/sigterm.blob" 4096 &
+  dl=$!
   sleep 1
   kill -TERM "$PS_PID"
+  have=$(stat -c %s "$W/sigterm.blob")
+  kill -0 "$dl"
+  if [ "$have" -ge "$size" ]; then echo "download finished ($have of $size bytes) before SIGTERM"; return 1; fi
+  echo "SIGTERM with $have of $size bytes downloaded"
   sleep 0.5
   # No new connections...
-  if curl -fsS -m 2 "http://127.0.0.1:$PS/v2/" >/dev/null 2>&1; then echo "still accepting"; return 1; fi
+  got=$(status "http://127.0.0.1:$PS/v2/" -m 2) || true
+  eq "$got" 000 "a new connection after SIGTERM"
+  kill -0 "$dl"
+  if ! kill -0 "$PS_PID"; then echo "the server exited with a stream in flight"; return 1; fi
   # ...the stream in flight completes intact, then the server exits.
-  wait "$dl" && [ "sha256:$(sha256sum < "$W/sigterm.blob" | cut -d' ' -f1)" = "$layer" ] || { echo "download cut"; return 1; }
-  for _ in $(seq 50); do kill -0 "$PS_PID" 2>/dev/null || return 0; sleep 0.1; done
-  echo "server still running after its streams finished"; return 1
+  wait "$dl"
+  got=$(sha_file "$W/sigterm.blob")
+  eq "$got" "$layer" "the download in flight"
+  for _ in $(seq 50); do
+    if ! kill -0 "$PS_PID" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "server still running after its streams finished"
+  return 1
 }
 check "SIGTERM: stops accepting, finishes the stream in flight, exits" t_sigterm
 
 # ------------------------------------------------- after the client tests: these change the repo and the store
 t_digest_mismatch() {
-  local m layer bad=""
-  m=$(curl -fsS "http://$R/v2/corrupt/manifests/latest") || return 1
-  for layer in $(echo "$m" | json '" ".join(l["digest"] for l in d["layers"])'); do
-    curl -fsS "http://$R/v2/corrupt/blobs/$layer" -o "$W/corrupt.blob" && grep -aq original-content "$W/corrupt.blob" && bad=$layer
+  local m m2 layers bad="" f err got
+  m=$(curl -fsS "http://$R/v2/corrupt/manifests/latest")
+  layers=$(layer_digests "$m")
+  for layer in $layers; do
+    curl -fsS -o "$W/corrupt.blob" "http://$R/v2/corrupt/blobs/$layer"
+    if grep -aq original-content "$W/corrupt.blob"; then bad=$layer; fi
   done
-  [ -n "$bad" ] || { echo "no layer holds the data file"; return 1; }
-  local f; f=$(ls -d /nix/store/*-corruptible-"$(cat "$W/repo/nonce")")/share/data
-  chmod u+w "$(dirname "$f")" "$f" && printf 'altered-content!\n' > "$f"   # same size, other bytes: only the hash can tell
+  if [ -z "$bad" ]; then echo "no layer holds the data file"; return 1; fi
+  f=$(ls -d /nix/store/*-corruptible-"$(cat "$W/repo/nonce")")/share/data
+  chmod u+w "$(dirname "$f")" "$f"
+  printf 'altered-content!\n' > "$f"   # same size, other bytes: only the hash can tell
   # The stream is cut short (curl sees a truncated body), the digest dropped...
-  if curl -fsS "http://$R/v2/corrupt/blobs/$bad" -o /dev/null 2>"$W/curl.err"; then echo "served altered bytes"; return 1; fi
+  if curl -fsS -o /dev/null "http://$R/v2/corrupt/blobs/$bad" 2>"$W/curl.err"; then echo "served altered bytes"; return 1; fi
   cat "$W/curl.err"
-  expect_error GET "/v2/corrupt/blobs/$bad" 404 BLOB_UNKNOWN &&
-    # ...and the next pull digests the new bytes: a new, correct manifest.
-    local m2; m2=$(curl -fsS "http://$R/v2/corrupt/manifests/latest") && [ "$m2" != "$m" ] &&
-    for layer in $(echo "$m2" | json '" ".join(l["digest"] for l in d["layers"])'); do
-      [ "sha256:$(curl -fsS "http://$R/v2/corrupt/blobs/$layer" | sha256sum | cut -d' ' -f1)" = "$layer" ] || return 1
-    done
+  expect_error GET "/v2/corrupt/blobs/$bad" 404 BLOB_UNKNOWN
+  # ...and the next pull digests the new bytes: a new, correct manifest.
+  m2=$(curl -fsS "http://$R/v2/corrupt/manifests/latest")
+  ne "$m2" "$m" "manifest after the store changed"
+  layers=$(layer_digests "$m2")
+  for layer in $layers; do
+    got=$(blob_sha "http://$R/v2/corrupt/blobs/$layer")
+    eq "$got" "$layer" "blob of the new manifest"
+  done
 }
 check "altered store bytes: stream aborted, digest dropped, re-digested" t_digest_mismatch
 # Put the altered path back as Nix built it.
-nix-store --repair-path /nix/store/*-corruptible-"$(cat "$W/repo/nonce")" >/dev/null 2>&1 ||
+if ! nix-store --repair-path /nix/store/*-corruptible-"$(cat "$W/repo/nonce")" >/dev/null 2>&1; then
   echo "note: could not repair the altered test path"
+fi
 
 start_server PTTL "$W/state-ttl" --manifest-ttl 3 || exit 1
 t_ttl() {
-  local before after
-  before=$(curl -fsS "http://127.0.0.1:$PTTL/v2/app/manifests/main" | sha256sum) &&
-    (cd "$W/repo" && printf v3 > version && git -c user.email=t@t -c user.name=t commit -qam v3) &&
-    [ "$(curl -fsS "http://127.0.0.1:$PTTL/v2/app/manifests/main" | sha256sum)" = "$before" ] &&
-    sleep 4 &&
-    after=$(curl -fsS "http://127.0.0.1:$PTTL/v2/app/manifests/main" | sha256sum) &&
-    [ "$after" != "$before" ] &&
-    skopeo inspect --tls-verify=false "docker://127.0.0.1:$PTTL/app:main" | grep -q GREETING=v3
+  local before again after env
+  before=$(pkg_digest "127.0.0.1:$PTTL" app main)
+  (cd "$W/repo"; printf v3 > version; git -c user.email=t@t -c user.name=t commit -qam v3)
+  again=$(pkg_digest "127.0.0.1:$PTTL" app main)
+  eq "$again" "$before" "app:main within the TTL"
+  sleep 4
+  after=$(pkg_digest "127.0.0.1:$PTTL" app main)
+  ne "$after" "$before" "app:main after the TTL"
+  env=$(greeting "127.0.0.1:$PTTL/app:main")
+  eq "$env" GREETING=v3 "Env of app:main after the TTL"
 }
 check "a branch tag is re-resolved after --manifest-ttl" t_ttl
 
