@@ -130,6 +130,39 @@ mod tests {
         .unwrap()
     }
 
+    /// Room for two blobs: inserting a third evicts the one least recently
+    /// *used*: a read moves a blob up. (A keep-the-newest or first-in,
+    /// first-out policy would evict `a` here.)
+    #[test]
+    fn a_read_moves_a_blob_up_the_eviction_order() {
+        let t = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let layers = [
+            layer(src.path(), "a", 100_000),
+            layer(src.path(), "b", 100_000),
+            layer(src.path(), "c", 100_000),
+        ];
+        let size = |l: &LayerTar| Codec::Gzip.compress(l, &mut io::sink()).unwrap().size;
+        let sizes: Vec<u64> = layers.iter().map(size).collect();
+        let cap = sizes.iter().sum::<u64>() - 1;
+        let cache = CompressedCache::open(t.path(), Codec::Gzip, cap).unwrap();
+        let (ca, _) = cache.insert(&layers[0]).unwrap();
+        let (cb, _) = cache.insert(&layers[1]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(cache.open_blob(&ca.digest).is_some(), "a read of a");
+        let (cc, _) = cache.insert(&layers[2]).unwrap();
+        assert!(
+            cache.open_blob(&cb.digest).is_none(),
+            "b, least recently used, went"
+        );
+        assert!(
+            cache.open_blob(&ca.digest).is_some(),
+            "a, read after b was written, stayed"
+        );
+        assert!(cache.open_blob(&cc.digest).is_some());
+        assert!(!cache.path(&cb.digest).exists(), "b's file is gone too");
+    }
+
     #[test]
     fn least_recently_used_goes_first_and_comes_back_identical() {
         let t = tempfile::tempdir().unwrap();

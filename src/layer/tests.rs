@@ -257,26 +257,152 @@ fn root_tree_maps_the_directory_to_slash_and_applies_perms() {
 
 #[test]
 fn key_depends_on_everything_that_changes_bytes() {
-    let a = store_source(vec!["/nix/store/a".into(), "/nix/store/b".into()]);
-    let reordered = store_source(vec!["/nix/store/b".into(), "/nix/store/a".into()]);
-    let LayerSource::StorePaths {
-        paths,
-        owner,
-        perms,
-        ..
-    } = a.clone()
-    else {
-        unreachable!()
+    let paths = || -> Vec<PathBuf> { vec!["/nix/store/a".into(), "/nix/store/b".into()] };
+    let store =
+        |paths: Vec<PathBuf>, mtime, owner: Owner, perms: Vec<PermRule>| LayerSource::StorePaths {
+            paths,
+            mtime,
+            owner,
+            perms,
+        };
+    let base = || store(paths(), 1, Owner::default(), vec![]);
+    let with_owner = |f: fn(&mut Owner)| {
+        let mut o = Owner::default();
+        f(&mut o);
+        store(paths(), 1, o, vec![])
     };
-    let other_mtime = LayerSource::StorePaths {
-        paths,
-        mtime: 2,
-        owner,
-        perms,
+    let rule = PermRule {
+        path: "/nix/store/a".into(),
+        mode: Some(0o700),
+        ..Default::default()
     };
-    assert_eq!(a.key(), a.clone().key());
-    assert_ne!(a.key(), reordered.key());
-    assert_ne!(a.key(), other_mtime.key());
+    // Everything that can change a byte of the layer, one at a time.
+    let variants: Vec<(&str, LayerSource)> = vec![
+        (
+            "path order",
+            store(
+                vec!["/nix/store/b".into(), "/nix/store/a".into()],
+                1,
+                Owner::default(),
+                vec![],
+            ),
+        ),
+        (
+            "one path fewer",
+            store(vec!["/nix/store/a".into()], 1, Owner::default(), vec![]),
+        ),
+        ("mtime", store(paths(), 2, Owner::default(), vec![])),
+        ("uid", with_owner(|o| o.uid = 1)),
+        ("gid", with_owner(|o| o.gid = 1)),
+        ("uname", with_owner(|o| o.uname = "app".into())),
+        ("gname", with_owner(|o| o.gname = "app".into())),
+        (
+            "a perms rule",
+            store(paths(), 1, Owner::default(), vec![rule.clone()]),
+        ),
+        (
+            "a perms rule made recursive",
+            store(
+                paths(),
+                1,
+                Owner::default(),
+                vec![PermRule {
+                    recursive: true,
+                    ..rule.clone()
+                }],
+            ),
+        ),
+        (
+            "root tree instead of store paths",
+            LayerSource::RootTree {
+                dir: "/nix/store/a".into(),
+                mtime: 1,
+                owner: Owner::default(),
+                perms: vec![],
+            },
+        ),
+        (
+            "tar file instead of store paths",
+            LayerSource::TarFile {
+                path: "/nix/store/a".into(),
+            },
+        ),
+    ];
+    let k = base().key();
+    for (what, v) in &variants {
+        assert_ne!(v.key(), k, "{what} must change the key");
+    }
+    // A fresh, equal value has the same key: it depends on content only.
+    assert_eq!(base().key(), k);
+    assert_ne!(
+        base().key_in_format(FORMAT_VERSION + 1),
+        k,
+        "a format bump must move every key"
+    );
+    use super::compress::Codec;
+    let (gz, zs) = (Codec::Gzip.key(&base()), Codec::Zstd.key(&base()));
+    assert!(
+        gz != k && zs != k && gz != zs,
+        "each codec has keys of its own"
+    );
+}
+
+/// Values too large for ustar's octal fields, and names that are not
+/// UTF-8, go in PAX records, which the `tar` crate reads back.
+#[test]
+fn pax_records_carry_what_ustar_cannot() {
+    let name = [
+        b"/nix/store/x-caf\xe9/".as_slice(),
+        "n".repeat(120).as_bytes(),
+    ]
+    .concat();
+    let big = 0o77777777777u64 + 1; // 8 GiB: one more than 11 octal digits
+    let header = tar::header_blocks(&tar::HeaderFields {
+        name: &name,
+        kind: tar::TypeFlag::Regular,
+        mode: 0o644,
+        uid: 0o7777777 + 1,
+        gid: 0o7777777 + 2,
+        uname: b"root",
+        gname: b"root",
+        size: big,
+        mtime: big + 5,
+        linkname: b"",
+    });
+    let body = std::str::from_utf8(&header[512..1024]).unwrap_or("");
+    let records = String::from_utf8_lossy(&header[512..1024]).into_owned();
+    assert!(body.is_empty(), "the records hold a non-UTF-8 path");
+    for want in [
+        "hdrcharset=BINARY\n",
+        "uid=2097152\n",
+        "gid=2097153\n",
+        "size=8589934592\n",
+        "mtime=8589934597\n",
+    ] {
+        assert!(records.contains(want), "{want:?} in {records:?}");
+    }
+    let mut archive = ::tar::Archive::new(&header[..]);
+    let mut entries = archive.entries().unwrap();
+    let mut e = entries.next().unwrap().unwrap();
+    assert_eq!(&e.path_bytes()[..], &name[..]);
+    assert_eq!(e.size(), big, "size from the PAX record");
+    let pax: Vec<(String, Vec<u8>)> = e
+        .pax_extensions()
+        .unwrap()
+        .unwrap()
+        .map(|r| {
+            let r = r.unwrap();
+            (r.key().unwrap().to_string(), r.value_bytes().to_vec())
+        })
+        .collect();
+    assert_eq!(pax[0], ("hdrcharset".to_string(), b"BINARY".to_vec()));
+    // The tar crate applies the PAX ids to the header it hands back...
+    assert_eq!(e.header().uid().unwrap(), 0o7777777 + 1);
+    assert_eq!(e.header().gid().unwrap(), 0o7777777 + 2);
+    // ...while the ustar fields that could not hold them are zero, not truncated.
+    let ustar = &header[header.len() - 512..];
+    assert_eq!(&ustar[108..116], b"0000000\0", "uid field");
+    assert_eq!(&ustar[124..136], b"00000000000\0", "size field");
 }
 
 /// Small files (one read of size + 1 bytes) and large ones (chunks after a
