@@ -7,9 +7,11 @@ use crate::error::{RegistryError, Result};
 use crate::resolve::{BuildTarget, PackageTarget};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::Semaphore;
@@ -116,6 +118,26 @@ pub struct Nix {
     builds: Semaphore,
     /// Number of `nix build` processes started (exposed on /metrics).
     pub builds_started: AtomicU64,
+    /// Process groups of the nix processes running now, so that shutdown
+    /// can stop them: `process::exit` runs no `kill_on_drop`, and builders
+    /// live in sessions of their own that only nix itself can stop.
+    running: Arc<Mutex<HashSet<i32>>>,
+}
+
+/// Keeps a process group in [`Nix::running`] while its nix runs.
+struct RunningGroup {
+    pgid: i32,
+    running: Arc<Mutex<HashSet<i32>>>,
+}
+
+impl Drop for RunningGroup {
+    fn drop(&mut self) {
+        lock(&self.running).remove(&self.pgid);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 const LOG_TAIL_LINES: usize = 25;
@@ -134,6 +156,7 @@ impl Nix {
             timeout,
             builds: Semaphore::new(max_builds.max(1)),
             builds_started: AtomicU64::new(0),
+            running: Arc::default(),
         })
     }
 
@@ -278,6 +301,13 @@ impl Nix {
             stderr: format!("cannot run nix: {e}"),
         })?;
         let pid = child.id().map(|p| p as i32);
+        let _running = pid.map(|pgid| {
+            lock(&self.running).insert(pgid);
+            RunningGroup {
+                pgid,
+                running: self.running.clone(),
+            }
+        });
         let (mut stdout, mut stderr) = (
             child.stdout.take().expect("piped"),
             child.stderr.take().expect("piped"),
@@ -313,6 +343,37 @@ impl Nix {
 
 /// How long nix gets to stop its builders after SIGINT.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+
+impl Nix {
+    /// Stop every nix process still running (at shutdown): SIGINT, so nix
+    /// stops its builders, then SIGKILL for whatever is left after
+    /// [`INTERRUPT_GRACE`].
+    pub async fn stop_all(&self) {
+        let groups: Vec<i32> = lock(&self.running).iter().copied().collect();
+        if groups.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            processes = groups.len(),
+            "stopping nix builds still running"
+        );
+        for &g in &groups {
+            signal_group(g, libc::SIGINT);
+        }
+        let deadline = std::time::Instant::now() + INTERRUPT_GRACE;
+        // A group leaves `running` when its nix has been waited for.
+        while std::time::Instant::now() < deadline
+            && groups.iter().any(|g| lock(&self.running).contains(g))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for g in groups {
+            if lock(&self.running).contains(&g) {
+                signal_group(g, libc::SIGKILL);
+            }
+        }
+    }
+}
 
 fn signal_group(pgid: i32, sig: i32) {
     // SAFETY: kill(2) on the process group we created for our own child.

@@ -211,20 +211,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "flakeport serving"
     );
     let grace = Duration::from_secs(args.shutdown_grace);
-    axum::serve(listener, registry::app(images))
+    let at_exit = images.clone();
+    axum::serve(listener, registry::app(images.clone()))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!(
                 grace_secs = grace.as_secs(),
-                "shutting down: no new connections, finishing streams in flight"
+                "shutting down: no new connections, finishing streams and builds in flight"
             );
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
                 tracing::warn!("grace period over; exiting with streams still open");
+                at_exit.nix.stop_all().await;
                 std::process::exit(0);
             });
         })
         .await?;
+    // Builds whose clients all left run on in tasks of their own.
+    images.nix.stop_all().await;
     Ok(())
 }
 
