@@ -587,21 +587,34 @@ async fn manifest_ttl_pinned_commits_and_the_not_an_output_cache() {
     );
 }
 
-/// Processes whose working directory is a build directory of `name`.
-fn builders_of(name: &str) -> Vec<String> {
+/// Processes whose working directory is a build directory of `name`:
+/// (pid, directory).
+fn builders_of(name: &str) -> Vec<(i32, String)> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         if let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) {
             if cwd.to_string_lossy().contains(&format!("nix-build-{name}")) {
-                found.push(format!(
-                    "{} in {}",
-                    e.file_name().to_string_lossy(),
-                    cwd.display()
-                ));
+                found.push((pid, cwd.display().to_string()));
             }
         }
     }
     found
+}
+
+/// Stops, by PID, builders of `name` this test started and left behind
+/// (only when the behaviour under test is broken).
+struct StopBuilders(String);
+
+impl Drop for StopBuilders {
+    fn drop(&mut self) {
+        for (pid, _) in builders_of(&self.0) {
+            // SAFETY: kill(2) on a builder of this test's own derivation.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 #[tokio::test]
@@ -609,6 +622,7 @@ fn builders_of(name: &str) -> Vec<String> {
 async fn sigterm_during_a_build_stops_nix_and_its_builder() {
     let mut s = start(&state_dir(), &["--shutdown-grace", "2"]).await;
     let stuck = format!("stuck-{}", fixture().nonce);
+    let _cleanup = StopBuilders(stuck.clone());
     let client = s.http.clone();
     let url = s.url("/v2/stuck/manifests/latest");
     let pull = tokio::spawn(async move { client.get(url).send().await });
@@ -634,7 +648,7 @@ async fn sigterm_during_a_build_stops_nix_and_its_builder() {
     }
     assert_eq!(
         builders_of(&stuck),
-        Vec::<String>::new(),
+        Vec::<(i32, String)>::new(),
         "builders left running"
     );
     assert!(s.log_text().contains("stopping nix builds still running"));
