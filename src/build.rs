@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::Semaphore;
@@ -121,16 +121,16 @@ pub struct Nix {
     /// Process groups of the nix processes running now, so that shutdown
     /// can stop them: `process::exit` runs no `kill_on_drop`, and builders
     /// live in sessions of their own that only nix itself can stop.
-    running: Arc<Mutex<HashSet<i32>>>,
+    running: Mutex<HashSet<i32>>,
 }
 
 /// Keeps a process group in [`Nix::running`] while its nix runs.
-struct RunningGroup {
+struct RunningGroup<'a> {
     pgid: i32,
-    running: Arc<Mutex<HashSet<i32>>>,
+    running: &'a Mutex<HashSet<i32>>,
 }
 
-impl Drop for RunningGroup {
+impl Drop for RunningGroup<'_> {
     fn drop(&mut self) {
         lock(&self.running).remove(&self.pgid);
     }
@@ -156,7 +156,7 @@ impl Nix {
             timeout,
             builds: Semaphore::new(max_builds.max(1)),
             builds_started: AtomicU64::new(0),
-            running: Arc::default(),
+            running: Mutex::default(),
         })
     }
 
@@ -305,7 +305,7 @@ impl Nix {
             lock(&self.running).insert(pgid);
             RunningGroup {
                 pgid,
-                running: self.running.clone(),
+                running: &self.running,
             }
         });
         let (mut stdout, mut stderr) = (
