@@ -96,6 +96,12 @@ builds() { # builds PORT: nix builds the server has started
   echo "$n"
 }
 healthy() { curl -fsS -o /dev/null "http://$R/v2/"; }
+unpack() { # unpack HOST/NAME:TAG DIR: skopeo copy to an OCI layout, umoci unpack; the rootfs is DIR/bundle/rootfs
+  rm -rf "$2"
+  mkdir -p "$2"
+  skopeo copy -q --src-tls-verify=false "docker://$1" "oci:$2/oci:x"
+  umoci unpack --image "$2/oci:x" "$2/bundle" >/dev/null
+}
 
 # start_server VAR STATE_DIR [ARGS...]: flakeport serving the test flake (none
 # with NO_FLAKE=1) on a free port; VAR=port, VAR_PID=its pid
@@ -284,14 +290,12 @@ check "build timeout: 504, whole process group killed" t_timeout
 # ------------------------------------------------------ clients: skopeo, umoci
 t_skopeo_chroot() {
   local mode out
-  rm -rf "$W/oci" "$W/b1"
-  skopeo copy -q --src-tls-verify=false "docker://$R/app:latest" "oci:$W/oci:app"
-  umoci unpack --image "$W/oci:app" "$W/b1" >/dev/null
-  mode=$(stat -c '%a %u' "$W/b1/rootfs/tmp")
+  unpack "$R/app:latest" "$W/b1"
+  mode=$(stat -c '%a %u' "$W/b1/bundle/rootfs/tmp")
   eq "$mode" "1777 0" "/tmp mode and owner"
-  mode=$(stat -c '%u' "$W/b1/rootfs/home/app")
+  mode=$(stat -c '%u' "$W/b1/bundle/rootfs/home/app")
   eq "$mode" 1000 "owner of /home/app"
-  out=$(chroot "$W/b1/rootfs" /bin/sh -c 'GREETING=x /bin/greet')
+  out=$(chroot "$W/b1/bundle/rootfs" /bin/sh -c 'GREETING=x /bin/greet')
   eq "$out" 'greetings x as 0' "the image's program in a chroot"
 }
 check "skopeo copy + umoci unpack + chroot run (conf v1, perms, /tmp 1777)" t_skopeo_chroot
@@ -315,24 +319,20 @@ check "tag -> git ref: v1 and its commit give the v1 image, latest the v2" t_tag
 
 t_stock() {
   local out
-  rm -rf "$W/b3" "$W/oci3"
-  skopeo copy -q --src-tls-verify=false "docker://$R/stock:latest" "oci:$W/oci3:s"
-  umoci unpack --image "$W/oci3:s" "$W/b3" >/dev/null
-  out=$(chroot "$W/b3/rootfs" /bin/hello)
+  unpack "$R/stock:latest" "$W/b3"
+  out=$(chroot "$W/b3/bundle/rootfs" /bin/hello)
   eq "$out" 'hello from nix' "/bin/hello in a chroot"
-  out=$(cat "$W/b3/rootfs/etc/stock-release")
+  out=$(cat "$W/b3/bundle/rootfs/etc/stock-release")
   eq "$out" stock "/etc/stock-release from the customisation layer"
 }
 check "dockerTools-style output (passthru.conf, customisation layer.tar) runs" t_stock
 
 t_plain() {
   local ep out
-  rm -rf "$W/b4" "$W/oci4"
   ep=$(skopeo inspect --config --tls-verify=false "docker://$R/plain:latest" | json 'd["config"]["Entrypoint"][0]')
   has_line "$ep" '^/nix/store/[a-z0-9]{32}-greeter/bin/greet$' "entrypoint"
-  skopeo copy -q --src-tls-verify=false "docker://$R/plain:latest" "oci:$W/oci4:p"
-  umoci unpack --image "$W/oci4:p" "$W/b4" >/dev/null
-  out=$(chroot "$W/b4/rootfs" "$ep")
+  unpack "$R/plain:latest" "$W/b4"
+  out=$(chroot "$W/b4/bundle/rootfs" "$ep")
   eq "$out" 'greetings  as 0' "the entrypoint in a chroot"
 }
 check "plain package: closure image, meta.mainProgram entrypoint runs" t_plain
@@ -486,22 +486,19 @@ start_server PB "$W/state-pb" --packages "git+file://$W/repo" || exit 1
 RK=127.0.0.1:$PK
 
 pkg_digest() { # pkg_digest HOST NAME [TAG]: digest of the manifest
-  curl -fsS -o "$W/pkg.$BASHPID" "http://$1/v2/$2/manifests/${3:-latest}"
-  sha_file "$W/pkg.$BASHPID"
+  blob_sha "http://$1/v2/$2/manifests/${3:-latest}"
 }
 
 t_pkg_chroot() {
   local out env
-  rm -rf "$W/pk1" "$W/pkb1"
-  skopeo copy -q --src-tls-verify=false "docker://$RK/hello/greeter:latest" "oci:$W/pk1:x"
-  umoci unpack --image "$W/pk1:x" "$W/pkb1" >/dev/null
-  out=$(chroot "$W/pkb1/rootfs" /bin/hello)
+  unpack "$RK/hello/greeter:latest" "$W/pkb1"
+  out=$(chroot "$W/pkb1/bundle/rootfs" /bin/hello)
   eq "$out" 'hello from nix' "/bin/hello"
-  out=$(chroot "$W/pkb1/rootfs" /bin/greet)
+  out=$(chroot "$W/pkb1/bundle/rootfs" /bin/greet)
   eq "$out" 'greetings  as 0' "/bin/greet"
-  out=$(stat -c %a "$W/pkb1/rootfs/tmp")
+  out=$(stat -c %a "$W/pkb1/bundle/rootfs/tmp")
   eq "$out" 1777 "/tmp mode"
-  test -e "$W/pkb1/rootfs/etc/ssl/certs/ca-bundle.crt"
+  test -e "$W/pkb1/bundle/rootfs/etc/ssl/certs/ca-bundle.crt"
   env=$(skopeo inspect --config --tls-verify=false "docker://$RK/hello/greeter:latest" | json '" ".join(d["config"]["Env"])')
   has_line "$env" 'PATH=/bin.*SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt' "Env"
 }
@@ -519,10 +516,8 @@ check "packages: order and duplicates do not change the digest" t_pkg_order
 
 t_pkg_nested() {
   local out
-  rm -rf "$W/pk2" "$W/pkb2"
-  skopeo copy -q --src-tls-verify=false "docker://$RK/python3packages.requests:latest" "oci:$W/pk2:x"
-  umoci unpack --image "$W/pk2:x" "$W/pkb2" >/dev/null
-  out=$(chroot "$W/pkb2/rootfs" /bin/requests-demo)
+  unpack "$RK/python3packages.requests:latest" "$W/pkb2"
+  out=$(chroot "$W/pkb2/bundle/rootfs" /bin/requests-demo)
   eq "$out" requests "/bin/requests-demo"
 }
 check "packages: nested attribute (python3packages.requests, matched case-insensitively)" t_pkg_nested
@@ -531,10 +526,8 @@ t_pkg_tags() {
   local commit out tags
   commit=$(git -C "$W/repo" rev-parse v1)
   for tag_want in v1:v1 latest:v2 main:v2 "$commit:v1"; do
-    rm -rf "$W/pk3" "$W/pkb3"
-    skopeo copy -q --src-tls-verify=false "docker://$RK/versioned:${tag_want%%:*}" "oci:$W/pk3:x"
-    umoci unpack --image "$W/pk3:x" "$W/pkb3" >/dev/null
-    out=$(chroot "$W/pkb3/rootfs" /bin/version)
+      unpack "$RK/versioned:${tag_want%%:*}" "$W/pkb3"
+    out=$(chroot "$W/pkb3/bundle/rootfs" /bin/version)
     eq "$out" "${tag_want#*:}" "version in versioned:${tag_want%%:*}"
   done
   R=$RK expect_error GET /v2/versioned/manifests/v9 404 MANIFEST_UNKNOWN 'tag .*v9.* is not a branch, tag or commit'
@@ -579,12 +572,10 @@ check "packages: images share the layers of common packages" t_pkg_shared
 
 t_pkg_shell() {
   local cmd out
-  rm -rf "$W/pk4" "$W/pkb4"
   cmd=$(skopeo inspect --config --tls-verify=false "docker://$RK/shell:latest" | json 'd["config"]["Cmd"]')
   eq "$cmd" "['bash']" "Cmd of shell"
-  skopeo copy -q --src-tls-verify=false "docker://$RK/shell/hello:latest" "oci:$W/pk4:x"
-  umoci unpack --image "$W/pk4:x" "$W/pkb4" >/dev/null
-  out=$(chroot "$W/pkb4/rootfs" /bin/bash -c 'ls /bin/hello; /usr/bin/env echo ok')
+  unpack "$RK/shell/hello:latest" "$W/pkb4"
+  out=$(chroot "$W/pkb4/bundle/rootfs" /bin/bash -c 'ls /bin/hello; /usr/bin/env echo ok')
   eq "$out" $'/bin/hello\nok' "bash, /bin/hello and /usr/bin/env in shell/hello"
 }
 check "packages: the shell meta-package (bash as Cmd, coreutils, /usr/bin/env)" t_pkg_shell
@@ -649,12 +640,10 @@ check "gzip: layers compressed, blob digests and diff_ids verified" t_gzip
 
 t_gzip_clients() {
   local out
-  rm -rf "$W/gz1" "$W/gzb1"
   # Pull other images first so app's blobs are evicted and recompressed.
   for img in other stock plain; do curl -fsS -o /dev/null "http://$RZ/v2/$img/manifests/latest"; done
-  skopeo copy -q --src-tls-verify=false "docker://$RZ/app:latest" "oci:$W/gz1:x"
-  umoci unpack --image "$W/gz1:x" "$W/gzb1" >/dev/null
-  out=$(chroot "$W/gzb1/rootfs" /bin/sh -c 'GREETING=z /bin/greet')
+  unpack "$RZ/app:latest" "$W/gzb1"
+  out=$(chroot "$W/gzb1/bundle/rootfs" /bin/sh -c 'GREETING=z /bin/greet')
   eq "$out" 'greetings z as 0' "app from gzip layers in a chroot"
   ctr image pull --plain-http "$RZ/other:latest" >/dev/null
   out=$(ctr run --rm "$RZ/other:latest" "fpz-$$")

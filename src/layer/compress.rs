@@ -49,6 +49,24 @@ impl Codec {
         LayerKey(hex::encode(h.finalize()))
     }
 
+    /// Decompress a whole blob (tests check every compressed byte against
+    /// the tar it came from).
+    #[cfg(test)]
+    pub(crate) fn decompress(self, packed: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut plain = Vec::new();
+        match self {
+            Codec::Gzip => flate2::read::GzDecoder::new(packed)
+                .read_to_end(&mut plain)
+                .unwrap(),
+            Codec::Zstd => zstd::stream::read::Decoder::new(packed)
+                .unwrap()
+                .read_to_end(&mut plain)
+                .unwrap(),
+        };
+        plain
+    }
+
     /// Compress the whole layer into `out`, hashing both sides in one pass.
     pub fn compress(self, tar: &LayerTar, out: &mut dyn Write) -> io::Result<Compressed> {
         let packed_side = Tee(HashingWriter::default(), out);
@@ -110,7 +128,6 @@ impl<A: Write, B: Write> Write for Tee<A, B> {
 mod tests {
     use super::*;
     use crate::layer::{LayerSource, Owner};
-    use std::io::Read;
 
     #[test]
     fn compression_is_deterministic_and_decompresses_to_the_tar() {
@@ -136,17 +153,7 @@ mod tests {
             assert_eq!(ca, cb);
             assert_eq!(ca.size, a.len() as u64);
             assert_eq!(ca.diff_id, tar.digest().unwrap());
-            let mut plain = Vec::new();
-            match codec {
-                Codec::Gzip => flate2::read::GzDecoder::new(&a[..])
-                    .read_to_end(&mut plain)
-                    .unwrap(),
-                Codec::Zstd => zstd::stream::read::Decoder::new(&a[..])
-                    .unwrap()
-                    .read_to_end(&mut plain)
-                    .unwrap(),
-            };
-            assert_eq!(plain, whole);
+            assert_eq!(codec.decompress(&a), whole);
             assert!(
                 a.len() < whole.len() / 4,
                 "{codec:?} compresses: {} of {}",
