@@ -1,0 +1,125 @@
+//! A blob digest -> what to stream: JSON by its bytes, layers scanned (and
+//! compressed) on demand, a digest whose bytes changed dropped everywhere.
+
+use super::Images;
+use crate::compressed::CompressedCache;
+use crate::error::{RegistryError, Result};
+use crate::layer::{LayerSource, LayerTar};
+use crate::manifest::JsonBlob;
+use std::sync::Arc;
+
+/// What a blob GET serves.
+pub enum Blob {
+    Json(Arc<JsonBlob>),
+    Layer { digest: String, tar: Arc<LayerTar> },
+}
+
+impl Images {
+    pub fn manifest_by_digest(&self, digest: &str) -> Option<Arc<JsonBlob>> {
+        self.index
+            .get_json(digest)
+            .filter(|b| b.media_type != crate::manifest::OCI_CONFIG)
+    }
+
+    pub async fn blob(&self, digest: &str) -> Result<Blob> {
+        if let Some(j) = self.index.get_json(digest) {
+            return Ok(Blob::Json(j));
+        }
+        let unknown = || RegistryError::BlobUnknown {
+            digest: digest.to_string(),
+        };
+        let layer = self.index.layer(digest).ok_or_else(unknown)?;
+        let size = layer.size;
+        if layer.diff_id.is_some() {
+            return match &self.compressed {
+                Some(cache) => self.compressed_blob(cache, digest, layer.source).await,
+                // Served compressed before a restart without --compression.
+                None => Err(unknown()),
+            };
+        }
+        let source = layer.source;
+        let tar = self
+            .scanned
+            .try_get_with(digest.to_string(), async move {
+                tokio::task::spawn_blocking(move || LayerTar::scan(&source).map(Arc::new))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        match tar {
+            Ok(tar) if tar.size() == size => Ok(Blob::Layer {
+                digest: digest.to_string(),
+                tar,
+            }),
+            Ok(tar) => {
+                tracing::error!(
+                    digest,
+                    advertised = size,
+                    now = tar.size(),
+                    "layer size changed; dropping digest"
+                );
+                self.layer_is_corrupt(digest).await;
+                Err(unknown())
+            }
+            Err(e) => {
+                // Most likely its store paths were garbage-collected.
+                tracing::warn!(digest, error = %e, "cannot scan layer; dropping digest");
+                self.layer_is_corrupt(digest).await;
+                Err(unknown())
+            }
+        }
+    }
+
+    /// A compressed layer: opened from the cache right away (eviction cannot
+    /// cut the stream then), compressed again first if it was evicted.
+    async fn compressed_blob(
+        &self,
+        cache: &Arc<CompressedCache>,
+        digest: &str,
+        source: LayerSource,
+    ) -> Result<Blob> {
+        let (cache, want) = (cache.clone(), digest.to_string());
+        let opened =
+            tokio::task::spawn_blocking(move || -> std::result::Result<LayerTar, String> {
+                let path = cache.path(&want);
+                let file = match cache.open_blob(&want) {
+                    Some(file) => file,
+                    None => {
+                        let tar = LayerTar::scan(&source).map_err(|e| e.to_string())?;
+                        let (c, file) = cache.insert(&tar).map_err(|e| e.to_string())?;
+                        if c.digest != want {
+                            return Err(format!("compressed again to {}, not {want}", c.digest));
+                        }
+                        file
+                    }
+                };
+                let size = file.metadata().map_err(|e| e.to_string())?.len();
+                Ok(LayerTar::Opened { file, path, size })
+            })
+            .await
+            .map_err(RegistryError::internal)?;
+        match opened {
+            Ok(tar) => Ok(Blob::Layer {
+                digest: digest.to_string(),
+                tar: Arc::new(tar),
+            }),
+            Err(e) => {
+                tracing::error!(digest, error = %e, "cannot serve compressed layer; dropping digest");
+                self.layer_is_corrupt(digest).await;
+                Err(RegistryError::BlobUnknown {
+                    digest: digest.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Served bytes did not hash to the digest: drop every cached trace of it.
+    pub async fn layer_is_corrupt(&self, digest: &str) {
+        if let Some(key) = self.index.forget_layer(digest) {
+            self.digesting.invalidate(&key).await;
+        }
+        self.scanned.invalidate(digest).await;
+        self.manifests.invalidate_all();
+    }
+}

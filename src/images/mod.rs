@@ -1,0 +1,278 @@
+//! The path of a pull without HTTP: resolve -> build -> plan -> digest ->
+//! manifest, with the caches that make every step happen once.
+//!
+//! - `produce`: resolve -> build -> plan -> digest -> manifest, single flight;
+//! - `blobs`: digest -> what to stream, scans, the compressed cache.
+
+mod blobs;
+mod produce;
+
+pub use blobs::Blob;
+
+use crate::build::Nix;
+use crate::compressed::CompressedCache;
+use crate::error::{RegistryError, Result};
+use crate::index::DigestIndex;
+use crate::layer::{LayerKey, LayerTar};
+use crate::manifest::{ImageDocuments, LayerDigest};
+use crate::registry::route::valid_tag;
+use crate::resolve::{git_refs, BuildTarget, FlakeSource, PackageSource, PackageTarget};
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+pub struct Settings {
+    /// Images named by the flake's outputs.
+    pub flake: Option<FlakeSource>,
+    /// Nixery-style images: every other name is a list of packages of this set.
+    pub packages: Option<PackageSource>,
+    pub system: String,
+    pub manifest_ttl: Duration,
+}
+
+/// What one image is built from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ImageKey {
+    Flake(BuildTarget),
+    Packages(PackageTarget),
+}
+
+impl ImageKey {
+    fn pinned(&self) -> bool {
+        match self {
+            ImageKey::Flake(t) => t.pinned,
+            ImageKey::Packages(t) => t.pinned,
+        }
+    }
+}
+
+impl std::fmt::Display for ImageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageKey::Flake(t) => t.fmt(f),
+            ImageKey::Packages(t) => t.fmt(f),
+        }
+    }
+}
+
+/// Mutable refs expire after the manifest TTL; pinned commits never do.
+struct TargetExpiry {
+    ttl: Duration,
+}
+
+impl moka::Expiry<ImageKey, Arc<ImageDocuments>> for TargetExpiry {
+    fn expire_after_create(
+        &self,
+        key: &ImageKey,
+        _: &Arc<ImageDocuments>,
+        _: Instant,
+    ) -> Option<Duration> {
+        (!key.pinned()).then_some(self.ttl)
+    }
+}
+
+type PendingImage = Shared<BoxFuture<'static, Result<Arc<ImageDocuments>>>>;
+
+pub struct Images {
+    settings: Settings,
+    inflight: Mutex<HashMap<ImageKey, PendingImage>>,
+    pub nix: Nix,
+    index: DigestIndex,
+    manifests: moka::future::Cache<ImageKey, Arc<ImageDocuments>>,
+    /// (name, tag) pairs that are not outputs of the flake, so package-path
+    /// pulls skip the flake lookup until the manifest TTL passes.
+    not_outputs: moka::sync::Cache<(String, String), ()>,
+    /// Coalesces digest passes of one layer wanted by several images at once.
+    digesting: moka::future::Cache<LayerKey, LayerDigest>,
+    /// Scanned layers (member lists with rendered headers) for blob GETs.
+    scanned: moka::future::Cache<String, Arc<LayerTar>>,
+    /// Digest passes run on blocking threads, one per core.
+    digest_slots: Semaphore,
+    /// With `--compression gzip|zstd`: the codec and where its blobs are kept.
+    compressed: Option<Arc<CompressedCache>>,
+}
+
+impl Images {
+    pub fn new(
+        settings: Settings,
+        nix: Nix,
+        index: DigestIndex,
+        compressed: Option<CompressedCache>,
+    ) -> Arc<Images> {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let ttl = settings.manifest_ttl;
+        Arc::new(Images {
+            settings,
+            inflight: Mutex::new(HashMap::new()),
+            not_outputs: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(ttl)
+                .build(),
+            nix,
+            index,
+            manifests: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .expire_after(TargetExpiry { ttl })
+                .build(),
+            digesting: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+            // Weighed by members: about 700 bytes each (header and path),
+            // so 50,000 keep this cache near 35 MiB whatever the layers hold.
+            scanned: moka::future::Cache::builder()
+                .weigher(|_, tar: &Arc<LayerTar>| {
+                    u32::try_from(tar.entry_count()).unwrap_or(u32::MAX)
+                })
+                .max_capacity(50_000)
+                .build(),
+            digest_slots: Semaphore::new(cores),
+            compressed: compressed.map(Arc::new),
+        })
+    }
+
+    /// What is served, for the startup log.
+    pub fn describe(&self) -> String {
+        let flake = self
+            .settings
+            .flake
+            .as_ref()
+            .map(|f| format!("flake {}", f.url));
+        let packages = self
+            .settings
+            .packages
+            .as_ref()
+            .map(|p| format!("packages of {}", p.describe()));
+        [flake, packages]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The image for `name:tag`. Concurrent pulls share one build, which runs
+    /// in a task of its own: a client that hangs up cancels nothing, and the
+    /// task caches its own result, so the next pull finds it even if every
+    /// client has left. Failures are not cached.
+    pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<ImageDocuments>> {
+        let system = &self.settings.system;
+        if let Some(flake) = &self.settings.flake {
+            let asked = (name.to_string(), tag.to_string());
+            let has_packages = self.settings.packages.is_some();
+            if !(has_packages && self.not_outputs.contains_key(&asked)) {
+                match self
+                    .get_or_build(ImageKey::Flake(flake.target(name, tag, system)?))
+                    .await
+                {
+                    // Not an output of the flake: a package path, if there is a set.
+                    Err(RegistryError::NameUnknown { .. }) if has_packages => {
+                        self.not_outputs.insert(asked, ())
+                    }
+                    other => return other,
+                }
+            }
+        }
+        let packages = self
+            .settings
+            .packages
+            .as_ref()
+            .expect("a flake or a package set is configured");
+        let is_commit = tag.len() == 40 && tag.bytes().all(|b| b.is_ascii_hexdigit());
+        let git_ref = match packages.git_remote() {
+            Some(remote) if tag != "latest" && !is_commit => git_refs(&remote)
+                .await?
+                .into_iter()
+                .find(|(short, _)| short == tag)
+                .map(|(_, full)| full),
+            _ => None,
+        };
+        let target = packages.target(name, tag, system, git_ref)?;
+        self.get_or_build(ImageKey::Packages(target)).await
+    }
+
+    async fn get_or_build(self: &Arc<Self>, key: ImageKey) -> Result<Arc<ImageDocuments>> {
+        if let Some(docs) = self.manifests.get(&key).await {
+            return Ok(docs);
+        }
+        self.pending(key).await
+    }
+
+    /// The in-flight build of `target`, started if there is none.
+    /// (moka's own coalescing restarts the work when the first caller is
+    /// dropped, which would run a second `nix build`.)
+    fn pending(self: &Arc<Self>, target: ImageKey) -> PendingImage {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = inflight.get(&target) {
+            return p.clone();
+        }
+        let this = self.clone();
+        let t = target.clone();
+        let task = tokio::spawn(async move {
+            let result = this.produce(&t).await.map(Arc::new);
+            if let Ok(docs) = &result {
+                this.manifests.insert(t.clone(), docs.clone()).await;
+            }
+            this.inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&t);
+            result
+        });
+        let pending = async move {
+            task.await
+                .unwrap_or_else(|e| Err(RegistryError::internal(format!("image task failed: {e}"))))
+        }
+        .boxed()
+        .shared();
+        inflight.insert(target, pending.clone());
+        pending
+    }
+
+    /// `latest` plus the branches and tags of the source the name comes from.
+    pub async fn tags(self: &Arc<Self>, name: &str) -> Result<Vec<String>> {
+        let mut remote = None;
+        let mut is_output = false;
+        if let Some(flake) = &self.settings.flake {
+            let target = flake.target(name, "latest", &self.settings.system)?;
+            let cached = self
+                .manifests
+                .get(&ImageKey::Flake(target.clone()))
+                .await
+                .is_some();
+            match if cached {
+                Ok(())
+            } else {
+                self.nix.check_exists(&target).await
+            } {
+                Ok(()) => {
+                    is_output = true;
+                    remote = flake.git_remote();
+                }
+                Err(RegistryError::NameUnknown { .. }) if self.settings.packages.is_some() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !is_output {
+            if let Some(p) = &self.settings.packages {
+                remote = p.git_remote();
+            }
+        }
+        let mut tags = vec!["latest".to_string()];
+        if let Some(remote) = remote {
+            tags.extend(
+                git_refs(&remote)
+                    .await?
+                    .into_iter()
+                    .map(|(short, _)| short)
+                    .filter(|t| valid_tag(t).is_ok()),
+            );
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+}

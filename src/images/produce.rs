@@ -1,0 +1,140 @@
+//! resolve -> build -> plan -> digest -> manifest for one image.
+
+use super::{ImageKey, Images};
+use crate::build::PathInfo;
+use crate::error::{RegistryError, Result};
+use crate::layer::{LayerSource, LayerTar};
+use crate::manifest::{documents, ImageDocuments, LayerDigest};
+use crate::plan::{self, GraphNode, ImagePlan};
+use crate::resolve::{oci_arch, BuildTarget};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+impl Images {
+    pub(super) async fn produce(&self, key: &ImageKey) -> Result<ImageDocuments> {
+        let started = Instant::now();
+        let built;
+        let plan = match key {
+            ImageKey::Flake(t) => {
+                let out = self.nix.build(t).await?;
+                built = started.elapsed();
+                self.plan_flake_output(t, &out).await?
+            }
+            ImageKey::Packages(t) => {
+                let outs = self.nix.build_packages(t).await?;
+                built = started.elapsed();
+                let graph = self.graph(&outs).await?;
+                let (shell, arch) = (t.shell, oci_arch(&t.system).to_string());
+                tokio::task::spawn_blocking(move || plan::plan_packages(&outs, graph, shell, &arch))
+                    .await
+                    .map_err(RegistryError::internal)?
+            }
+        };
+        let planned = started.elapsed();
+        let layers = self.digest_layers(&plan).await?;
+        let docs = documents(&plan, &layers, self.compressed.as_ref().map(|c| c.codec));
+        for blob in [&docs.config, &docs.oci, &docs.docker] {
+            self.index.put_json(blob).map_err(RegistryError::internal)?;
+        }
+        tracing::info!(
+            target = %key,
+            digest = %docs.oci.digest,
+            layers = layers.len(),
+            build_ms = built.as_millis() as u64,
+            plan_ms = (planned - built).as_millis() as u64,
+            digest_ms = (started.elapsed() - planned).as_millis() as u64,
+            "image ready"
+        );
+        Ok(docs)
+    }
+
+    async fn plan_flake_output(
+        &self,
+        target: &BuildTarget,
+        out: &std::path::Path,
+    ) -> Result<ImagePlan> {
+        let arch = oci_arch(&self.settings.system).to_string();
+        let not_image = |reason: String| RegistryError::NotAnImage {
+            target: target.to_string(),
+            reason,
+        };
+        let meta = tokio::fs::metadata(out)
+            .await
+            .map_err(RegistryError::internal)?;
+        if meta.is_file() {
+            let bytes = tokio::fs::read(out)
+                .await
+                .map_err(RegistryError::internal)?;
+            return plan::plan_conf(&bytes, &arch).map_err(|e| not_image(e.to_string()));
+        }
+        let main_program = self.nix.main_program(target).await?;
+        let graph = self.graph(std::slice::from_ref(&out.to_path_buf())).await?;
+        Ok(plan::plan_package(out, graph, main_program, &arch))
+    }
+
+    async fn graph(&self, outs: &[PathBuf]) -> Result<Vec<GraphNode>> {
+        let closure: Vec<PathInfo> = self.nix.closure(outs).await?;
+        Ok(closure
+            .into_iter()
+            .map(|p| GraphNode {
+                path: p.path,
+                nar_size: p.nar_size,
+                references: p.references,
+            })
+            .collect())
+    }
+
+    /// One streaming pass per layer not digested before, in parallel.
+    async fn digest_layers(&self, plan: &ImagePlan) -> Result<Vec<LayerDigest>> {
+        let passes = plan.layers.iter().map(|l| self.layer_digest(&l.source));
+        futures_util::future::try_join_all(passes).await
+    }
+
+    async fn layer_digest(&self, source: &LayerSource) -> Result<LayerDigest> {
+        let key = match &self.compressed {
+            Some(cache) => cache.codec.key(source),
+            None => source.key(),
+        };
+        if let Some(d) = self.index.layer_digest(&key) {
+            return Ok(d);
+        }
+        let src = source.clone();
+        self.digesting
+            .try_get_with(key.clone(), async move {
+                let _slot = self
+                    .digest_slots
+                    .acquire()
+                    .await
+                    .map_err(RegistryError::internal)?;
+                let (s, compressed) = (src.clone(), self.compressed.clone());
+                let d = tokio::task::spawn_blocking(move || -> std::io::Result<LayerDigest> {
+                    let tar = LayerTar::scan(&s).map_err(std::io::Error::other)?;
+                    match compressed {
+                        Some(cache) => {
+                            let (c, _) = cache.insert(&tar)?;
+                            Ok(LayerDigest {
+                                digest: c.digest,
+                                size: c.size,
+                                diff_id: Some(c.diff_id),
+                            })
+                        }
+                        None => Ok(LayerDigest {
+                            digest: tar.digest()?,
+                            size: tar.size(),
+                            diff_id: None,
+                        }),
+                    }
+                })
+                .await
+                .map_err(RegistryError::internal)?
+                .map_err(|e| RegistryError::internal(format!("digest pass failed: {e}")))?;
+                self.index
+                    .record_layer(key, &src, &d)
+                    .map_err(RegistryError::internal)?;
+                Ok(d)
+            })
+            .await
+            .map_err(|e: Arc<RegistryError>| (*e).clone())
+    }
+}
