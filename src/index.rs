@@ -6,6 +6,7 @@
 //! On disk: `layers.jsonl` (append-only; `{"drop":digest}` lines retract a
 //! digest whose bytes no longer match) and `json/<hex>` (written atomically).
 
+use crate::layer::compress::Codec;
 use crate::layer::{LayerKey, LayerSource};
 use crate::manifest::{JsonBlob, LayerDigest, OCI_CONFIG};
 use bytes::Bytes;
@@ -29,6 +30,9 @@ enum Line {
         /// Present for a compressed blob: the uncompressed tar's digest.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         diff_id: Option<String>,
+        /// Present for a blob that came compressed (an archive member).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        packed: Option<Codec>,
     },
     Drop {
         drop: String,
@@ -43,6 +47,8 @@ pub struct IndexedLayer {
     pub size: u64,
     /// `Some` for a compressed blob (the uncompressed tar's digest).
     pub diff_id: Option<String>,
+    /// `Some` for a blob that came compressed and is served as it is.
+    pub packed: Option<Codec>,
 }
 
 pub struct DigestIndex {
@@ -91,11 +97,13 @@ impl DigestIndex {
                     size,
                     source,
                     diff_id,
+                    packed,
                 }) => {
                     let d = LayerDigest {
                         digest: digest.clone(),
                         size,
                         diff_id: diff_id.clone(),
+                        packed,
                     };
                     index.by_key.insert(key.clone(), d);
                     index.by_digest.insert(
@@ -105,6 +113,7 @@ impl DigestIndex {
                             source,
                             size,
                             diff_id,
+                            packed,
                         },
                     );
                     loaded += 1;
@@ -140,6 +149,7 @@ impl DigestIndex {
             source: source.clone(),
             size: d.size,
             diff_id: d.diff_id.clone(),
+            packed: d.packed,
         };
         self.by_digest.insert(d.digest.clone(), indexed);
         let line = Line::Layer {
@@ -148,6 +158,7 @@ impl DigestIndex {
             size: d.size,
             source: source.clone(),
             diff_id: d.diff_id.clone(),
+            packed: d.packed,
         };
         self.append(&line)
     }
@@ -241,17 +252,20 @@ mod tests {
             digest: format!("sha256:{}", "1".repeat(64)),
             size: 10240,
             diff_id: None,
+            packed: None,
         };
         // A compressed blob: its diff_id survives the restart too.
         let d2 = LayerDigest {
             digest: format!("sha256:{}", "2".repeat(64)),
             size: 20480,
             diff_id: None,
+            packed: None,
         };
         let d3 = LayerDigest {
             digest: format!("sha256:{}", "3".repeat(64)),
             size: 300,
             diff_id: Some(format!("sha256:{}", "4".repeat(64))),
+            packed: None,
         };
         {
             let idx = DigestIndex::open(dir.path()).unwrap();

@@ -52,6 +52,10 @@ pub struct LayerDigest {
     /// For a compressed blob: the digest of the uncompressed tar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff_id: Option<String>,
+    /// For a blob that came compressed (a member of an image archive),
+    /// served as it is: its codec, whatever `--compression` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed: Option<Codec>,
 }
 
 /// The config blob and both manifest flavours of one image.
@@ -64,13 +68,7 @@ pub struct ImageDocuments {
 
 /// `codec`: how layers with a `diff_id` are compressed.
 pub fn documents(plan: &ImagePlan, layers: &[LayerDigest], codec: Option<Codec>) -> ImageDocuments {
-    let history: Vec<Value> = plan
-        .layers
-        .iter()
-        .map(
-            |l| json!({ "created": plan.created, "created_by": "flakeport", "comment": l.comment }),
-        )
-        .collect();
+    let history = plan.history();
     // An uncompressed layer's diff_id is its blob digest.
     let diff_ids: Vec<&str> = layers
         .iter()
@@ -87,14 +85,25 @@ pub fn documents(plan: &ImagePlan, layers: &[LayerDigest], codec: Option<Codec>)
             "history": history,
         }),
     );
-    let manifest = |manifest_type: &str, config_type: &str, layer_types: (&str, &str)| {
+    // A layer is compressed if it came so (`packed`) or if we compressed it
+    // (`diff_id` without `packed`: the server's codec).
+    let compression = |l: &LayerDigest| {
+        l.packed
+            .or_else(|| l.diff_id.as_ref().map(|_| codec.unwrap_or(Codec::Gzip)))
+    };
+    let manifest = |manifest_type: &str, config_type: &str, docker: bool| {
         let layer_descs: Vec<Value> = layers
             .iter()
             .map(|l| {
-                let media_type = if l.diff_id.is_some() {
-                    layer_types.1
-                } else {
-                    layer_types.0
+                // Docker's schema has no zstd type: its manifest names the OCI
+                // one, which containerd understands (Docker engine 20.10 does
+                // not: use gzip).
+                let media_type = match (compression(l), docker) {
+                    (None, false) => OCI_LAYER,
+                    (None, true) => DOCKER_LAYER,
+                    (Some(Codec::Gzip), false) => OCI_LAYER_GZIP,
+                    (Some(Codec::Gzip), true) => DOCKER_LAYER_GZIP,
+                    (Some(Codec::Zstd), _) => OCI_LAYER_ZSTD,
                 };
                 json!({ "mediaType": media_type, "digest": l.digest, "size": l.size })
             })
@@ -109,18 +118,8 @@ pub fn documents(plan: &ImagePlan, layers: &[LayerDigest], codec: Option<Codec>)
             }),
         )
     };
-    // Docker's schema has no zstd type: its manifest names the OCI one,
-    // which containerd understands (Docker engine 20.10 does not: use gzip).
-    let (oci_packed, docker_packed) = match codec {
-        Some(Codec::Zstd) => (OCI_LAYER_ZSTD, OCI_LAYER_ZSTD),
-        _ => (OCI_LAYER_GZIP, DOCKER_LAYER_GZIP),
-    };
-    let oci = manifest(OCI_MANIFEST, OCI_CONFIG, (OCI_LAYER, oci_packed));
-    let docker = manifest(
-        DOCKER_MANIFEST,
-        DOCKER_CONFIG,
-        (DOCKER_LAYER, docker_packed),
-    );
+    let oci = manifest(OCI_MANIFEST, OCI_CONFIG, false);
+    let docker = manifest(DOCKER_MANIFEST, DOCKER_CONFIG, true);
     ImageDocuments {
         config,
         oci,
@@ -163,8 +162,10 @@ mod tests {
                     owner: Owner::default(),
                     perms: vec![],
                 },
-                comment: "c".into(),
+                comment: Some("c".into()),
+                known: None,
             }],
+            base_history: vec![],
         }
     }
 
@@ -174,6 +175,7 @@ mod tests {
             digest: format!("sha256:{}", "a".repeat(64)),
             size: 10240,
             diff_id: None,
+            packed: None,
         }];
         let a = documents(&plan(), &l, None);
         let b = documents(&plan(), &l, None);
@@ -201,6 +203,7 @@ mod tests {
             digest: format!("sha256:{}", "b".repeat(64)),
             size: 900,
             diff_id: Some(format!("sha256:{}", "c".repeat(64))),
+            packed: None,
         }];
         let d = documents(&plan(), &l, Some(Codec::Gzip));
         let config: Value = serde_json::from_slice(&d.config.bytes).unwrap();

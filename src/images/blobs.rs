@@ -30,7 +30,7 @@ impl Images {
         };
         let layer = self.index.layer(digest).ok_or_else(unknown)?;
         let size = layer.size;
-        if layer.diff_id.is_some() {
+        if layer.diff_id.is_some() && layer.packed.is_none() {
             return match &self.compressed {
                 Some(cache) => self.compressed_blob(cache, digest, layer.source).await,
                 // Served compressed before a restart without --compression.

@@ -90,6 +90,8 @@ pub struct Images {
     scanned: moka::future::Cache<String, Arc<LayerTar>>,
     /// Digest passes run on blocking threads, one per core.
     digest_slots: Semaphore,
+    /// Reads build outputs into plans; keeps the plans of archives it read.
+    planner: Arc<crate::plan::Planner>,
     /// With `--compression gzip|zstd`: the codec and where its blobs are kept.
     compressed: Option<Arc<CompressedCache>>,
 }
@@ -131,6 +133,7 @@ impl Images {
                 .max_capacity(50_000)
                 .build(),
             digest_slots: Semaphore::new(cores),
+            planner: Arc::new(crate::plan::Planner::default()),
             compressed: compressed.map(Arc::new),
         })
     }

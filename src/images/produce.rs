@@ -7,7 +7,8 @@ use crate::layer::{LayerSource, LayerTar};
 use crate::manifest::{documents, ImageDocuments, LayerDigest};
 use crate::plan::{self, GraphNode, ImagePlan};
 use crate::resolve::{oci_arch, BuildTarget};
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -59,18 +60,37 @@ impl Images {
             target: target.to_string(),
             reason,
         };
-        let meta = tokio::fs::metadata(out)
+        let (planner, path, a) = (self.planner.clone(), out.to_path_buf(), arch.clone());
+        let planned = tokio::task::spawn_blocking(move || planner.plan_output(&path, &a))
             .await
-            .map_err(RegistryError::internal)?;
-        if meta.is_file() {
-            let bytes = tokio::fs::read(out)
-                .await
-                .map_err(RegistryError::internal)?;
-            return plan::plan_conf(&bytes, &arch).map_err(|e| not_image(e.to_string()));
+            .map_err(RegistryError::internal)?
+            .map_err(|e| not_image(e.to_string()))?;
+        let Some(plan) = planned else {
+            let main_program = self.nix.main_program(target).await?;
+            let graph = self.graph(std::slice::from_ref(&out.to_path_buf())).await?;
+            return Ok(plan::plan_package(out, graph, main_program, &arch));
+        };
+        // Everything the image holds must come from the output's closure:
+        // a conf may name any path, and only what Nix built is served.
+        let closure: HashSet<PathBuf> = self
+            .nix
+            .closure(std::slice::from_ref(&out.to_path_buf()))
+            .await?
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
+        for layer in &plan.layers {
+            for path in layer.source.reads() {
+                if !store_path_of(path).is_some_and(|p| closure.contains(&p)) {
+                    return Err(not_image(format!(
+                        "{} is not in the closure of {}",
+                        path.display(),
+                        out.display()
+                    )));
+                }
+            }
         }
-        let main_program = self.nix.main_program(target).await?;
-        let graph = self.graph(std::slice::from_ref(&out.to_path_buf())).await?;
-        Ok(plan::plan_package(out, graph, main_program, &arch))
+        Ok(plan)
     }
 
     async fn graph(&self, outs: &[PathBuf]) -> Result<Vec<GraphNode>> {
@@ -87,11 +107,30 @@ impl Images {
 
     /// One streaming pass per layer not digested before, in parallel.
     async fn digest_layers(&self, plan: &ImagePlan) -> Result<Vec<LayerDigest>> {
-        let passes = plan.layers.iter().map(|l| self.layer_digest(&l.source));
+        let passes = plan
+            .layers
+            .iter()
+            .map(|l| self.layer_digest(&l.source, l.known.as_ref()));
         futures_util::future::try_join_all(passes).await
     }
 
-    async fn layer_digest(&self, source: &LayerSource) -> Result<LayerDigest> {
+    /// `known`: the digest the planner found (an archive member's).
+    async fn layer_digest(
+        &self,
+        source: &LayerSource,
+        known: Option<&LayerDigest>,
+    ) -> Result<LayerDigest> {
+        // A member that came compressed is served as it is; an uncompressed
+        // one is compressed like any layer when the server compresses.
+        if let Some(k) = known.filter(|k| k.packed.is_some() || self.compressed.is_none()) {
+            let key = source.key();
+            if self.index.layer_digest(&key).as_ref() != Some(k) {
+                self.index
+                    .record_layer(key, source, k)
+                    .map_err(RegistryError::internal)?;
+            }
+            return Ok(k.clone());
+        }
         let key = match &self.compressed {
             Some(cache) => cache.codec.key(source),
             None => source.key(),
@@ -117,12 +156,14 @@ impl Images {
                                 digest: c.digest,
                                 size: c.size,
                                 diff_id: Some(c.diff_id),
+                                packed: None,
                             })
                         }
                         None => Ok(LayerDigest {
                             digest: tar.digest()?,
                             size: tar.size(),
                             diff_id: None,
+                            packed: None,
                         }),
                     }
                 })
@@ -136,5 +177,15 @@ impl Images {
             })
             .await
             .map_err(|e: Arc<RegistryError>| (*e).clone())
+    }
+}
+
+/// `/nix/store/<hash>-<name>` of a path at or below it.
+fn store_path_of(path: &Path) -> Option<PathBuf> {
+    let rest = path.strip_prefix("/nix/store").ok()?;
+    let name = rest.components().next()?;
+    match name {
+        std::path::Component::Normal(n) => Some(Path::new("/nix/store").join(n)),
+        _ => None,
     }
 }

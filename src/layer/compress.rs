@@ -8,7 +8,8 @@ use super::{HashingWriter, LayerKey, LayerSource, LayerTar};
 use sha2::{Digest, Sha256};
 use std::io::{self, Write};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Codec {
     /// flate2's pure-Rust miniz_oxide backend, level 6, gzip header with
     /// mtime 0 and no file name.

@@ -112,8 +112,24 @@ pub enum LayerSource {
         owner: Owner,
         perms: Vec<PermRule>,
     },
-    /// A finished tar file served byte for byte (nixpkgs' customisation layer).
+    /// A finished file served byte for byte: nixpkgs' customisation layer,
+    /// a blob of an OCI layout directory, a nix2container `layer-path`.
     TarFile { path: PathBuf },
+    /// Bytes `offset..offset + size` of an image archive (docker-archive or
+    /// OCI layout as a tar), served as they are, never unpacked. With
+    /// `gzip`, the archive is gzip-compressed and `offset` counts bytes of
+    /// the decompressed stream: every read decompresses up to the member.
+    ArchiveMember {
+        archive: PathBuf,
+        offset: u64,
+        size: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        gzip: bool,
+    },
+    /// Several generated sources in one archive, in order (nix2container
+    /// layers hold store paths and a tree moved to `/` together). Each part
+    /// must be generated (store paths, root tree or links).
+    Parts { parts: Vec<LayerSource> },
     /// Directories and symlinks computed by the planner, in archive order:
     /// the root layer of a package-path image (`/bin/curl -> /nix/store/...`).
     Links {
@@ -140,6 +156,19 @@ pub struct LinkEntry {
 pub struct LayerKey(pub String);
 
 impl LayerSource {
+    /// The files and directories this layer reads (not what symlinks in
+    /// them point to): what must lie inside an output's closure.
+    pub fn reads(&self) -> Vec<&Path> {
+        match self {
+            LayerSource::StorePaths { paths, .. } => paths.iter().map(PathBuf::as_path).collect(),
+            LayerSource::RootTree { dir, .. } => vec![dir],
+            LayerSource::TarFile { path } => vec![path],
+            LayerSource::ArchiveMember { archive, .. } => vec![archive],
+            LayerSource::Parts { parts } => parts.iter().flat_map(LayerSource::reads).collect(),
+            LayerSource::Links { .. } => vec![],
+        }
+    }
+
     pub fn key(&self) -> LayerKey {
         self.key_in_format(FORMAT_VERSION)
     }
@@ -193,6 +222,16 @@ pub enum LayerTar {
         path: PathBuf,
         size: u64,
     },
+    /// A member of an image archive (see [`LayerSource::ArchiveMember`]).
+    Member {
+        archive: PathBuf,
+        offset: u64,
+        size: u64,
+        gzip: bool,
+        /// The archive's length when it was scanned: a store path never
+        /// changes, so a different length means it was replaced or damaged.
+        archive_len: u64,
+    },
     /// A file opened up front: the stream reads it even if it is unlinked
     /// meanwhile (a compressed layer evicted from its cache).
     Opened {
@@ -222,6 +261,51 @@ impl LayerTar {
                 Ok(LayerTar::File {
                     path: path.clone(),
                     size: meta.len(),
+                })
+            }
+            LayerSource::Parts { parts } => {
+                let mut all = Vec::new();
+                for part in parts {
+                    match LayerTar::scan(part)? {
+                        LayerTar::Generated { entries, .. } => all.extend(entries),
+                        _ => {
+                            return Err(ScanError::Unsupported {
+                                path: PathBuf::from("a layer part that is not generated"),
+                            })
+                        }
+                    }
+                }
+                let body: u64 = all.iter().map(Entry::span).sum();
+                Ok(LayerTar::Generated {
+                    entries: all,
+                    size: tar::archive_size(body),
+                })
+            }
+            LayerSource::ArchiveMember {
+                archive,
+                offset,
+                size,
+                gzip,
+            } => {
+                let meta = std::fs::metadata(archive).map_err(|e| ScanError::Io {
+                    path: archive.clone(),
+                    source: e,
+                })?;
+                if !*gzip && offset + size > meta.len() {
+                    return Err(ScanError::Io {
+                        path: archive.clone(),
+                        source: io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the archive is shorter than the member",
+                        ),
+                    });
+                }
+                Ok(LayerTar::Member {
+                    archive: archive.clone(),
+                    offset: *offset,
+                    size: *size,
+                    gzip: *gzip,
+                    archive_len: meta.len(),
                 })
             }
             LayerSource::StorePaths {
@@ -281,7 +365,7 @@ impl LayerTar {
     pub fn entry_count(&self) -> usize {
         match self {
             LayerTar::Generated { entries, .. } => entries.len(),
-            LayerTar::File { .. } | LayerTar::Opened { .. } => 1,
+            LayerTar::File { .. } | LayerTar::Opened { .. } | LayerTar::Member { .. } => 1,
         }
     }
 
@@ -290,6 +374,7 @@ impl LayerTar {
         match self {
             LayerTar::Generated { size, .. }
             | LayerTar::File { size, .. }
+            | LayerTar::Member { size, .. }
             | LayerTar::Opened { size, .. } => *size,
         }
     }
@@ -308,6 +393,35 @@ impl LayerTar {
                 check_unchanged(path, f.metadata()?.len(), *size)?;
                 f.seek(SeekFrom::Start(start))?;
                 copy_exact(&mut f, end - start, out, path)
+            }
+            LayerTar::Member {
+                archive,
+                offset,
+                gzip,
+                archive_len,
+                ..
+            } => {
+                let f = std::fs::File::open(archive)?;
+                check_unchanged(archive, f.metadata()?.len(), *archive_len)?;
+                if *gzip {
+                    // No index into a gzip stream: decompress up to the member.
+                    let mut plain = flate2::read::MultiGzDecoder::new(io::BufReader::new(f));
+                    let skip = offset + start;
+                    let skipped = io::copy(&mut (&mut plain).take(skip), &mut io::sink())?;
+                    if skipped != skip {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("{} ends before its member", archive.display()),
+                        ));
+                    }
+                    copy_exact(&mut plain, end - start, out, archive)
+                } else {
+                    let mut reader = PositionedReader {
+                        file: &f,
+                        pos: offset + start,
+                    };
+                    copy_exact(&mut reader, end - start, out, archive)
+                }
             }
             LayerTar::Opened { file, path, size } => {
                 check_unchanged(path, file.metadata()?.len(), *size)?;

@@ -1,22 +1,44 @@
-//! Build output -> [`ImagePlan`]: ordered layers of store paths, the root
-//! layer and the image config. Understands three inputs: flakeport conf v1
-//! (nixlib), nixpkgs/flakeforge `streamLayeredImage` confs, and plain
-//! packages.
+//! Build output -> [`ImagePlan`]: ordered layers, the image config and its
+//! history. One reader per input format, each turning its input into the
+//! same plan, so nothing after planning learns where an image came from:
+//!
+//! - [`nixlib`]: flakeport conf v1, written by `nixlib/`;
+//! - [`nixpkgs`]: `dockerTools.streamLayeredImage` confs (and flakeforge's);
+//! - [`nix2container`]: nix2container's `buildImage` JSON;
+//! - [`archive`]: image archives (docker-archive, OCI layout; tar or gzip,
+//!   file or directory): `buildImage`, `pullImage`, `skopeo copy` outputs;
+//! - [`package`]: plain packages and package-path images.
+//!
+//! `fromImage` bases are planned by the same readers ([`Planner::base`]).
 
-use crate::layer::{LayerSource, LinkEntry, Owner, PermRule};
-
+pub mod archive;
 pub mod layering;
+pub mod nix2container;
+pub mod nixlib;
+pub mod nixpkgs;
+pub mod package;
+
 pub use layering::group_layers;
+pub use package::{plan_package, plan_packages, root_links, ROOT_DIRS};
+
+use crate::layer::{LayerSource, Owner, PermRule};
+use crate::manifest::LayerDigest;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Clients fail somewhere past 125 layers.
 pub const DEFAULT_MAX_LAYERS: usize = 100;
 /// nixpkgs' default: 1970-01-01T00:00:01Z.
 pub const DEFAULT_MTIME: u64 = 1;
 pub const DEFAULT_CREATED: &str = "1970-01-01T00:00:01Z";
+/// fromImage chains deeper than this are refused (a cycle cannot be built
+/// by Nix, but a conf can name anything).
+const MAX_BASE_DEPTH: usize = 8;
+/// A conf or image JSON larger than this is not one.
+const MAX_JSON_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ImagePlan {
@@ -26,13 +48,48 @@ pub struct ImagePlan {
     pub config: Value,
     pub created: String,
     pub layers: Vec<PlannedLayer>,
+    /// History entries of a base image, which come before those of the
+    /// layers planned here (a base's own entries, empty layers included).
+    pub base_history: Vec<Value>,
+}
+
+impl ImagePlan {
+    /// The image config's `history`: the base's entries, then one per
+    /// layer planned here.
+    pub fn history(&self) -> Vec<Value> {
+        let own = self.layers.iter().filter_map(|l| {
+            l.comment.as_ref().map(
+                |c| json!({ "created": self.created, "created_by": "flakeport", "comment": c }),
+            )
+        });
+        self.base_history.iter().cloned().chain(own).collect()
+    }
+
+    /// This plan as the base of another: its layers keep their digests and
+    /// its history travels as base history.
+    fn into_base(self) -> ImagePlan {
+        let history = self.history();
+        ImagePlan {
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| PlannedLayer { comment: None, ..l })
+                .collect(),
+            base_history: history,
+            ..self
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct PlannedLayer {
     pub source: LayerSource,
-    /// For the image history: what the layer holds.
-    pub comment: String,
+    /// For the image history: what the layer holds. `None` for a base
+    /// image's layer, whose entry is in [`ImagePlan::base_history`].
+    pub comment: Option<String>,
+    /// Digest and size found while the input was read (archive members,
+    /// hashed in the one pass over the archive): no digest pass needed.
+    pub known: Option<LayerDigest>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +98,10 @@ pub enum PlanError {
     Conf(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{path}: {reason}")]
+    Archive { path: PathBuf, reason: String },
+    #[error("base image {path}: {reason}")]
+    Base { path: PathBuf, reason: String },
 }
 
 /// One node of the closure graph (`exportReferencesGraph` / `nix path-info`).
@@ -53,56 +114,177 @@ pub struct GraphNode {
     pub references: Vec<PathBuf>,
 }
 
-/// flakeport conf v1, as written by `nixlib` (the derivation's structured
-/// attributes; unknown fields are ignored). Documented in nixlib/README.md.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ConfV1 {
-    flakeport: u32,
-    #[serde(default)]
-    architecture: Option<String>,
-    #[serde(default)]
-    os: Option<String>,
-    #[serde(default)]
-    config: Option<Value>,
-    #[serde(default)]
-    created: Option<String>,
-    #[serde(default, deserialize_with = "time_or_seconds")]
-    mtime: Option<u64>,
-    #[serde(flatten)]
-    owner: OwnerFields,
-    #[serde(default)]
-    perms: Vec<PermV1>,
-    #[serde(default)]
-    root_layer: Option<PathBuf>,
-    /// The image's contents: the layering keeps each with what only it needs.
-    #[serde(default)]
-    roots: Vec<PathBuf>,
-    #[serde(default)]
-    graph: Vec<GraphNode>,
-    #[serde(default)]
-    layers: Vec<Vec<PathBuf>>,
-    #[serde(default)]
-    max_layers: Option<usize>,
+/// Plans build outputs. Holds what is worth keeping between images: the
+/// plans of archives already read, so an archive costs one pass per
+/// process however many images are built on it.
+pub struct Planner {
+    archives: moka::sync::Cache<PathBuf, Arc<ImagePlan>>,
+}
+
+impl Default for Planner {
+    fn default() -> Self {
+        Planner {
+            archives: moka::sync::Cache::new(1_000),
+        }
+    }
+}
+
+impl Planner {
+    /// The plan of a build output, or `None` for a directory that is no
+    /// image: a plain package, planned from its closure by the caller.
+    /// Blocking: reads files, and every byte of an archive.
+    pub fn plan_output(&self, out: &Path, arch: &str) -> Result<Option<ImagePlan>, PlanError> {
+        self.plan_path(out, arch, 0)
+    }
+
+    fn plan_path(
+        &self,
+        path: &Path,
+        arch: &str,
+        depth: usize,
+    ) -> Result<Option<ImagePlan>, PlanError> {
+        let io = |e: std::io::Error| PlanError::Archive {
+            path: path.to_path_buf(),
+            reason: format!("cannot read: {e}"),
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if meta.is_dir() {
+            return if archive::is_layout_dir(path) {
+                self.archive(path, arch).map(|p| Some((*p).clone()))
+            } else {
+                Ok(None)
+            };
+        }
+        let mut head = Vec::with_capacity(512);
+        std::fs::File::open(path)
+            .map_err(io)?
+            .take(512)
+            .read_to_end(&mut head)
+            .map_err(io)?;
+        if archive::is_archive(&head) {
+            return self.archive(path, arch).map(|p| Some((*p).clone()));
+        }
+        if head.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(PlanError::Conf(
+                "the output is neither a JSON conf, an image archive (tar or gzip) nor a directory"
+                    .into(),
+            ));
+        }
+        if meta.len() > MAX_JSON_BYTES {
+            return Err(PlanError::Conf(format!(
+                "{} bytes is too large for a conf",
+                meta.len()
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        let value: Value =
+            serde_json::from_slice(&bytes).map_err(|e| PlanError::Conf(e.to_string()))?;
+        let conf = |e: serde_json::Error| PlanError::Conf(e.to_string());
+        let plan = if value.get("flakeport").is_some() {
+            nixlib::plan(serde_json::from_value(value).map_err(conf)?, arch, |b| {
+                self.base(b, arch, depth)
+            })?
+        } else if value.get("store_layers").is_some() {
+            nixpkgs::plan(serde_json::from_value(value).map_err(conf)?, arch, |b| {
+                self.base(b, arch, depth)
+            })?
+        } else if value.get("image-config").is_some() {
+            nix2container::plan(serde_json::from_value(value).map_err(conf)?, arch)?
+        } else {
+            return Err(PlanError::Conf("neither a flakeport conf (\"flakeport\" field), a streamLayeredImage conf (\"store_layers\") nor a nix2container image (\"image-config\")".into()));
+        };
+        Ok(Some(plan))
+    }
+
+    /// The plan of a `fromImage`: an archive, or another image output of a
+    /// conf format. Its architecture must be the image's.
+    pub fn base(&self, path: &Path, arch: &str, depth: usize) -> Result<ImagePlan, PlanError> {
+        let base = |reason: String| PlanError::Base {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if depth >= MAX_BASE_DEPTH {
+            return Err(base(format!(
+                "fromImage chains deeper than {MAX_BASE_DEPTH} are not supported"
+            )));
+        }
+        let plan = self
+            .plan_path(path, arch, depth + 1)
+            .map_err(|e| base(e.to_string()))?
+            .ok_or_else(|| base("is a directory, not an image".into()))?;
+        if plan.architecture != arch {
+            return Err(base(format!(
+                "is for {}/{}, this image for linux/{arch}",
+                plan.os, plan.architecture
+            )));
+        }
+        Ok(plan.into_base())
+    }
+
+    fn archive(&self, path: &Path, arch: &str) -> Result<Arc<ImagePlan>, PlanError> {
+        if let Some(p) = self.archives.get(path) {
+            return Ok(p);
+        }
+        let plan = Arc::new(archive::read(path, arch)?);
+        self.archives.insert(path.to_path_buf(), plan.clone());
+        Ok(plan)
+    }
+}
+
+/// `Env` of an image on a base: the base's variables, then the image's, a
+/// later value replacing an earlier one in the earlier one's place
+/// (nixpkgs' rule for `fromImage`).
+pub fn merge_env(base: &Value, own: &Value) -> Option<Value> {
+    let all: Vec<&str> = [base, own]
+        .iter()
+        .filter_map(|v| v.get("Env").and_then(Value::as_array))
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if all.is_empty() {
+        return None;
+    }
+    let mut merged: Vec<(String, &str)> = Vec::new();
+    for entry in all {
+        let key = entry.split('=').next().unwrap_or(entry).to_string();
+        match merged.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = entry,
+            None => merged.push((key, entry)),
+        }
+    }
+    Some(Value::Array(
+        merged.into_iter().map(|(_, e)| json!(e)).collect(),
+    ))
+}
+
+/// Base layers, then own layers; the base's history first.
+fn on_base(base: ImagePlan, mut own: ImagePlan) -> ImagePlan {
+    let mut layers = base.layers;
+    layers.append(&mut own.layers);
+    ImagePlan {
+        layers,
+        base_history: base.base_history,
+        ..own
+    }
 }
 
 /// Owner fields, shared by both conf formats and perms rules: ids as
 /// numbers or strings (nixpkgs passes them with `--arg`, as strings).
 #[derive(Debug, Default, Deserialize)]
-struct OwnerFields {
+pub(crate) struct OwnerFields {
     #[serde(default, deserialize_with = "num_or_string")]
-    uid: Option<u64>,
+    pub(crate) uid: Option<u64>,
     #[serde(default, deserialize_with = "num_or_string")]
-    gid: Option<u64>,
+    pub(crate) gid: Option<u64>,
     #[serde(default)]
-    uname: Option<String>,
+    pub(crate) uname: Option<String>,
     #[serde(default)]
-    gname: Option<String>,
+    pub(crate) gname: Option<String>,
 }
 
 impl OwnerFields {
     /// The owner, with root's defaults for what is not set.
-    fn or_root(self) -> Owner {
+    pub(crate) fn or_root(self) -> Owner {
         let d = Owner::default();
         Owner {
             uid: self.uid.unwrap_or(d.uid),
@@ -113,319 +295,12 @@ impl OwnerFields {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct PermV1 {
-    path: String,
-    #[serde(default)]
-    mode: Option<String>,
-    #[serde(flatten)]
-    owner: OwnerFields,
-    #[serde(default)]
-    recursive: bool,
-}
-
-/// nixpkgs `streamLayeredImage` conf (and flakeforge's older one, which
-/// lacks mtime and owner fields).
-#[derive(Debug, Deserialize)]
-struct NixpkgsConf {
-    store_layers: Vec<Vec<PathBuf>>,
-    #[serde(default)]
-    customisation_layer: Option<PathBuf>,
-    #[serde(default)]
-    config: Option<Value>,
-    #[serde(default)]
-    architecture: Option<String>,
-    #[serde(default)]
-    created: Option<String>,
-    #[serde(default, deserialize_with = "time_or_seconds")]
-    mtime: Option<u64>,
-    #[serde(flatten)]
-    owner: OwnerFields,
-    #[serde(default)]
-    from_image: Option<Value>,
-}
-
-/// Parse a conf file from a build output.
-pub fn plan_conf(bytes: &[u8], system_arch: &str) -> Result<ImagePlan, PlanError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| PlanError::Conf(e.to_string()))?;
-    if value.get("flakeport").is_some() {
-        let conf: ConfV1 =
-            serde_json::from_value(value).map_err(|e| PlanError::Conf(e.to_string()))?;
-        plan_v1(conf, system_arch)
-    } else if value.get("store_layers").is_some() {
-        let conf: NixpkgsConf =
-            serde_json::from_value(value).map_err(|e| PlanError::Conf(e.to_string()))?;
-        plan_nixpkgs(conf, system_arch)
-    } else {
-        Err(PlanError::Conf("neither a flakeport conf (\"flakeport\" field) nor a streamLayeredImage conf (\"store_layers\")".into()))
-    }
-}
-
-fn plan_v1(conf: ConfV1, system_arch: &str) -> Result<ImagePlan, PlanError> {
-    if conf.flakeport != 1 {
-        return Err(PlanError::Unsupported(format!(
-            "flakeport conf version {} is newer than this server understands (1); upgrade flakeport",
-            conf.flakeport
-        )));
-    }
-    let mtime = conf.mtime.unwrap_or(DEFAULT_MTIME);
-    let owner = conf.owner.or_root();
-    let perms = conf
-        .perms
-        .into_iter()
-        .map(|p| {
-            let mode = p
-                .mode
-                .map(|m| u32::from_str_radix(m.trim_start_matches("0o"), 8))
-                .transpose()
-                .map_err(|_| PlanError::Conf(format!("perms mode for {} is not octal", p.path)))?;
-            Ok(PermRule {
-                path: p.path,
-                mode,
-                uid: p.owner.uid,
-                gid: p.owner.gid,
-                uname: p.owner.uname,
-                gname: p.owner.gname,
-                recursive: p.recursive,
-            })
-        })
-        .collect::<Result<Vec<_>, PlanError>>()?;
-    let max_layers = conf.max_layers.unwrap_or(DEFAULT_MAX_LAYERS).max(2);
-    let graph: Vec<GraphNode> = conf
-        .graph
-        .into_iter()
-        .filter(|n| Some(&n.path) != conf.root_layer.as_ref())
-        .collect();
-    let store_budget = max_layers - usize::from(conf.root_layer.is_some());
-    let mut layers: Vec<PlannedLayer> =
-        group_layers(&graph, &conf.roots, &conf.layers, store_budget)
-            .into_iter()
-            .map(|paths| store_layer(paths, mtime, &owner, &perms))
-            .collect();
-    if let Some(dir) = conf.root_layer {
-        layers.push(PlannedLayer {
-            comment: format!("root layer {}", dir.display()),
-            source: LayerSource::RootTree {
-                dir,
-                mtime,
-                owner: owner.clone(),
-                perms,
-            },
-        });
-    }
-    Ok(ImagePlan {
-        architecture: conf.architecture.unwrap_or_else(|| system_arch.to_string()),
-        os: conf.os.unwrap_or_else(|| "linux".into()),
-        config: conf.config.unwrap_or_else(|| json!({})),
-        created: created(conf.created),
-        layers,
-    })
-}
-
-fn plan_nixpkgs(conf: NixpkgsConf, system_arch: &str) -> Result<ImagePlan, PlanError> {
-    if conf.from_image.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(PlanError::Unsupported(
-            "images with fromImage are not supported yet".into(),
-        ));
-    }
-    // Older confs had no mtime: nixpkgs then derived it from `created`.
-    let mtime = conf
-        .mtime
-        .or_else(|| conf.created.as_deref().and_then(parse_time))
-        .unwrap_or(DEFAULT_MTIME);
-    let owner = conf.owner.or_root();
-    let mut layers: Vec<PlannedLayer> = conf
-        .store_layers
-        .into_iter()
-        .filter(|l| !l.is_empty())
-        .map(|paths| store_layer(paths, mtime, &owner, &[]))
-        .collect();
-    if let Some(dir) = conf.customisation_layer {
-        let path = dir.join("layer.tar");
-        layers.push(PlannedLayer {
-            comment: format!("customisation layer {}", dir.display()),
-            source: LayerSource::TarFile { path },
-        });
-    }
-    Ok(ImagePlan {
-        architecture: conf.architecture.unwrap_or_else(|| system_arch.to_string()),
-        os: "linux".into(),
-        config: conf.config.unwrap_or_else(|| json!({})),
-        created: created(conf.created),
-        layers,
-    })
-}
-
-/// A plain package: an image of its closure, its program as entrypoint.
-pub fn plan_package(
-    out: &Path,
-    graph: Vec<GraphNode>,
-    main_program: Option<String>,
-    system_arch: &str,
-) -> ImagePlan {
-    let bin = out.join("bin");
-    let program = main_program.or_else(|| {
-        let mut progs: Vec<String> = std::fs::read_dir(&bin)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        progs.sort();
-        (progs.len() == 1).then(|| progs.remove(0))
-    });
-    let mut config = serde_json::Map::new();
-    config.insert(
-        "Env".into(),
-        json!([format!("PATH={}:/bin:/usr/bin", bin.display())]),
-    );
-    if let Some(p) = program {
-        config.insert("Entrypoint".into(), json!([bin.join(p)]));
-    }
-    let owner = Owner::default();
-    let layers = group_layers(&graph, &[out.to_path_buf()], &[], DEFAULT_MAX_LAYERS)
-        .into_iter()
-        .map(|paths| store_layer(paths, DEFAULT_MTIME, &owner, &[]))
-        .collect();
-    ImagePlan {
-        architecture: system_arch.to_string(),
-        os: "linux".into(),
-        config: Value::Object(config),
-        created: DEFAULT_CREATED.into(),
-        layers,
-    }
-}
-
-/// Directories of each package linked into `/` in a package-path image.
-pub const ROOT_DIRS: &[&str] = &["bin", "etc", "lib", "share"];
-/// Where nixpkgs' `cacert` puts its bundle.
-const CA_BUNDLE: &str = "etc/ssl/certs/ca-bundle.crt";
-
-/// A package-path image: the closure of the packages, and a root layer
-/// linking every package's `bin/`, `etc/`, `lib/` and `share/` into `/`
-/// (the first package, in store-path order, wins a conflict), `/tmp` (1777)
-/// and `/usr/bin/env`.
-pub fn plan_packages(
-    outs: &[PathBuf],
-    graph: Vec<GraphNode>,
-    shell: bool,
-    arch: &str,
-) -> ImagePlan {
-    let links = root_links(outs);
-    let has = |p: &str| links.iter().any(|e| e.path == p);
-    let mut env = vec![json!("PATH=/bin:/usr/bin")];
-    if has(&format!("/{CA_BUNDLE}")) {
-        env.push(json!(format!("SSL_CERT_FILE=/{CA_BUNDLE}")));
-    }
-    let mut config = serde_json::Map::new();
-    config.insert("Env".into(), Value::Array(env));
-    if shell && has("/bin/bash") {
-        config.insert("Cmd".into(), json!(["bash"]));
-    }
-    let owner = Owner::default();
-    let mut layers: Vec<PlannedLayer> = group_layers(&graph, outs, &[], DEFAULT_MAX_LAYERS - 1)
-        .into_iter()
-        .map(|paths| store_layer(paths, DEFAULT_MTIME, &owner, &[]))
-        .collect();
-    let tmp = PermRule {
-        path: "/tmp".into(),
-        mode: Some(0o1777),
-        ..Default::default()
-    };
-    layers.push(PlannedLayer {
-        comment: format!("root layer: links to {} packages", outs.len()),
-        source: LayerSource::Links {
-            entries: links,
-            mtime: DEFAULT_MTIME,
-            owner,
-            perms: vec![tmp],
-        },
-    });
-    ImagePlan {
-        architecture: arch.to_string(),
-        os: "linux".into(),
-        config: Value::Object(config),
-        created: DEFAULT_CREATED.into(),
-        layers,
-    }
-}
-
-/// The root layer's entries, in archive (component) order.
-pub fn root_links(outs: &[PathBuf]) -> Vec<LinkEntry> {
-    let mut tree: BTreeMap<Vec<String>, Option<String>> = BTreeMap::new();
-    for out in outs {
-        for dir in ROOT_DIRS {
-            link_into(&out.join(dir), vec![dir.to_string()], &mut tree, 0);
-        }
-    }
-    tree.insert(vec!["tmp".into()], None);
-    if let Some(Some(env)) = tree
-        .get(&vec!["bin".to_string(), "env".to_string()])
-        .cloned()
-    {
-        tree.entry(vec!["usr".into()]).or_insert(None);
-        tree.entry(vec!["usr".into(), "bin".into()]).or_insert(None);
-        tree.entry(vec!["usr".into(), "bin".into(), "env".into()])
-            .or_insert(Some(env));
-    }
-    // Every directory on the way to an entry exists.
-    let parents: Vec<Vec<String>> = tree
-        .keys()
-        .flat_map(|k| (1..k.len()).map(|n| k[..n].to_vec()).collect::<Vec<_>>())
-        .collect();
-    for p in parents {
-        tree.entry(p).or_insert(None);
-    }
-    tree.into_iter()
-        .map(|(k, target)| LinkEntry {
-            path: format!("/{}", k.join("/")),
-            target,
-        })
-        .collect()
-}
-
-fn link_into(
-    src: &Path,
-    at: Vec<String>,
-    tree: &mut BTreeMap<Vec<String>, Option<String>>,
-    depth: usize,
-) {
-    // Follows symlinks (a package's `bin` may itself be one); the depth bound
-    // stops a symlink cycle.
-    let Ok(meta) = std::fs::metadata(src) else {
-        return;
-    };
-    if !meta.is_dir() {
-        if let Some(target) = src.to_str() {
-            tree.entry(at).or_insert_with(|| Some(target.to_string()));
-        }
-        return;
-    }
-    match tree.get(&at) {
-        Some(Some(_)) => return, // an earlier package put a file here
-        Some(None) => {}
-        None => {
-            tree.insert(at.clone(), None);
-        }
-    }
-    if depth > 32 {
-        return;
-    }
-    let mut children: Vec<(String, PathBuf)> = std::fs::read_dir(src)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().map(|n| (n.to_string(), e.path())))
-        .collect();
-    children.sort();
-    for (name, path) in children {
-        let mut child = at.clone();
-        child.push(name);
-        link_into(&path, child, tree, depth + 1);
-    }
-}
-
-fn store_layer(paths: Vec<PathBuf>, mtime: u64, owner: &Owner, perms: &[PermRule]) -> PlannedLayer {
+pub(crate) fn store_layer(
+    paths: Vec<PathBuf>,
+    mtime: u64,
+    owner: &Owner,
+    perms: &[PermRule],
+) -> PlannedLayer {
     let names: Vec<String> = paths
         .iter()
         .map(|p| {
@@ -440,7 +315,8 @@ fn store_layer(paths: Vec<PathBuf>, mtime: u64, owner: &Owner, perms: &[PermRule
         format!("{} store paths: {} ...", names.len(), names[..3].join(" "))
     };
     PlannedLayer {
-        comment,
+        comment: Some(comment),
+        known: None,
         source: LayerSource::StorePaths {
             paths,
             mtime,
@@ -450,7 +326,7 @@ fn store_layer(paths: Vec<PathBuf>, mtime: u64, owner: &Owner, perms: &[PermRule
     }
 }
 
-fn created(c: Option<String>) -> String {
+pub(crate) fn created(c: Option<String>) -> String {
     match c.as_deref() {
         None => DEFAULT_CREATED.into(),
         Some("now") => time::OffsetDateTime::now_utc()
@@ -461,7 +337,7 @@ fn created(c: Option<String>) -> String {
 }
 
 /// RFC 3339 (`date -Iseconds` output included) -> Unix seconds.
-fn parse_time(s: &str) -> Option<u64> {
+pub(crate) fn parse_time(s: &str) -> Option<u64> {
     if s == "now" {
         return Some(time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64);
     }
@@ -469,7 +345,7 @@ fn parse_time(s: &str) -> Option<u64> {
     u64::try_from(t.unix_timestamp()).ok()
 }
 
-fn num_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(crate) fn num_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     match Option::<Value>::deserialize(d)? {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
@@ -486,7 +362,7 @@ fn num_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Erro
     }
 }
 
-fn time_or_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(crate) fn time_or_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     match Option::<Value>::deserialize(d)? {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
@@ -505,6 +381,17 @@ fn time_or_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Er
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::LayerSource;
+
+    /// A conf as a build output would hold it.
+    fn plan_conf(json: &[u8], arch: &str) -> Result<ImagePlan, PlanError> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("conf.json");
+        std::fs::write(&out, json).unwrap();
+        Planner::default()
+            .plan_output(&out, arch)
+            .map(|p| p.expect("a conf is an image"))
+    }
 
     #[test]
     fn nixpkgs_conf_with_string_ids_and_old_flakeforge_conf() {
@@ -542,10 +429,10 @@ mod tests {
         assert!(
             matches!(&p.layers[0].source, LayerSource::StorePaths { mtime: 5, owner, .. } if owner.uname == "root")
         );
-        let based = br#"{"store_layers":[],"from_image":"/nix/store/x.tar"}"#;
+        let based = br#"{"store_layers":[],"from_image":"/nix/store/x-absent.tar"}"#;
         assert!(matches!(
             plan_conf(based, "amd64"),
-            Err(PlanError::Unsupported(_))
+            Err(PlanError::Base { .. })
         ));
     }
 
