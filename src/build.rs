@@ -18,7 +18,8 @@ use tokio::sync::Semaphore;
 
 /// Looks the attribute up in `packages.<system>`, then
 /// `legacyPackages.<system>`; picks what to build: the `conf` of a
-/// dockerTools image, else the value itself.
+/// dockerTools image (`streamLayeredImage`'s `conf`, `buildLayeredImage`'s
+/// `stream.conf`), else the value itself.
 const RESOLVE_NIX: &str = r#"
 { flakeRef, system, attrPath }:
 let
@@ -39,6 +40,7 @@ in
   target =
     if !(isDrv value) then throw "flakeport-unknown-name ${builtins.toJSON images}"
     else if value ? conf && isDrv value.conf then value.conf
+    else if value ? stream && isDrv value.stream && value.stream ? conf && isDrv value.stream.conf then value.stream.conf
     else value;
   mainProgram = value.meta.mainProgram or null;
 }

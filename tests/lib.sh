@@ -22,6 +22,7 @@ make_fixture_repo() {
   cp "$(command -v busybox)" "$dest/bb/bin/busybox"
   printf v1 > "$dest/version"
   printf '%s' "$$-$RANDOM-$(date +%s%N)" > "$dest/nonce"
+  make_base_images "$dest/images"
   (
     cd "$dest"
     git init -q -b main .
@@ -31,4 +32,33 @@ make_fixture_repo() {
     printf v2 > version
     git -c user.email=t@t -c user.name=t commit -qam v2
   )
+}
+
+# make_base_images DEST: a two-layer busybox image made with umoci, written
+# by skopeo as every archive kind a flake can hold: docker-archive (plain
+# and gzipped, as pullImage and buildImage leave them), OCI layout as a
+# directory and as a tar; an arm64 one, and a truncated one.
+make_base_images() {
+  local dest=$1 t
+  t=$(mktemp -d)
+  mkdir -p "$dest"
+  umoci init --layout "$t/oci"
+  umoci new --image "$t/oci:base"
+  umoci unpack --rootless --image "$t/oci:base" "$t/bundle" >/dev/null
+  mkdir -p "$t/bundle/rootfs/bin" "$t/bundle/rootfs/etc" "$t/bundle/rootfs/srv"
+  cp "$(command -v busybox)" "$t/bundle/rootfs/bin/busybox"
+  for a in sh cat ls echo id stat env; do ln -s busybox "$t/bundle/rootfs/bin/$a"; done
+  umoci repack --refresh-bundle --image "$t/oci:base" "$t/bundle" >/dev/null
+  echo "base image" > "$t/bundle/rootfs/etc/base-release"
+  umoci repack --image "$t/oci:base" "$t/bundle" >/dev/null
+  umoci config --image "$t/oci:base" --config.env PATH=/bin --config.env BASE=from-base \
+    --config.workingdir /srv --config.cmd /bin/sh --config.label org.flakeport.base=yes
+  umoci config --image "$t/oci:base" --tag arm64 --architecture arm64
+  skopeo copy -q "oci:$t/oci:base" "docker-archive:$dest/base.tar:base:latest"
+  gzip -n -c "$dest/base.tar" > "$dest/base.tar.gz"
+  skopeo copy -q "oci:$t/oci:base" "oci:$dest/base-oci:latest"
+  skopeo copy -q "oci:$t/oci:base" "oci-archive:$dest/base-oci.tar:latest"
+  skopeo copy -q "oci:$t/oci:arm64" "docker-archive:$dest/arm64.tar:base:arm64"
+  head -c 1500000 "$dest/base.tar" > "$dest/truncated.tar"
+  rm -rf "$t"
 }

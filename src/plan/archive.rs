@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-/// Members this small that start with `{` are kept in memory while the
-/// archive is read: they may be the manifest, index or config.
+/// Members this small that start with `{` or `[` are kept in memory while
+/// the archive is read: they may be the manifest, index or config.
 const MAX_JSON_MEMBER: u64 = 4 << 20;
 
 /// An archive file (tar or gzip) by its first bytes.
@@ -188,7 +188,7 @@ fn read_tar(path: &Path) -> io::Result<Contents> {
         let mut magic = [0u8; 4];
         let n = sink.head.len().min(4);
         magic[..n].copy_from_slice(&sink.head[..n]);
-        if sink.keep && sink.head.first().is_some_and(|b| *b == b'{') {
+        if sink.keep && sink.head.first().is_some_and(is_json_start) {
             json.insert(name.clone(), std::mem::take(&mut sink.head));
         }
         members.insert(
@@ -226,7 +226,7 @@ struct MemberSink {
 impl Write for MemberSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.hash.write_all(buf)?;
-        let want = if self.keep && self.head.first().is_none_or(|b| *b == b'{') {
+        let want = if self.keep && self.head.first().is_none_or(is_json_start) {
             buf.len()
         } else {
             4usize.saturating_sub(self.head.len()).min(buf.len())
@@ -237,6 +237,10 @@ impl Write for MemberSink {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+fn is_json_start(b: &u8) -> bool {
+    *b == b'{' || *b == b'['
 }
 
 /// `./a/../b` -> `b`: names as manifests spell them.

@@ -210,7 +210,10 @@ impl Planner {
         }
         let plan = self
             .plan_path(path, arch, depth + 1)
-            .map_err(|e| base(e.to_string()))?
+            .map_err(|e| match e {
+                PlanError::Archive { path: p, reason } if p == path => base(reason),
+                e => base(e.to_string()),
+            })?
             .ok_or_else(|| base("is a directory, not an image".into()))?;
         if plan.architecture != arch {
             return Err(base(format!(
