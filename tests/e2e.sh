@@ -478,6 +478,140 @@ t_docker() {
 }
 check "Docker engine: docker pull + docker run" t_docker
 
+# ------------------------------------- images a flake already contains (issue 9)
+manifest_of() { # manifest_of NAME:TAG: the OCI manifest
+  local name=${1%%:*} tag=${1#*:}
+  curl -fsS "http://$R/v2/$name/manifests/$tag"
+}
+config_of() { # config_of NAME:TAG: the image config
+  local m cfg name=${1%%:*}
+  m=$(manifest_of "$1")
+  cfg=$(json 'd["config"]["digest"]' <<<"$m")
+  curl -fsS "http://$R/v2/$name/blobs/$cfg"
+}
+t_archives() {
+  local n out plain gz want got
+  want=$(tar -xOf "$W/repo/images/base.tar" manifest.json | json 'len(d[0]["Layers"])')
+  eq "$want" 2 "layers of the umoci-made base"
+  for n in pulled pulled-gz oci-dir oci-tar; do
+    unpack "$R/$n:latest" "$W/arch-$n"
+    out=$(chroot "$W/arch-$n/bundle/rootfs" /bin/cat /etc/base-release)
+    eq "$out" "base image" "/etc/base-release of $n"
+    got=$(manifest_of "$n:latest" | json 'len(d["layers"])')
+    eq "$got" "$want" "layers of $n"
+  done
+  # One digest per member however the archive is wrapped.
+  plain=$(manifest_of pulled:latest | json '[l["digest"] for l in d["layers"]]')
+  gz=$(manifest_of pulled-gz:v1 | json '[l["digest"] for l in d["layers"]]')
+  eq "$gz" "$plain" "layer digests of the gzipped docker-archive"
+  # An OCI layout keeps its gzip blobs: the manifest names the layout's own digests.
+  got=$(json 'd["manifests"][0]["digest"][7:]' < "$W/repo/images/base-oci/index.json")
+  want=$(json '[l["digest"] for l in d["layers"]]' < "$W/repo/images/base-oci/blobs/sha256/$got")
+  got=$(manifest_of oci-dir:latest | json '[l["digest"] for l in d["layers"]]')
+  eq "$got" "$want" "layer digests of the OCI layout"
+  got=$(manifest_of oci-tar:latest | json '[l["mediaType"] for l in d["layers"]][0]')
+  eq "$got" application/vnd.oci.image.layer.v1.tar+gzip "media type of a gzip member"
+}
+check "archives (docker-archive plain/gzip, OCI dir/tar): skopeo+umoci+chroot, archive digests" t_archives
+
+t_archive_clients() {
+  local out
+  docker pull -q "$R/pulled-gz:v1" >/dev/null
+  out=$(docker run --rm --network none "$R/pulled-gz:v1" cat /etc/base-release)
+  eq "$out" "base image" "docker run pulled-gz:v1"
+  ctr image pull --plain-http "$R/oci-tar:latest" >/dev/null
+  out=$(ctr run --rm "$R/oci-tar:latest" "fpa-$$" /bin/cat /etc/base-release)
+  eq "$out" "base image" "ctr run oci-tar (gzip members served as they are)"
+}
+check "archives: Docker and containerd pull and run them" t_archive_clients
+
+t_layered() {
+  local out
+  docker pull -q "$R/layered:v1" >/dev/null
+  out=$(docker run --rm --network none "$R/layered:v1")
+  eq "$out" 'hello from nix' "docker run layered:v1"
+  unpack "$R/layered:latest" "$W/layered"
+  out=$(cat "$W/layered/bundle/rootfs/etc/stock-release")
+  eq "$out" stock "customisation layer of stream.conf"
+}
+check "buildLayeredImage (.tar.gz + passthru.stream.conf): served from the conf, runs" t_layered
+
+t_based() {
+  local base got out env
+  base=$(manifest_of pulled:latest | json '" ".join(l["digest"] for l in d["layers"])')
+  for n in based stock-based based-twice; do
+    got=$(manifest_of "$n:latest" | json '" ".join(l["digest"] for l in d["layers"][:2])')
+    eq "$got" "$base" "first layers of $n"
+    got=$(config_of "$n:latest" | json 'len([h for h in d["history"] if not h.get("empty_layer")]) == len(d["rootfs"]["diff_ids"])')
+    eq "$got" True "one non-empty history entry per layer of $n"
+  done
+  # nixlib: what FROM gives (base WorkingDir, Labels kept; Env merged by variable).
+  env=$(config_of based:latest | json '" ".join(d["config"]["Env"]) + " " + d["config"]["WorkingDir"] + " " + d["config"]["Labels"]["org.flakeport.base"]')
+  eq "$env" "PATH=/bin BASE=overridden GREETING=on-base /srv yes" "config of based"
+  # nixpkgs' stream script: only Env comes from the base.
+  env=$(config_of stock-based:latest | json '" ".join(d["config"]["Env"]) + " " + str("WorkingDir" in d["config"])')
+  eq "$env" "PATH=/bin BASE=from-base STOCK=1 False" "config of stock-based"
+  docker pull -q "$R/based:v1" >/dev/null
+  out=$(docker run --rm --network none "$R/based:v1")
+  eq "$out" 'greetings on-base as 0' "docker run based:v1"
+  out=$(docker run --rm --network none "$R/based:v1" cat /etc/base-release)
+  eq "$out" "base image" "the base's files in based"
+  ctr image pull --plain-http "$R/stock-based:latest" >/dev/null
+  out=$(ctr run --rm "$R/stock-based:latest" "fpb-$$")
+  eq "$out" 'hello from nix' "ctr run stock-based"
+  unpack "$R/based-twice:latest" "$W/based2"
+  out=$(chroot "$W/based2/bundle/rootfs" /bin/hello)
+  eq "$out" 'hello from nix' "based-twice (on another image of the flake)"
+}
+check "fromImage (nixlib, nixpkgs conf, another output): base layers shared, configs merged, runs" t_based
+
+t_nixlib_args() {
+  local out store got
+  # The config's references are in the image, though contents is empty.
+  store=$(nix eval --raw "git+file://$W/repo#packages.x86_64-linux.hello.outPath")
+  ctr image pull --plain-http "$R/refs:latest" >/dev/null
+  out=$(ctr run --rm "$R/refs:latest" "fpr-$$")
+  eq "$out" 'hello from nix' "ctr run refs (Entrypoint ${store}/bin/hello)"
+  # fakeRootCommands: the chown is in the layer.
+  docker pull -q "$R/fakeroot:latest" >/dev/null
+  out=$(docker run --rm --network none "$R/fakeroot:latest")
+  eq "$out" '4242:4343' "owner made by fakeRootCommands"
+  unpack "$R/fakeroot:latest" "$W/fakeroot"
+  got=$(stat -c '%a' "$W/fakeroot/bundle/rootfs/tmp")
+  eq "$got" 1777 "perms folded into the fakeroot layer"
+  # includeNixDB: the image's store is registered, valid, with its references.
+  unpack "$R/nixdb:latest" "$W/nixdb"
+  store=$(nix eval --raw "git+file://$W/repo#packages.x86_64-linux.greeter.outPath")
+  out=$(nix-store --store "local?root=$W/nixdb/bundle/rootfs" -qR "$store")
+  got=$(wc -l <<<"$out")
+  eq "$got" 3 "closure of greeter in the image's database ($out)"
+  nix-store --store "local?root=$W/nixdb/bundle/rootfs" --verify --check-contents
+}
+check "nixlib: config references, fakeRootCommands, includeNixDB" t_nixlib_args
+
+t_n2c() {
+  local out got
+  ctr image pull --plain-http "$R/n2c:latest" >/dev/null
+  out=$(ctr run --rm "$R/n2c:latest" "fpn-$$")
+  eq "$out" 'greetings n2c as 0' "ctr run n2c"
+  unpack "$R/n2c:latest" "$W/n2c"
+  got=$(stat -c '%u:%g %a' "$W/n2c/bundle/rootfs/bin/greet")
+  eq "$got" '7:8 755' "perms of the copyToRoot tree"
+}
+check "nix2container buildImage JSON: store paths, copyToRoot, perms; containerd runs it" t_n2c
+
+t_image_errors() {
+  local before after
+  before=$(builds "$P")
+  expect_error GET /v2/arm-based/manifests/latest 500 UNKNOWN 'is for linux/arm64, this image for linux/amd64'
+  expect_error GET /v2/truncated/manifests/latest 500 UNKNOWN 'truncated or malformed archive'
+  expect_error GET /v2/outside/manifests/latest 500 UNKNOWN '/etc is not in the closure'
+  expect_error GET /v2/outside/manifests/latest 500 UNKNOWN '/etc is not in the closure'
+  after=$(builds "$P")
+  eq "$after" "$((before + 4))" "nix builds for four refused pulls (nothing cached)"
+}
+check "bad images: other-arch base, truncated archive, path outside the closure: clear 500, not cached" t_image_errors
+
 # ------------------------------------------------- package paths (Nixery-style)
 # PK: only a package set (the repo as a nixpkgs-style tree, `import path {}`).
 # PB: the flake beside its own legacyPackages as the set (a flake reference).
