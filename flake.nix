@@ -92,9 +92,10 @@
         default = { type = "app"; program = "${self.packages.${pkgs.system}.default}/bin/flakeport"; };
       });
 
-      # `flakeport.lib.<system>.streamLayeredImageConf`, with nixpkgs' runCommand;
+      # `flakeport.lib.<system>.streamLayeredImageConf`, with nixpkgs' runCommand
+      # and the tools of fakeRootCommands, enableFakechroot and includeNixDB;
       # `lib.nixlib { runCommand; system; }` with any runCommand-style function.
-      lib = forAllSystems (pkgs: import ./nixlib { inherit (pkgs) runCommand; inherit (pkgs) system; })
+      lib = forAllSystems (pkgs: import ./nixlib { inherit (pkgs) runCommand system fakeroot proot nix; })
         // { nixlib = import ./nixlib; };
 
       overlays.default = final: prev: { flakeport = flakeportFor final; };

@@ -10,6 +10,6 @@ let
     makeWrapper = drv "make-wrapper" { };
     closureInfo = { rootPaths }: drv "closure-info" { inherit rootPaths; };
     mkShell = { packages ? [ ] }: drv "shell" { inherit packages; };
-  } // lib.genAttrs [ "nix" "git" "cacert" "bashInteractive" "coreutils" "cargo" "rustc" "rustfmt" "clippy" "skopeo" "umoci" ] (n: drv n { });
+  } // lib.genAttrs [ "nix" "fakeroot" "proot" "git" "cacert" "bashInteractive" "coreutils" "cargo" "rustc" "rustfmt" "clippy" "skopeo" "umoci" ] (n: drv n { });
 in
 self
