@@ -25,7 +25,7 @@ for s in x86_64-linux aarch64-linux; do
   expect "lib.$s.streamLayeredImageConf is a function" 'true' --apply builtins.isFunction "$F#lib.$s.streamLayeredImageConf"
 done
 expect "lib.x86_64-linux: an image with fakeRootCommands and includeNixDB instantiates (tools from nixpkgs)" '/nix/store/*-x-conf.json.drv' --raw --apply 'l: (l.streamLayeredImageConf { name = "x"; fakeRootCommands = "chown 1:1 x"; includeNixDB = true; }).drvPath' "$F#lib.x86_64-linux"
-expect "nixlib: fakeRootCommands without a fakeroot fails and names it" '' --apply 'n: (n { runCommand = name: env: s: builtins.derivation { inherit name; system = "x86_64-linux"; builder = "/bin/sh"; }; }).streamLayeredImageConf { name = "x"; fakeRootCommands = "true"; }' "$F#lib.nixlib"
+expect "nixlib: fakeRootCommands without a fakeroot fails and names it" '' --raw --apply 'n: ((n { runCommand = name: env: s: builtins.derivation (env // { inherit name; system = "x86_64-linux"; builder = "/bin/sh"; args = [ s ]; }); system = "x86_64-linux"; }).streamLayeredImageConf { name = "x"; fakeRootCommands = "true"; }).drvPath' "$F#lib.nixlib"
 grep -q '`fakeRootCommands` needs fakeroot' "$W/stderr" && echo "ok   the error names fakeRootCommands and fakeroot" || { echo "FAIL no error naming fakeRootCommands"; cat "$W/stderr"; fails=$((fails + 1)); }
 expect "lib.nixlib takes runCommand and system" 'true' --apply 'f: builtins.isFunction (f { runCommand = x: x; system = "x86_64-linux"; }).streamLayeredImageConf' "$F#lib.nixlib"
 expect "meta.mainProgram" '"flakeport"' "$F#packages.x86_64-linux.default.meta.mainProgram"
