@@ -451,3 +451,79 @@ fn docker_image(c: &Contents) -> Result<(Value, Vec<Member>), String> {
         .collect::<Result<Vec<_>, String>>()?;
     Ok((config, layers))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::LayerTar;
+    use crate::manifest::sha256_digest;
+
+    /// A docker-archive as `docker save` lays it out, with a symlinked layer.
+    fn docker_archive(layer: &[u8], diff_id: &str) -> Vec<u8> {
+        let config = json!({ "architecture": "amd64", "os": "linux", "config": { "Env": ["A=1"] },
+            "rootfs": { "type": "layers", "diff_ids": [diff_id] }, "history": [{ "created_by": "x" }] });
+        let config = serde_json::to_vec(&config).unwrap();
+        let manifest = br#"[{"Config":"c.json","RepoTags":["x:y"],"Layers":["id/layer.tar"]}]"#;
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        add("c.json", &config);
+        add("abc.tar", layer);
+        add("manifest.json", manifest);
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_cksum();
+        b.append_link(&mut h, "id/layer.tar", "../abc.tar").unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn served(source: &LayerSource) -> Vec<u8> {
+        let tar = LayerTar::scan(source).unwrap();
+        let mut out = Vec::new();
+        tar.write_range(0, tar.size(), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn docker_archive_plain_and_gzip_serve_the_member_bytes() {
+        let layer: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let digest = sha256_digest(&layer);
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("a.tar");
+        std::fs::write(&plain, docker_archive(&layer, &digest)).unwrap();
+        let gz = dir.path().join("a.tar.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&std::fs::read(&plain).unwrap()).unwrap();
+        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+        for path in [&plain, &gz] {
+            let p = read(path, "amd64").unwrap();
+            assert_eq!(p.layers.len(), 1);
+            let known = p.layers[0].known.clone().unwrap();
+            assert_eq!(
+                (known.digest.as_str(), known.size, known.packed),
+                (digest.as_str(), 5000, None)
+            );
+            assert_eq!(served(&p.layers[0].source), layer, "{}", path.display());
+            assert_eq!(p.config["Env"], json!(["A=1"]));
+            assert_eq!(p.base_history.len(), 1);
+        }
+        // A member that does not hash to its diff_id is refused.
+        std::fs::write(&plain, docker_archive(&layer, &sha256_digest(b"other"))).unwrap();
+        let err = read(&plain, "amd64").unwrap_err().to_string();
+        assert!(err.contains("hashes to"), "{err}");
+        // A truncated archive is refused, not half-read.
+        let whole = docker_archive(&layer, &digest);
+        std::fs::write(&plain, &whole[..whole.len() / 2]).unwrap();
+        let err = read(&plain, "amd64").unwrap_err().to_string();
+        assert!(
+            err.contains("truncated or malformed") || err.contains("missing"),
+            "{err}"
+        );
+    }
+}
