@@ -250,6 +250,15 @@ pub enum ScanError {
 }
 
 impl LayerTar {
+    /// A tar of these entries, with end blocks and record padding.
+    fn generated(entries: Vec<Entry>) -> LayerTar {
+        let body: u64 = entries.iter().map(Entry::span).sum();
+        LayerTar::Generated {
+            size: tar::archive_size(body),
+            entries,
+        }
+    }
+
     /// Walk the source with lstat only and compute the layout.
     pub fn scan(source: &LayerSource) -> Result<LayerTar, ScanError> {
         match source {
@@ -275,11 +284,7 @@ impl LayerTar {
                         }
                     }
                 }
-                let body: u64 = all.iter().map(Entry::span).sum();
-                Ok(LayerTar::Generated {
-                    entries: all,
-                    size: tar::archive_size(body),
-                })
+                Ok(LayerTar::generated(all))
             }
             LayerSource::ArchiveMember {
                 archive,
@@ -627,12 +632,7 @@ impl<'a> Scanner<'a> {
     }
 
     fn finish(self) -> LayerTar {
-        let body: u64 = self.entries.iter().map(Entry::span).sum();
-        let size = tar::archive_size(body);
-        LayerTar::Generated {
-            entries: self.entries,
-            size,
-        }
+        LayerTar::generated(self.entries)
     }
 }
 

@@ -12,10 +12,10 @@
 use super::{ImagePlan, PlanError, PlannedLayer, DEFAULT_CREATED};
 use crate::layer::compress::Codec;
 use crate::layer::{HashingWriter, LayerSource};
-use crate::manifest::LayerDigest;
+use crate::manifest::{sha256_digest, LayerDigest};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Component, Path, PathBuf};
 
 /// Members this small that start with `{` or `[` are kept in memory while
@@ -141,8 +141,8 @@ fn read_tar(path: &Path) -> io::Result<Contents> {
     let mut file = std::fs::File::open(path)?;
     let mut magic = [0u8; 2];
     let gzip = file.read(&mut magic)? == 2 && magic == [0x1f, 0x8b];
-    drop(file);
-    let file = io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    file.seek(io::SeekFrom::Start(0))?;
+    let file = io::BufReader::with_capacity(1 << 20, file);
     let reader: Box<dyn Read> = if gzip {
         Box::new(flate2::read::MultiGzDecoder::new(file))
     } else {
@@ -185,9 +185,7 @@ fn read_tar(path: &Path) -> io::Result<Contents> {
                 format!("{name} is cut short"),
             ));
         }
-        let mut magic = [0u8; 4];
-        let n = sink.head.len().min(4);
-        magic[..n].copy_from_slice(&sink.head[..n]);
+        let magic = sink.magic();
         if sink.keep && sink.head.first().is_some_and(is_json_start) {
             json.insert(name.clone(), std::mem::take(&mut sink.head));
         }
@@ -221,6 +219,28 @@ struct MemberSink {
     hash: HashingWriter,
     head: Vec<u8>,
     keep: bool,
+}
+
+impl MemberSink {
+    fn magic(&self) -> [u8; 4] {
+        let mut magic = [0u8; 4];
+        let n = self.head.len().min(4);
+        magic[..n].copy_from_slice(&self.head[..n]);
+        magic
+    }
+}
+
+/// sha256 digest, size and first bytes of a whole file, in one read.
+pub(super) fn hash_file(path: &Path) -> io::Result<(String, u64, [u8; 4])> {
+    let mut sink = MemberSink {
+        hash: HashingWriter::default(),
+        head: Vec::new(),
+        keep: false,
+    };
+    let file = std::fs::File::open(path)?;
+    io::copy(&mut io::BufReader::with_capacity(1 << 20, file), &mut sink)?;
+    let (magic, size) = (sink.magic(), sink.hash.written);
+    Ok((sink.hash.finish(), size, magic))
 }
 
 impl Write for MemberSink {
@@ -294,18 +314,12 @@ impl Contents {
             }
             Contents::Dir(root) => {
                 let path = root.join(name);
-                let fail = |e: io::Error| format!("{}: {e}", path.display());
-                let mut file = std::fs::File::open(&path).map_err(fail)?;
-                let mut hash = HashingWriter::default();
-                let mut magic = [0u8; 4];
-                let n = file.read(&mut magic).map_err(fail)?;
-                hash.write_all(&magic[..n]).map_err(fail)?;
-                io::copy(&mut io::BufReader::with_capacity(1 << 20, file), &mut hash)
-                    .map_err(fail)?;
+                let (digest, size, magic) =
+                    hash_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
                 Ok(Member {
-                    source: LayerSource::TarFile { path: path.clone() },
-                    size: hash.written,
-                    digest: hash.finish(),
+                    source: LayerSource::TarFile { path },
+                    size,
+                    digest,
                     magic,
                 })
             }
@@ -322,12 +336,16 @@ impl Contents {
         Ok(m)
     }
 
+    /// A JSON blob by digest, checked against it from the bytes in hand.
     fn json_blob(&self, digest: &str, layout: Layout) -> Result<Value, String> {
-        self.blob(digest, layout)?;
         let name = layout.blob_name(digest)?;
         let bytes = self
             .json(&name)
-            .ok_or_else(|| format!("blob {digest} is not JSON"))?;
+            .ok_or_else(|| format!("blob {digest} is missing or not JSON"))?;
+        let got = sha256_digest(&bytes);
+        if got != digest {
+            return Err(format!("blob {digest} hashes to {got}"));
+        }
         serde_json::from_slice(&bytes).map_err(|e| format!("blob {digest}: {e}"))
     }
 }

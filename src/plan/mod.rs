@@ -118,7 +118,8 @@ pub struct GraphNode {
 /// plans of archives already read, so an archive costs one pass per
 /// process however many images are built on it.
 pub struct Planner {
-    archives: moka::sync::Cache<PathBuf, Arc<ImagePlan>>,
+    /// By archive and architecture (which picks the image of an OCI index).
+    archives: moka::sync::Cache<(PathBuf, String), Arc<ImagePlan>>,
 }
 
 impl Default for Planner {
@@ -225,11 +226,12 @@ impl Planner {
     }
 
     fn archive(&self, path: &Path, arch: &str) -> Result<Arc<ImagePlan>, PlanError> {
-        if let Some(p) = self.archives.get(path) {
+        let key = (path.to_path_buf(), arch.to_string());
+        if let Some(p) = self.archives.get(&key) {
             return Ok(p);
         }
         let plan = Arc::new(archive::read(path, arch)?);
-        self.archives.insert(path.to_path_buf(), plan.clone());
+        self.archives.insert(key, plan.clone());
         Ok(plan)
     }
 }

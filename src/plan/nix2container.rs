@@ -7,9 +7,9 @@
 //! The digests nix2container computed are not reused: its tar bytes differ
 //! from ours, and a digest is only worth what the bytes served under it.
 
-use super::{ImagePlan, PlanError, PlannedLayer, DEFAULT_CREATED, DEFAULT_MTIME};
+use super::{archive, ImagePlan, PlanError, PlannedLayer, DEFAULT_CREATED, DEFAULT_MTIME};
 use crate::layer::compress::Codec;
-use crate::layer::{HashingWriter, LayerSource, Owner, PermRule};
+use crate::layer::{LayerSource, Owner, PermRule};
 use crate::manifest::LayerDigest;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -120,10 +120,8 @@ pub fn plan(image: Image, system_arch: &str) -> Result<ImagePlan, PlanError> {
 fn plan_layer(l: Layer) -> Result<PlannedLayer, String> {
     if let Some(path) = l.layer_path.filter(|p| !p.as_os_str().is_empty()) {
         // A finished tar (a pulled base's blob): hashed once here.
-        let mut file =
-            std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut hash = HashingWriter::default();
-        std::io::copy(&mut file, &mut hash).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (digest, size, _) =
+            archive::hash_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let packed = match l.mediatype.as_deref().unwrap_or("") {
             t if t.ends_with("gzip") => Some(Codec::Gzip),
             t if t.ends_with("zstd") => Some(Codec::Zstd),
@@ -132,8 +130,8 @@ fn plan_layer(l: Layer) -> Result<PlannedLayer, String> {
         return Ok(PlannedLayer {
             comment: Some(format!("layer {}", path.display())),
             known: Some(LayerDigest {
-                size: hash.written,
-                digest: hash.finish(),
+                size,
+                digest,
                 diff_id: packed.and(l.diff_ids),
                 packed,
             }),
