@@ -28,6 +28,19 @@
           contents = map (i: random "part${toString i}-32m" 32) [ 1 2 3 4 5 6 ] ++ [ pkgs.busybox ];
           config.Cmd = [ "/bin/sh" ];
         };
+        # A small image on a 128 MiB base that scripts/bench wrote as a
+        # docker-archive (two 64 MiB layers and busybox), plain and gzipped:
+        # the base's layers are served from the archive's members.
+        onbase = lib.streamLayeredImageConf {
+          name = "onbase";
+          fromImage = pkgs.archive "big-base.tar" ./images/big-base.tar;
+          contents = [ (random "top-1m" 1) ];
+        };
+        onbase-gz = lib.streamLayeredImageConf {
+          name = "onbase-gz";
+          fromImage = pkgs.archive "big-base.tar.gz" ./images/big-base.tar.gz;
+          contents = [ (random "top-1m" 1) ];
+        };
         # New for every run: cold pulls build it.
         cold = lib.streamLayeredImageConf {
           name = "cold";
