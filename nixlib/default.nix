@@ -124,22 +124,32 @@ in
         (builtins.filter (p: builtins.substring 0 11 p.path != "/nix/store/") allPerms));
       customisation = runCommand "${name}-customisation-layer"
         {
+          # An environment variable, not a file: with enableFakechroot the
+          # commands run where the build directory is not visible.
           inherit fakeRootCommands;
           setup = ''
             chown -R ${toString uid}:${toString gid} .
             ${permCommands}
           '';
-          passAsFile = [ "fakeRootCommands" "setup" ];
+          passAsFile = [ "setup" ];
         } ''
         mkdir -p "$out" "$NIX_BUILD_TOP/tree"
         cp -a ${root}/. "$NIX_BUILD_TOP/tree/"
         chmod -R u+w "$NIX_BUILD_TOP/tree"
         cd "$NIX_BUILD_TOP/tree"
+        # The build's shell and PATH, before a tool's wrapper changes them.
+        build_sh=$(command -v sh)
+        export build_sh build_path="$PATH"
         ${tool "fakeroot" "fakeRootCommands" fakeroot}/bin/fakeroot -- sh -e -c '
           . "$setupPath"
           ${if enableFakechroot
-            then ''${tool "proot" "enableFakechroot" proot}/bin/proot -r "$PWD" -b /nix:/nix -w / sh -e "$fakeRootCommandsPath"''
-            else ''. "$fakeRootCommandsPath"''}
+            # As nixpkgs: / is the image, with the store, /dev, /proc and
+            # /sys bound in; so is every directory of the build PATH (store
+            # paths in nixpkgs), so the shell and tools are found there.
+            then ''binds="-b /nix:/nix -b /dev:/dev -b /proc:/proc -b /sys:/sys"
+                   for d in $(echo "$build_path" | tr ":" " "); do [ ! -d "$d" ] || binds="$binds -b $d:$d"; done
+                   ${tool "proot" "enableFakechroot" proot}/bin/proot -r "$PWD" $binds -w / "$build_sh" -e -c "PATH=\$build_path; eval \"\$fakeRootCommands\""''
+            else ''eval "$fakeRootCommands"''}
           if tar --version 2>/dev/null | grep -q GNU; then
             tar --sort=name --mtime=@1 --numeric-owner --hard-dereference -cf "$out/layer.tar" .
           else

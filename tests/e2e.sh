@@ -579,6 +579,11 @@ t_nixlib_args() {
   unpack "$R/fakeroot:latest" "$W/fakeroot"
   got=$(stat -c '%a' "$W/fakeroot/bundle/rootfs/tmp")
   eq "$got" 1777 "perms folded into the fakeroot layer"
+  # enableFakechroot: the commands saw the image as / (its /bin/sh is
+  # busybox from the store; the host's / has an etc, the image's has not).
+  store=$(nix eval --raw "git+file://$W/repo#packages.x86_64-linux.busybox.outPath")
+  out=$(docker run --rm --network none "$R/fakechroot:latest")
+  eq "$out" "bin dev nix proc srv sys tmp / $store/bin/sh" "ls / and readlink /bin/sh in fakeRootCommands"
   # includeNixDB: the image's store is registered, valid, with its references.
   unpack "$R/nixdb:latest" "$W/nixdb"
   store=$(nix eval --raw "git+file://$W/repo#packages.x86_64-linux.greeter.outPath")
@@ -587,7 +592,7 @@ t_nixlib_args() {
   eq "$got" 3 "closure of greeter in the image's database ($out)"
   nix-store --store "local?root=$W/nixdb/bundle/rootfs" --verify --check-contents
 }
-check "nixlib: config references, fakeRootCommands, includeNixDB" t_nixlib_args
+check "nixlib: config references, fakeRootCommands, enableFakechroot, includeNixDB" t_nixlib_args
 
 t_n2c() {
   local out got
