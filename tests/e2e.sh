@@ -536,6 +536,18 @@ t_layered() {
 }
 check "buildLayeredImage (.tar.gz + passthru.stream.conf): served from the conf, runs" t_layered
 
+t_stock_conf() {
+  local conf out
+  docker pull -q "$R/stock-owned:latest" >/dev/null
+  out=$(docker run --rm --network none "$R/stock-owned:latest")
+  eq "$out" linked "docker run stock-owned"
+  conf=$(nix eval --raw "git+file://$W/repo#packages.x86_64-linux.stock-owned.conf.outPath")
+  rm -rf "$W/stock-owned"
+  skopeo copy -q --src-tls-verify=false "docker://$R/stock-owned:latest" "oci:$W/stock-owned:x"
+  python3 "$ROOT/tests/nixpkgs_conf.py" "$conf" "$W/stock-owned"
+}
+check "nixpkgs conf: files, modes, owners, mtime, links, base Env and layers as the stream script makes them" t_stock_conf
+
 t_based() {
   local base got out env
   base=$(manifest_of pulled:latest | json '" ".join(l["digest"] for l in d["layers"])')
