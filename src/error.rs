@@ -112,7 +112,8 @@ impl RegistryError {
             RegistryError::Internal(_) => {
                 "internal error; the server log has the details".to_string()
             }
-            other => other.to_string(),
+            // Messages name flake URLs and quote Nix's log: no credentials.
+            other => crate::redact::redact(&other.to_string()).into_owned(),
         }
     }
 

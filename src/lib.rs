@@ -4,7 +4,8 @@
 //! Modules follow the path of a pull: [`registry`] (HTTP) -> [`resolve`]
 //! (name + tag -> target) -> [`build`] (nix) -> [`plan`] (layers) ->
 //! [`layer`] (tar bytes) -> [`manifest`] (JSON); [`images`] ties them
-//! together, [`index`] remembers digests, [`error`] maps failures to OCI JSON.
+//! together, [`index`] remembers digests, [`error`] maps failures to OCI JSON,
+//! [`redact`] keeps credentials out of replies and logs.
 
 pub mod build;
 pub mod compressed;
@@ -14,5 +15,7 @@ pub mod index;
 pub mod layer;
 pub mod manifest;
 pub mod plan;
+pub mod redact;
+pub mod refs;
 pub mod registry;
 pub mod resolve;

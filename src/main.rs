@@ -78,6 +78,13 @@ struct ServeArgs {
     #[arg(long, env = "FLAKEPORT_MANIFEST_TTL", default_value_t = 60)]
     manifest_ttl: u64,
 
+    /// Which 40-hex commit tags are built: `reachable` (the default) only
+    /// commits reachable from a branch or tag of the source, so a pushed
+    /// `refs/pull/*` head is never built; `any` every commit the source
+    /// has, for a source whose every ref you trust.
+    #[arg(long, env = "FLAKEPORT_ALLOW_COMMITS", value_enum, default_value = "reachable")]
+    allow_commits: flakeport::refs::AllowCommits,
+
     /// Layer compression. `none` (the default) streams tars straight from the
     /// store; `gzip` (level 6) or `zstd` (level 3; OCI clients such as
     /// containerd, not Docker 20.10) compresses each layer once with a pinned
@@ -140,7 +147,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("FLAKEPORT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| flakeport::redact::RedactingStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Before any thread starts: set_var is only sound single-threaded.
@@ -200,6 +207,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         nix,
         index,
         compressed,
+        flakeport::refs::RefGate::new(
+            &state_dir,
+            Duration::from_secs(args.manifest_ttl),
+            args.allow_commits,
+        ),
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -425,39 +425,6 @@ fn git_selector(
     }
 }
 
-/// Branches and tags of a git remote: `(short name, full ref name)`.
-/// Branches win over tags of the same name, as in git itself.
-pub async fn git_refs(remote: &str) -> Result<Vec<(String, String)>> {
-    let out = tokio::process::Command::new("git")
-        .args(["ls-remote", "--heads", "--tags", remote])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(RegistryError::internal)?;
-    if !out.status.success() {
-        tracing::warn!(remote, stderr = %String::from_utf8_lossy(&out.stderr), "git ls-remote failed");
-    }
-    let mut refs: Vec<(String, String)> = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(full) = line.split('\t').nth(1) else {
-            continue;
-        };
-        if full.ends_with("^{}") {
-            continue;
-        }
-        let short = full
-            .strip_prefix("refs/heads/")
-            .or_else(|| full.strip_prefix("refs/tags/"));
-        if let Some(s) = short {
-            if !refs.iter().any(|(n, _)| n == s) {
-                refs.push((s.to_string(), full.to_string()));
-            }
-        }
-    }
-    Ok(refs)
-}
-
 #[cfg(test)]
 mod package_tests {
     use super::*;

@@ -318,6 +318,20 @@ t_tag_ref() {
 }
 check "tag -> git ref: v1 and its commit give the v1 image, latest the v2" t_tag_ref
 
+t_refs() {
+  local pr mid before after got
+  pr=$(git -C "$W/repo" rev-parse refs/pull/1/head)
+  before=$(builds "$P")
+  expect_error GET "/v2/app/manifests/$pr" 404 MANIFEST_UNKNOWN 'is not a branch, tag or commit'
+  expect_error GET /v2/app/manifests/nosuchbranch 404 MANIFEST_UNKNOWN 'is not a branch, tag or commit'
+  after=$(builds "$P")
+  eq "$after" "$before" "nix builds started for refused tags"
+  mid=$(git -C "$W/repo" rev-parse main~1)
+  got=$(greeting "$R/app:$mid")
+  eq "$got" GREETING=v1 "Env of app:<commit reachable from main that no ref points at>"
+}
+check "refs: a pull-request head or unknown branch is 404 with no nix process; a reachable commit builds" t_refs
+
 t_stock() {
   local out
   unpack "$R/stock:latest" "$W/b3"
@@ -625,10 +639,13 @@ t_image_errors() {
   expect_error GET /v2/truncated/manifests/latest 500 UNKNOWN 'truncated or malformed archive'
   expect_error GET /v2/outside/manifests/latest 500 UNKNOWN '/etc is not in the closure'
   expect_error GET /v2/outside/manifests/latest 500 UNKNOWN '/etc is not in the closure'
+  expect_error GET /v2/climbing/manifests/latest 500 UNKNOWN '/\.\./\.\./\.\./etc is not in the closure'
+  expect_error GET /v2/escaping/manifests/latest 500 UNKNOWN 'layer.tar \(it resolves to /etc/hostname\) is not in the closure'
+  expect_error GET /v2/escaping-base/manifests/latest 500 UNKNOWN 'base-link.tar \(it resolves to /etc/hostname\) is not in the closure'
   after=$(builds "$P")
-  eq "$after" "$((before + 4))" "nix builds for four refused pulls (nothing cached)"
+  eq "$after" "$((before + 7))" "nix builds for seven refused pulls (nothing cached)"
 }
-check "bad images: other-arch base, truncated archive, path outside the closure: clear 500, not cached" t_image_errors
+check "bad images: other-arch base, truncated archive, paths outside the closure (named, climbing, symlinked): clear 500, not cached" t_image_errors
 
 # ------------------------------------------------- package paths (Nixery-style)
 # PK: only a package set (the repo as a nixpkgs-style tree, `import path {}`).
@@ -683,6 +700,8 @@ t_pkg_tags() {
     eq "$out" "${tag_want#*:}" "version in versioned:${tag_want%%:*}"
   done
   R=$RK expect_error GET /v2/versioned/manifests/v9 404 MANIFEST_UNKNOWN 'tag .*v9.* is not a branch, tag or commit'
+  commit=$(git -C "$W/repo" rev-parse refs/pull/1/head)
+  R=$RK expect_error GET "/v2/versioned/manifests/$commit" 404 MANIFEST_UNKNOWN 'is not a branch, tag or commit'
   tags=$(curl -fsS "http://$RK/v2/versioned/tags/list" | json '",".join(d["tags"])')
   eq "$tags" latest,main,v1 "tags of the set"
 }
@@ -903,6 +922,24 @@ t_ttl() {
   eq "$env" GREETING=v3 "Env of app:main after the TTL"
 }
 check "a branch tag is re-resolved after --manifest-ttl" t_ttl
+
+# ------------------------------------------------- credentials never shown
+# Sources with credentials in their URLs (nothing listens on port 9: every
+# fetch fails, and Nix and git print the URL they tried).
+NO_FLAKE=1 start_server PC "$W/state-creds" "git+http://flakeuser:s3cretTOKEN@127.0.0.1:9/repo.git" \
+  --packages "git+http://pkguser:pkgTOKEN@127.0.0.1:9/set.git?access_token=qTOKEN" || exit 1
+t_no_secrets() {
+  local replies log all leaked
+  replies=$(curl -s "http://127.0.0.1:$PC/v2/app/manifests/latest"; curl -s "http://127.0.0.1:$PC/v2/app/tags/list"; curl -s "http://127.0.0.1:$PC/v2/curl/manifests/v1")
+  has_line "$replies" '"errors"' "error replies"
+  log=$(cat "$W/server-$PC.log")
+  all="$replies
+$log"
+  has_line "$all" 'http://\*\*\*@127\.0\.0\.1:9/' "a redacted URL in a reply or the log"
+  leaked=$(grep -E 'TOKEN|flakeuser|pkguser' <<<"$all" || true)
+  eq "$leaked" "" "credentials in replies or the log"
+}
+check "credentials in source URLs never appear in replies or the log" t_no_secrets
 
 echo
 echo "e2e: $PASSED passed, ${#FAILED[@]} failed"

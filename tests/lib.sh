@@ -29,8 +29,20 @@ make_fixture_repo() {
     git add -A
     git -c user.email=t@t -c user.name=t commit -qm v1
     git tag v1
+    # A commit reachable from main that no ref points at.
+    printf mid > notes
+    git add notes
+    git -c user.email=t@t -c user.name=t commit -qm mid
     printf v2 > version
     git -c user.email=t@t -c user.name=t commit -qam v2
+    # A pull-request head, as a forge keeps it: reachable from no branch
+    # or tag, so never built.
+    git checkout -q -b pr
+    printf pr > version
+    git -c user.email=t@t -c user.name=t commit -qam pr
+    git update-ref refs/pull/1/head HEAD
+    git checkout -q main
+    git branch -q -D pr
   )
 }
 

@@ -16,7 +16,8 @@ use crate::index::DigestIndex;
 use crate::layer::{LayerKey, LayerTar};
 use crate::manifest::{ImageDocuments, LayerDigest};
 use crate::registry::route::valid_tag;
-use crate::resolve::{git_refs, BuildTarget, FlakeSource, PackageSource, PackageTarget};
+use crate::refs::{RefGate, Selected};
+use crate::resolve::{BuildTarget, FlakeSource, PackageSource, PackageTarget};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -94,6 +95,8 @@ pub struct Images {
     planner: Arc<crate::plan::Planner>,
     /// With `--compression gzip|zstd`: the codec and where its blobs are kept.
     compressed: Option<Arc<CompressedCache>>,
+    /// Which tags may be built (before any nix process runs).
+    refs: RefGate,
 }
 
 impl Images {
@@ -102,6 +105,7 @@ impl Images {
         nix: Nix,
         index: DigestIndex,
         compressed: Option<CompressedCache>,
+        refs: RefGate,
     ) -> Arc<Images> {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -135,6 +139,7 @@ impl Images {
             digest_slots: Semaphore::new(cores),
             planner: Arc::new(crate::plan::Planner::default()),
             compressed: compressed.map(Arc::new),
+            refs,
         })
     }
 
@@ -167,15 +172,24 @@ impl Images {
             let asked = (name.to_string(), tag.to_string());
             let has_packages = self.settings.packages.is_some();
             if !(has_packages && self.not_outputs.contains_key(&asked)) {
-                match self
-                    .get_or_build(ImageKey::Flake(flake.target(name, tag, system)?))
-                    .await
-                {
-                    // Not an output of the flake: a package path, if there is a set.
-                    Err(RegistryError::NameUnknown { .. }) if has_packages => {
-                        self.not_outputs.insert(asked, ())
-                    }
-                    other => return other,
+                let allowed = match flake.git_remote() {
+                    Some(remote) => self.refs.select(&remote, tag, &flake.url).await.map(drop),
+                    None => Ok(()),
+                };
+                match allowed {
+                    // Not a ref of the flake: maybe one of the package set.
+                    Err(RegistryError::TagUnknown { .. }) if has_packages => {}
+                    Err(e) => return Err(e),
+                    Ok(()) => match self
+                        .get_or_build(ImageKey::Flake(flake.target(name, tag, system)?))
+                        .await
+                    {
+                        // Not an output of the flake: a package path, if there is a set.
+                        Err(RegistryError::NameUnknown { .. }) if has_packages => {
+                            self.not_outputs.insert(asked, ())
+                        }
+                        other => return other,
+                    },
                 }
             }
         }
@@ -184,14 +198,12 @@ impl Images {
             .packages
             .as_ref()
             .expect("a flake or a package set is configured");
-        let is_commit = tag.len() == 40 && tag.bytes().all(|b| b.is_ascii_hexdigit());
         let git_ref = match packages.git_remote() {
-            Some(remote) if tag != "latest" && !is_commit => git_refs(&remote)
-                .await?
-                .into_iter()
-                .find(|(short, _)| short == tag)
-                .map(|(_, full)| full),
-            _ => None,
+            Some(remote) => match self.refs.select(&remote, tag, &packages.describe()).await? {
+                Selected::Ref(r) => Some(r.full),
+                Selected::Latest | Selected::Commit(_) => None,
+            },
+            None => None,
         };
         let target = packages.target(name, tag, system, git_ref)?;
         self.get_or_build(ImageKey::Packages(target)).await
@@ -267,10 +279,11 @@ impl Images {
         let mut tags = vec!["latest".to_string()];
         if let Some(remote) = remote {
             tags.extend(
-                git_refs(&remote)
+                self.refs
+                    .refs(&remote)
                     .await?
-                    .into_iter()
-                    .map(|(short, _)| short)
+                    .iter()
+                    .map(|r| r.short.clone())
                     .filter(|t| valid_tag(t).is_ok()),
             );
         }

@@ -5,10 +5,9 @@ use crate::build::PathInfo;
 use crate::error::{RegistryError, Result};
 use crate::layer::{LayerSource, LayerTar};
 use crate::manifest::{documents, ImageDocuments, LayerDigest};
-use crate::plan::{self, GraphNode, ImagePlan};
+use crate::plan::{self, Closure, GraphNode, ImagePlan};
 use crate::resolve::{oci_arch, BuildTarget};
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -60,49 +59,32 @@ impl Images {
             target: target.to_string(),
             reason,
         };
-        let (planner, path, a) = (self.planner.clone(), out.to_path_buf(), arch.clone());
-        let planned = tokio::task::spawn_blocking(move || planner.plan_output(&path, &a))
+        // Everything the image holds must come from the output's closure:
+        // a conf may name any path, and only what Nix built is read.
+        let infos = self.nix.closure(std::slice::from_ref(&out.to_path_buf())).await?;
+        let closure = Arc::new(Closure::new(out, infos.iter().map(|p| p.path.clone())));
+        let (planner, path, a, c) = (self.planner.clone(), out.to_path_buf(), arch.clone(), closure.clone());
+        let planned = tokio::task::spawn_blocking(move || planner.plan_output(&path, &a, &c))
             .await
             .map_err(RegistryError::internal)?
             .map_err(|e| not_image(e.to_string()))?;
         let Some(plan) = planned else {
             let main_program = self.nix.main_program(target).await?;
-            let graph = self.graph(std::slice::from_ref(&out.to_path_buf())).await?;
-            return Ok(plan::plan_package(out, graph, main_program, &arch));
+            return Ok(plan::plan_package(out, graph_of(infos), main_program, &arch));
         };
-        // Everything the image holds must come from the output's closure:
-        // a conf may name any path, and only what Nix built is served.
-        let closure: HashSet<PathBuf> = self
-            .nix
-            .closure(std::slice::from_ref(&out.to_path_buf()))
-            .await?
-            .into_iter()
-            .map(|p| p.path)
-            .collect();
         for layer in &plan.layers {
             for path in layer.source.reads() {
-                if !store_path_of(path).is_some_and(|p| closure.contains(&p)) {
-                    return Err(not_image(format!(
-                        "{} is not in the closure of {}",
-                        path.display(),
-                        out.display()
-                    )));
-                }
+                closure.check_walked(path).map_err(|e| not_image(e.to_string()))?;
+            }
+            for path in layer.source.opens() {
+                closure.check_opened(path).map_err(|e| not_image(e.to_string()))?;
             }
         }
         Ok(plan)
     }
 
     async fn graph(&self, outs: &[PathBuf]) -> Result<Vec<GraphNode>> {
-        let closure: Vec<PathInfo> = self.nix.closure(outs).await?;
-        Ok(closure
-            .into_iter()
-            .map(|p| GraphNode {
-                path: p.path,
-                nar_size: p.nar_size,
-                references: p.references,
-            })
-            .collect())
+        Ok(graph_of(self.nix.closure(outs).await?))
     }
 
     /// One streaming pass per layer not digested before, in parallel.
@@ -181,11 +163,13 @@ impl Images {
 }
 
 /// `/nix/store/<hash>-<name>` of a path at or below it.
-fn store_path_of(path: &Path) -> Option<PathBuf> {
-    let rest = path.strip_prefix("/nix/store").ok()?;
-    let name = rest.components().next()?;
-    match name {
-        std::path::Component::Normal(n) => Some(Path::new("/nix/store").join(n)),
-        _ => None,
-    }
+fn graph_of(closure: Vec<PathInfo>) -> Vec<GraphNode> {
+    closure
+        .into_iter()
+        .map(|p| GraphNode {
+            path: p.path,
+            nar_size: p.nar_size,
+            references: p.references,
+        })
+        .collect()
 }

@@ -157,7 +157,7 @@ pub struct LayerKey(pub String);
 
 impl LayerSource {
     /// The files and directories this layer reads (not what symlinks in
-    /// them point to): what must lie inside an output's closure.
+    /// them point to): what must lie inside an output's closure, by name.
     pub fn reads(&self) -> Vec<&Path> {
         match self {
             LayerSource::StorePaths { paths, .. } => paths.iter().map(PathBuf::as_path).collect(),
@@ -166,6 +166,18 @@ impl LayerSource {
             LayerSource::ArchiveMember { archive, .. } => vec![archive],
             LayerSource::Parts { parts } => parts.iter().flat_map(LayerSource::reads).collect(),
             LayerSource::Links { .. } => vec![],
+        }
+    }
+
+    /// What this layer opens through symlinks (a tar, an archive, a tree's
+    /// top): each must really lie inside the closure, not just by name.
+    pub fn opens(&self) -> Vec<&Path> {
+        match self {
+            LayerSource::RootTree { dir, .. } => vec![dir],
+            LayerSource::TarFile { path } => vec![path],
+            LayerSource::ArchiveMember { archive, .. } => vec![archive],
+            LayerSource::Parts { parts } => parts.iter().flat_map(LayerSource::opens).collect(),
+            LayerSource::StorePaths { .. } | LayerSource::Links { .. } => vec![],
         }
     }
 

@@ -102,6 +102,88 @@ pub enum PlanError {
     Archive { path: PathBuf, reason: String },
     #[error("base image {path}: {reason}")]
     Base { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Outside(String),
+}
+
+/// The store paths a build output may make the server read: its closure.
+/// A conf names paths as it likes, so each one is checked here before it
+/// is read: a path a layer walks (without following symlinks) must be a
+/// store path of the closure or lie lexically inside one; a file or tree
+/// the server opens (a tar, an archive, a root tree) must, with every
+/// symlink resolved, too. Not one byte from outside is read or served.
+#[derive(Debug, Default)]
+pub struct Closure {
+    out: PathBuf,
+    paths: std::collections::HashSet<PathBuf>,
+    /// Off only in unit tests, whose confs live in temp dirs.
+    confined: bool,
+}
+
+impl Closure {
+    pub fn new(out: &Path, paths: impl IntoIterator<Item = PathBuf>) -> Closure {
+        Closure {
+            out: out.to_path_buf(),
+            paths: paths.into_iter().collect(),
+            confined: true,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn anywhere() -> Closure {
+        Closure {
+            confined: false,
+            ..Closure::default()
+        }
+    }
+
+    fn outside(&self, path: &Path, real: Option<&Path>) -> PlanError {
+        let via = match real {
+            Some(r) if r != path => format!(" (it resolves to {})", r.display()),
+            _ => String::new(),
+        };
+        PlanError::Outside(format!(
+            "{}{via} is not in the closure of {}",
+            path.display(),
+            self.out.display()
+        ))
+    }
+
+    /// A path walked without following symlinks (store layers).
+    pub fn check_walked(&self, path: &Path) -> Result<(), PlanError> {
+        if !self.confined {
+            return Ok(());
+        }
+        match store_path_of(path) {
+            Some(p) if self.paths.contains(&p) => Ok(()),
+            _ => Err(self.outside(path, None)),
+        }
+    }
+
+    /// A file or directory opened through symlinks: where it really is.
+    pub fn check_opened(&self, path: &Path) -> Result<PathBuf, PlanError> {
+        self.check_walked(path)?;
+        let real = std::fs::canonicalize(path).map_err(|e| PlanError::Archive {
+            path: path.to_path_buf(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        match store_path_of(&real) {
+            _ if !self.confined => Ok(real),
+            Some(p) if self.paths.contains(&p) => Ok(real),
+            _ => Err(self.outside(path, Some(&real))),
+        }
+    }
+}
+
+/// `/nix/store/<name>` of a path inside it; `None` for any other path, and
+/// for one with a `..` that could climb out.
+pub fn store_path_of(path: &Path) -> Option<PathBuf> {
+    let rest = path.strip_prefix("/nix/store").ok()?;
+    if !rest.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+        return None;
+    }
+    let name = rest.components().next()?;
+    Some(Path::new("/nix/store").join(name))
 }
 
 /// One node of the closure graph (`exportReferencesGraph` / `nix path-info`).
@@ -134,16 +216,24 @@ impl Planner {
     /// The plan of a build output, or `None` for a directory that is no
     /// image: a plain package, planned from its closure by the caller.
     /// Blocking: reads files, and every byte of an archive.
-    pub fn plan_output(&self, out: &Path, arch: &str) -> Result<Option<ImagePlan>, PlanError> {
-        self.plan_path(out, arch, 0)
+    /// Every file read lies in `closure` (see [`Closure`]).
+    pub fn plan_output(
+        &self,
+        out: &Path,
+        arch: &str,
+        closure: &Closure,
+    ) -> Result<Option<ImagePlan>, PlanError> {
+        self.plan_path(out, arch, 0, closure)
     }
 
     fn plan_path(
         &self,
-        path: &Path,
+        given: &Path,
         arch: &str,
         depth: usize,
+        closure: &Closure,
     ) -> Result<Option<ImagePlan>, PlanError> {
+        let path = &closure.check_opened(given)?;
         let io = |e: std::io::Error| PlanError::Archive {
             path: path.to_path_buf(),
             reason: format!("cannot read: {e}"),
@@ -183,14 +273,14 @@ impl Planner {
         let conf = |e: serde_json::Error| PlanError::Conf(e.to_string());
         let plan = if value.get("flakeport").is_some() {
             nixlib::plan(serde_json::from_value(value).map_err(conf)?, arch, |b| {
-                self.base(b, arch, depth)
+                self.base(b, arch, depth, closure)
             })?
         } else if value.get("store_layers").is_some() {
             nixpkgs::plan(serde_json::from_value(value).map_err(conf)?, arch, |b| {
-                self.base(b, arch, depth)
+                self.base(b, arch, depth, closure)
             })?
         } else if value.get("image-config").is_some() {
-            nix2container::plan(serde_json::from_value(value).map_err(conf)?, arch)?
+            nix2container::plan(serde_json::from_value(value).map_err(conf)?, arch, closure)?
         } else {
             return Err(PlanError::Conf("neither a flakeport conf (\"flakeport\" field), a streamLayeredImage conf (\"store_layers\") nor a nix2container image (\"image-config\")".into()));
         };
@@ -199,7 +289,13 @@ impl Planner {
 
     /// The plan of a `fromImage`: an archive, or another image output of a
     /// conf format. Its architecture must be the image's.
-    pub fn base(&self, path: &Path, arch: &str, depth: usize) -> Result<ImagePlan, PlanError> {
+    pub fn base(
+        &self,
+        path: &Path,
+        arch: &str,
+        depth: usize,
+        closure: &Closure,
+    ) -> Result<ImagePlan, PlanError> {
         let base = |reason: String| PlanError::Base {
             path: path.to_path_buf(),
             reason,
@@ -210,8 +306,9 @@ impl Planner {
             )));
         }
         let plan = self
-            .plan_path(path, arch, depth + 1)
+            .plan_path(path, arch, depth + 1, closure)
             .map_err(|e| match e {
+                PlanError::Outside(_) => e,
                 PlanError::Archive { path: p, reason } if p == path => base(reason),
                 e => base(e.to_string()),
             })?
@@ -386,6 +483,24 @@ pub(crate) fn time_or_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_paths_inside_the_closure_pass() {
+        let c = Closure::new(Path::new("/nix/store/aaa-out"), [PathBuf::from("/nix/store/aaa-out")]);
+        assert!(c.check_walked(Path::new("/nix/store/aaa-out")).is_ok());
+        assert!(c.check_walked(Path::new("/nix/store/aaa-out/bin/sh")).is_ok());
+        for bad in [
+            "/etc",
+            "/nix/store/bbb-other",
+            "/nix/store/aaa-out/../bbb-other",
+            "/nix/store/aaa-out/bin/../../../../etc",
+            "/nix/store",
+            "nix/store/aaa-out",
+        ] {
+            let e = c.check_walked(Path::new(bad)).unwrap_err().to_string();
+            assert!(e.contains("is not in the closure of /nix/store/aaa-out"), "{bad}: {e}");
+        }
+    }
     use crate::layer::LayerSource;
 
     /// A conf as a build output would hold it.
@@ -394,7 +509,7 @@ mod tests {
         let out = dir.path().join("conf.json");
         std::fs::write(&out, json).unwrap();
         Planner::default()
-            .plan_output(&out, arch)
+            .plan_output(&out, arch, &Closure::anywhere())
             .map(|p| p.expect("a conf is an image"))
     }
 

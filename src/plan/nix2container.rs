@@ -7,7 +7,7 @@
 //! The digests nix2container computed are not reused: its tar bytes differ
 //! from ours, and a digest is only worth what the bytes served under it.
 
-use super::{archive, ImagePlan, PlanError, PlannedLayer, DEFAULT_CREATED, DEFAULT_MTIME};
+use super::{archive, Closure, ImagePlan, PlanError, PlannedLayer, DEFAULT_CREATED, DEFAULT_MTIME};
 use crate::layer::compress::Codec;
 use crate::layer::{LayerSource, Owner, PermRule};
 use crate::manifest::LayerDigest;
@@ -83,7 +83,7 @@ struct Perm {
     gname: Option<String>,
 }
 
-pub fn plan(image: Image, system_arch: &str) -> Result<ImagePlan, PlanError> {
+pub fn plan(image: Image, system_arch: &str, closure: &Closure) -> Result<ImagePlan, PlanError> {
     if image.version != 1 {
         return Err(PlanError::Unsupported(format!(
             "nix2container image version {} (this server reads version 1)",
@@ -95,7 +95,7 @@ pub fn plan(image: Image, system_arch: &str) -> Result<ImagePlan, PlanError> {
         .into_iter()
         .enumerate()
         .map(|(i, l)| {
-            plan_layer(l)
+            plan_layer(l, closure)
                 .map_err(|e| PlanError::Unsupported(format!("nix2container layer {i}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -117,8 +117,9 @@ pub fn plan(image: Image, system_arch: &str) -> Result<ImagePlan, PlanError> {
     })
 }
 
-fn plan_layer(l: Layer) -> Result<PlannedLayer, String> {
-    if let Some(path) = l.layer_path.filter(|p| !p.as_os_str().is_empty()) {
+fn plan_layer(l: Layer, closure: &Closure) -> Result<PlannedLayer, String> {
+    if let Some(given) = l.layer_path.filter(|p| !p.as_os_str().is_empty()) {
+        let path = closure.check_opened(&given).map_err(|e| e.to_string())?;
         // A finished tar (a pulled base's blob): hashed once here.
         let (digest, size, _) =
             archive::hash_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
