@@ -82,7 +82,12 @@ struct ServeArgs {
     /// commits reachable from a branch or tag of the source, so a pushed
     /// `refs/pull/*` head is never built; `any` every commit the source
     /// has, for a source whose every ref you trust.
-    #[arg(long, env = "FLAKEPORT_ALLOW_COMMITS", value_enum, default_value = "reachable")]
+    #[arg(
+        long,
+        env = "FLAKEPORT_ALLOW_COMMITS",
+        value_enum,
+        default_value = "reachable"
+    )]
     allow_commits: flakeport::refs::AllowCommits,
 
     /// Layer compression. `none` (the default) streams tars straight from the

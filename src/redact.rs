@@ -23,7 +23,9 @@ pub fn redact(text: &str) -> Cow<'_, str> {
         // The authority ends at the path, query, fragment or the end of
         // the URL in running text.
         let end = after
-            .find(|c: char| matches!(c, '/' | '?' | '#' | '\'' | '"' | '`' | '<' | '>') || c.is_whitespace())
+            .find(|c: char| {
+                matches!(c, '/' | '?' | '#' | '\'' | '"' | '`' | '<' | '>') || c.is_whitespace()
+            })
             .unwrap_or(after.len());
         let authority = &after[..end];
         match authority.rfind('@') {
@@ -52,7 +54,9 @@ fn redact_param(text: &str, param: &str) -> String {
         rest = &rest[i + key.len()..];
         if starts_param {
             let end = rest
-                .find(|c: char| matches!(c, '&' | '#' | '\'' | '"' | '`' | ';') || c.is_whitespace())
+                .find(|c: char| {
+                    matches!(c, '&' | '#' | '\'' | '"' | '`' | ';') || c.is_whitespace()
+                })
                 .unwrap_or(rest.len());
             out.push_str("***");
             rest = &rest[end..];
@@ -85,13 +89,28 @@ mod tests {
     #[test]
     fn userinfo_and_token_parameters_are_hidden() {
         for (given, want) in [
-            ("git+https://alice:s3cret@example.org/r.git?ref=main#x", "git+https://***@example.org/r.git?ref=main#x"),
-            ("fetching 'https://tok@github.com/o/r' failed", "fetching 'https://***@github.com/o/r' failed"),
+            (
+                "git+https://alice:s3cret@example.org/r.git?ref=main#x",
+                "git+https://***@example.org/r.git?ref=main#x",
+            ),
+            (
+                "fetching 'https://tok@github.com/o/r' failed",
+                "fetching 'https://***@github.com/o/r' failed",
+            ),
             ("git+ssh://git@host:22/r", "git+ssh://***@host:22/r"),
-            ("https://h/x?ref=v1&access_token=abc123&dir=sub", "https://h/x?ref=v1&access_token=***&dir=sub"),
+            (
+                "https://h/x?ref=v1&access_token=abc123&dir=sub",
+                "https://h/x?ref=v1&access_token=***&dir=sub",
+            ),
             ("github:o/r?token=xyz", "github:o/r?token=***"),
-            ("two: http://a:b@h1/ and http://c@h2", "two: http://***@h1/ and http://***@h2"),
-            ("user:pass@ outside a URL; tokens=3", "user:pass@ outside a URL; tokens=3"),
+            (
+                "two: http://a:b@h1/ and http://c@h2",
+                "two: http://***@h1/ and http://***@h2",
+            ),
+            (
+                "user:pass@ outside a URL; tokens=3",
+                "user:pass@ outside a URL; tokens=3",
+            ),
             ("github:org/repo/v1.2#img", "github:org/repo/v1.2#img"),
             ("http://host/p@th", "http://host/p@th"),
         ] {

@@ -168,7 +168,10 @@ impl RefGate {
     }
 }
 
-async fn git(args: &[&str], dir: Option<&Path>) -> std::result::Result<std::process::Output, String> {
+async fn git(
+    args: &[&str],
+    dir: Option<&Path>,
+) -> std::result::Result<std::process::Output, String> {
     let mut cmd = tokio::process::Command::new("git");
     if let Some(d) = dir {
         cmd.arg("-C").arg(d);
@@ -241,7 +244,11 @@ async fn fetch_mirror(dir: &Path, remote: &str) -> std::result::Result<(), Strin
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let out = git(&["init", "--quiet", "--bare"], Some(dir)).await?;
         if !out.status.success() {
-            return Err(format!("git init {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "git init {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
     }
     // Only branches and tags: refs/pull/* never enter the mirror. A full
@@ -306,8 +313,15 @@ mod tests {
 ";
         let refs = parse_ls_remote(text);
         assert_eq!(refs.len(), 2);
-        assert_eq!((refs[0].short.as_str(), refs[0].full.as_str()), ("main", "refs/heads/main"));
-        assert_eq!(refs[1].commit, "3".repeat(40), "the peeled commit of an annotated tag");
+        assert_eq!(
+            (refs[0].short.as_str(), refs[0].full.as_str()),
+            ("main", "refs/heads/main")
+        );
+        assert_eq!(
+            refs[1].commit,
+            "3".repeat(40),
+            "the peeled commit of an annotated tag"
+        );
         assert!(refs.iter().all(|r| !r.full.starts_with("refs/pull/")));
     }
 }

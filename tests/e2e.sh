@@ -332,6 +332,17 @@ t_refs() {
 }
 check "refs: a pull-request head or unknown branch is 404 with no nix process; a reachable commit builds" t_refs
 
+t_allow_any() {
+  local pr before after
+  start_server PA "$W/state-any" --allow-commits any
+  pr=$(git -C "$W/repo" rev-parse refs/pull/1/head)
+  before=$(builds "$PA")
+  curl -s -o /dev/null "http://127.0.0.1:$PA/v2/app/manifests/$pr"
+  after=$(builds "$PA")
+  eq "$after" "$((before + 1))" "nix builds started for a pull-request head with --allow-commits any"
+}
+check "refs: --allow-commits any hands every commit to nix" t_allow_any
+
 t_stock() {
   local out
   unpack "$R/stock:latest" "$W/b3"

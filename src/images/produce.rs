@@ -61,23 +61,40 @@ impl Images {
         };
         // Everything the image holds must come from the output's closure:
         // a conf may name any path, and only what Nix built is read.
-        let infos = self.nix.closure(std::slice::from_ref(&out.to_path_buf())).await?;
+        let infos = self
+            .nix
+            .closure(std::slice::from_ref(&out.to_path_buf()))
+            .await?;
         let closure = Arc::new(Closure::new(out, infos.iter().map(|p| p.path.clone())));
-        let (planner, path, a, c) = (self.planner.clone(), out.to_path_buf(), arch.clone(), closure.clone());
+        let (planner, path, a, c) = (
+            self.planner.clone(),
+            out.to_path_buf(),
+            arch.clone(),
+            closure.clone(),
+        );
         let planned = tokio::task::spawn_blocking(move || planner.plan_output(&path, &a, &c))
             .await
             .map_err(RegistryError::internal)?
             .map_err(|e| not_image(e.to_string()))?;
         let Some(plan) = planned else {
             let main_program = self.nix.main_program(target).await?;
-            return Ok(plan::plan_package(out, graph_of(infos), main_program, &arch));
+            return Ok(plan::plan_package(
+                out,
+                graph_of(infos),
+                main_program,
+                &arch,
+            ));
         };
         for layer in &plan.layers {
             for path in layer.source.reads() {
-                closure.check_walked(path).map_err(|e| not_image(e.to_string()))?;
+                closure
+                    .check_walked(path)
+                    .map_err(|e| not_image(e.to_string()))?;
             }
             for path in layer.source.opens() {
-                closure.check_opened(path).map_err(|e| not_image(e.to_string()))?;
+                closure
+                    .check_opened(path)
+                    .map_err(|e| not_image(e.to_string()))?;
             }
         }
         Ok(plan)

@@ -179,7 +179,10 @@ impl Closure {
 /// for one with a `..` that could climb out.
 pub fn store_path_of(path: &Path) -> Option<PathBuf> {
     let rest = path.strip_prefix("/nix/store").ok()?;
-    if !rest.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+    if !rest
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
         return None;
     }
     let name = rest.components().next()?;
@@ -486,9 +489,14 @@ mod tests {
 
     #[test]
     fn only_paths_inside_the_closure_pass() {
-        let c = Closure::new(Path::new("/nix/store/aaa-out"), [PathBuf::from("/nix/store/aaa-out")]);
+        let c = Closure::new(
+            Path::new("/nix/store/aaa-out"),
+            [PathBuf::from("/nix/store/aaa-out")],
+        );
         assert!(c.check_walked(Path::new("/nix/store/aaa-out")).is_ok());
-        assert!(c.check_walked(Path::new("/nix/store/aaa-out/bin/sh")).is_ok());
+        assert!(c
+            .check_walked(Path::new("/nix/store/aaa-out/bin/sh"))
+            .is_ok());
         for bad in [
             "/etc",
             "/nix/store/bbb-other",
@@ -498,7 +506,10 @@ mod tests {
             "nix/store/aaa-out",
         ] {
             let e = c.check_walked(Path::new(bad)).unwrap_err().to_string();
-            assert!(e.contains("is not in the closure of /nix/store/aaa-out"), "{bad}: {e}");
+            assert!(
+                e.contains("is not in the closure of /nix/store/aaa-out"),
+                "{bad}: {e}"
+            );
         }
     }
     use crate::layer::LayerSource;
