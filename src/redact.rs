@@ -12,36 +12,37 @@ const SECRET_PARAMS: &[&str] = &["access_token", "private_token", "token", "pass
 /// `text` with the userinfo of every URL (`scheme://user:pass@host`) and
 /// the values of credential query parameters replaced by `***`.
 pub fn redact(text: &str) -> Cow<'_, str> {
-    if !text.contains("://") && !SECRET_PARAMS.iter().any(|p| text.contains(p)) {
+    if !text.contains('@') && !SECRET_PARAMS.iter().any(|p| text.contains(p)) {
         return Cow::Borrowed(text);
     }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (before, after) = rest.split_at(i + 3);
-        out.push_str(before);
-        // The authority ends at the path, query, fragment or the end of
-        // the URL in running text.
-        let end = after
-            .find(|c: char| {
-                matches!(c, '/' | '?' | '#' | '\'' | '"' | '`' | '<' | '>') || c.is_whitespace()
-            })
-            .unwrap_or(after.len());
-        let authority = &after[..end];
-        match authority.rfind('@') {
-            Some(at) => {
-                out.push_str("***");
-                out.push_str(&authority[at..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &after[end..];
-    }
-    out.push_str(rest);
+    let mut out = redact_userinfo(text);
     for param in SECRET_PARAMS {
         out = redact_param(&out, param);
     }
     Cow::Owned(out)
+}
+
+/// Every `//USERINFO@` becomes `//***@`: from each `@`, back over the
+/// characters userinfo may hold in running text, to a `//`.
+fn redact_userinfo(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let userinfo = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&*+,;=:".contains(&b);
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (at, _) in text.match_indices('@') {
+        let mut start = at;
+        while start > copied && userinfo(bytes[start - 1]) {
+            start -= 1;
+        }
+        if start < at && start >= 2 && &bytes[start - 2..start] == b"//" {
+            // ASCII on both sides: `start` and `at` are char boundaries.
+            out.push_str(&text[copied..start]);
+            out.push_str("***");
+            copied = at;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 fn redact_param(text: &str, param: &str) -> String {
@@ -85,6 +86,34 @@ impl Write for RedactingStderr {
 #[cfg(test)]
 mod tests {
     use super::redact;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text: no panic (slicing stays on char boundaries).
+        #[test]
+        fn never_panics(text in "\\PC{0,200}") {
+            let _ = redact(&text);
+        }
+
+        /// A credential in a URL, anywhere in running text, never survives.
+        #[test]
+        fn credentials_never_survive(
+            before in "[ a-z'\"(:/]{0,20}",
+            scheme in "(https|http|git\\+https|git\\+ssh|ssh)",
+            user in "[a-zA-Z0-9._-]{1,12}",
+            secret in "[a-zA-Z0-9]{16}",
+            host in "[a-z0-9.-]{1,20}(:[0-9]{1,5})?",
+            path in "(/[a-zA-Z0-9._@-]{0,12}){0,3}",
+            after in "[ a-z'\")]{0,20}",
+        ) {
+            let text = format!("{before}{scheme}://{user}:{secret}@{host}{path}{after}");
+            let shown = redact(&text);
+            prop_assert!(!shown.contains(&secret), "{shown}");
+            prop_assert!(shown.contains(&format!("://***@{host}")), "{shown}");
+            let text = format!("{before}{scheme}://{host}{path}?ref=x&access_token={secret}{after}");
+            prop_assert!(!redact(&text).contains(&secret));
+        }
+    }
 
     #[test]
     fn userinfo_and_token_parameters_are_hidden() {
