@@ -373,6 +373,14 @@ check "multi-segment name -> nested legacyPackages attribute" t_nested
 layer_digests() { # layer_digests MANIFEST-JSON: one digest per line
   json '"\n".join(l["digest"] for l in d["layers"])' <<<"$1"
 }
+blobs_match() { # blobs_match HOST NAME MANIFEST-JSON: every layer blob hashes to its digest
+  local layers layer got
+  layers=$(layer_digests "$3")
+  for layer in $layers; do
+    got=$(blob_sha "http://$1/v2/$2/blobs/$layer")
+    eq "$got" "$layer" "blob $layer of $2"
+  done
+}
 t_shared_layers() {
   local a b shared
   a=$(curl -fsS "http://$R/v2/app/manifests/latest")
@@ -839,11 +847,7 @@ t_zstd() {
   local m layers got out
   m=$(curl -fsS "http://127.0.0.1:$PZS/v2/app/manifests/latest")
   has_line "$m" 'tar\+zstd' "zstd media type in the manifest"
-  layers=$(layer_digests "$m")
-  for layer in $layers; do
-    got=$(blob_sha "http://127.0.0.1:$PZS/v2/app/blobs/$layer")
-    eq "$got" "$layer" "blob digest"
-  done
+  blobs_match "127.0.0.1:$PZS" app "$m"
   # containerd checks every decompressed layer against the config's diff_ids.
   ctr image pull --plain-http "127.0.0.1:$PZS/app:latest" >/dev/null
   out=$(ctr run --rm "127.0.0.1:$PZS/app:latest" "fpzs-$$")
@@ -907,11 +911,7 @@ t_digest_mismatch() {
   # ...and the next pull digests the new bytes: a new, correct manifest.
   m2=$(curl -fsS "http://$R/v2/corrupt/manifests/latest")
   ne "$m2" "$m" "manifest after the store changed"
-  layers=$(layer_digests "$m2")
-  for layer in $layers; do
-    got=$(blob_sha "http://$R/v2/corrupt/blobs/$layer")
-    eq "$got" "$layer" "blob of the new manifest"
-  done
+  blobs_match "$R" corrupt "$m2"
 }
 check "altered store bytes: stream aborted, digest dropped, re-digested" t_digest_mismatch
 # Put the altered path back as Nix built it.
