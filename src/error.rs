@@ -49,6 +49,15 @@ pub enum RegistryError {
     PaginationInvalid { reason: String },
     #[error("requested range not satisfiable for a blob of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
+    #[error("authentication required")]
+    Unauthorized { challenge: String },
+    #[error("too many requests: {what}; retry in {retry_after_secs} s")]
+    TooManyRequests { what: String, retry_after_secs: u64 },
+    #[error("temporarily unavailable: {reason}; retry in {retry_after_secs} s")]
+    Unavailable {
+        reason: String,
+        retry_after_secs: u64,
+    },
     /// Details go to the log, never to the client: they may hold paths.
     #[error("internal error: {0}")]
     Internal(String),
@@ -103,6 +112,9 @@ impl RegistryError {
             NoSuchEndpoint { .. } => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
             PaginationInvalid { .. } => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
             RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
+            Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+            Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         }
     }
@@ -145,8 +157,24 @@ impl IntoResponse for RegistryError {
                 HeaderValue::from_str(&format!("bytes */{size}")).unwrap(),
             );
         }
-        if let RegistryError::ReadOnly { .. } = self {
-            h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        match &self {
+            RegistryError::ReadOnly { .. } => {
+                h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
+            RegistryError::Unauthorized { challenge } => {
+                if let Ok(v) = HeaderValue::from_str(challenge) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            RegistryError::TooManyRequests {
+                retry_after_secs, ..
+            }
+            | RegistryError::Unavailable {
+                retry_after_secs, ..
+            } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
         }
         resp
     }

@@ -5,8 +5,10 @@
 //! (name + tag -> target) -> [`build`] (nix) -> [`plan`] (layers) ->
 //! [`layer`] (tar bytes) -> [`manifest`] (JSON); [`images`] ties them
 //! together, [`index`] remembers digests, [`error`] maps failures to OCI JSON,
-//! [`redact`] keeps credentials out of replies and logs.
+//! [`redact`] keeps credentials out of replies and logs. [`server`] accepts
+//! connections (plain or [`tls`]), [`auth`] decides who may pull.
 
+pub mod auth;
 pub mod build;
 pub mod compressed;
 pub mod error;
@@ -19,3 +21,5 @@ pub mod redact;
 pub mod refs;
 pub mod registry;
 pub mod resolve;
+pub mod server;
+pub mod tls;

@@ -102,6 +102,48 @@ struct ServeArgs {
     #[arg(long, env = "FLAKEPORT_COMPRESSED_CACHE_MIB", default_value_t = 10240)]
     compressed_cache_mib: u64,
 
+    /// htpasswd file of bcrypt entries (`htpasswd -B`): pulls need HTTP Basic
+    /// credentials of one of its users. Read again when it changes.
+    #[arg(long, env = "FLAKEPORT_HTPASSWD")]
+    htpasswd: Option<PathBuf>,
+
+    /// File of tokens, one per line: `Authorization: Bearer TOKEN`, or TOKEN
+    /// as the password of a Basic login with any user name, may pull.
+    #[arg(long, env = "FLAKEPORT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+
+    /// With --htpasswd or --token-file: /metrics needs credentials too.
+    #[arg(long, env = "FLAKEPORT_PROTECT_METRICS")]
+    protect_metrics: bool,
+
+    /// PEM certificate chain to serve https with (needs --tls-key); reloaded
+    /// when the file changes.
+    #[arg(long, env = "FLAKEPORT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FLAKEPORT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Seconds a client has to send a request's headers (and to finish a
+    /// TLS handshake); also how long an idle keep-alive connection stays.
+    #[arg(long, env = "FLAKEPORT_HEADER_TIMEOUT", default_value_t = 30)]
+    header_timeout: u64,
+
+    /// Seconds a client may take no bytes of a response before its
+    /// connection is closed.
+    #[arg(long, env = "FLAKEPORT_IDLE_TIMEOUT", default_value_t = 60)]
+    idle_timeout: u64,
+
+    /// Most layer streams in flight; past it a blob GET gets 429 with
+    /// Retry-After.
+    #[arg(long, env = "FLAKEPORT_MAX_STREAMS", default_value_t = 1024)]
+    max_streams: usize,
+
+    /// Most open connections; further ones wait to be accepted.
+    #[arg(long, env = "FLAKEPORT_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+
     /// Seconds to let streams in flight finish after SIGTERM/SIGINT.
     #[arg(long, env = "FLAKEPORT_SHUTDOWN_GRACE", default_value_t = 30)]
     shutdown_grace: u64,
@@ -218,6 +260,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.allow_commits,
         ),
     );
+    let auth = flakeport::auth::Auth::new(
+        args.htpasswd.clone(),
+        args.token_file.clone(),
+        "flakeport".into(),
+    )?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(flakeport::tls::TlsAcceptor::new(cert.clone(), key.clone())?)
+        }
+        _ => None,
+    };
+    match flakeport::server::raise_fd_limit() {
+        Ok(n) => tracing::debug!(open_files = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -225,25 +282,45 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen = %listener.local_addr()?,
         serving = images.describe(),
         state_dir = %state_dir.display(),
+        tls = tls.is_some(),
+        auth = auth.is_some(),
         "flakeport serving"
     );
+    if auth.is_none() && !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening beyond loopback with no --htpasswd or --token-file: anyone who can reach {} can pull and start builds",
+            args.listen
+        );
+    }
     let grace = Duration::from_secs(args.shutdown_grace);
     let at_exit = images.clone();
-    axum::serve(listener, registry::app(images.clone()))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!(
-                grace_secs = grace.as_secs(),
-                "shutting down: no new connections, finishing streams and builds in flight"
-            );
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                tracing::warn!("grace period over; exiting with streams still open");
-                at_exit.nix.stop_all().await;
-                std::process::exit(0);
-            });
-        })
-        .await?;
+    let app = registry::app(
+        images.clone(),
+        registry::Settings {
+            auth,
+            protect_metrics: args.protect_metrics,
+            max_streams: args.max_streams,
+        },
+    );
+    let limits = flakeport::server::Limits {
+        header_read: Duration::from_secs(args.header_timeout.max(1)),
+        idle_write: Duration::from_secs(args.idle_timeout.max(1)),
+        max_connections: args.max_connections,
+    };
+    flakeport::server::serve(listener, app, tls, limits, async move {
+        shutdown_signal().await;
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: no new connections, finishing streams and builds in flight"
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            tracing::warn!("grace period over; exiting with streams still open");
+            at_exit.nix.stop_all().await;
+            std::process::exit(0);
+        });
+    })
+    .await;
     // Builds whose clients all left run on in tasks of their own.
     images.nix.stop_all().await;
     Ok(())

@@ -43,8 +43,8 @@ impl Images {
             .try_get_with(digest.to_string(), async move {
                 tokio::task::spawn_blocking(move || LayerTar::scan(&source).map(Arc::new))
                     .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| (e.to_string(), false))?
+                    .map_err(|e| (e.to_string(), e.is_transient()))
             })
             .await;
         match tar {
@@ -62,9 +62,16 @@ impl Images {
                 self.layer_is_corrupt(digest).await;
                 Err(unknown())
             }
+            Err(e) if e.1 => {
+                tracing::warn!(digest, error = %e.0, "cannot scan layer for now; keeping the digest");
+                Err(RegistryError::Unavailable {
+                    reason: "the server is short of resources to read this layer".into(),
+                    retry_after_secs: 1,
+                })
+            }
             Err(e) => {
                 // Most likely its store paths were garbage-collected.
-                tracing::warn!(digest, error = %e, "cannot scan layer; dropping digest");
+                tracing::warn!(digest, error = %e.0, "cannot scan layer; dropping digest");
                 self.layer_is_corrupt(digest).await;
                 Err(unknown())
             }
@@ -80,31 +87,45 @@ impl Images {
         source: LayerSource,
     ) -> Result<Blob> {
         let (cache, want) = (cache.clone(), digest.to_string());
-        let opened =
-            tokio::task::spawn_blocking(move || -> std::result::Result<LayerTar, String> {
+        // Errors carry whether they are transient (see layer::is_transient).
+        let opened = tokio::task::spawn_blocking(
+            move || -> std::result::Result<LayerTar, (String, bool)> {
+                let io = |e: std::io::Error| (e.to_string(), crate::layer::is_transient(&e));
                 let path = cache.path(&want);
                 let file = match cache.open_blob(&want) {
                     Some(file) => file,
                     None => {
-                        let tar = LayerTar::scan(&source).map_err(|e| e.to_string())?;
-                        let (c, file) = cache.insert(&tar).map_err(|e| e.to_string())?;
+                        let tar = LayerTar::scan(&source)
+                            .map_err(|e| (e.to_string(), e.is_transient()))?;
+                        let (c, file) = cache.insert(&tar).map_err(io)?;
                         if c.digest != want {
-                            return Err(format!("compressed again to {}, not {want}", c.digest));
+                            return Err((
+                                format!("compressed again to {}, not {want}", c.digest),
+                                false,
+                            ));
                         }
                         file
                     }
                 };
-                let size = file.metadata().map_err(|e| e.to_string())?.len();
+                let size = file.metadata().map_err(io)?.len();
                 Ok(LayerTar::Opened { file, path, size })
-            })
-            .await
-            .map_err(RegistryError::internal)?;
+            },
+        )
+        .await
+        .map_err(RegistryError::internal)?;
         match opened {
             Ok(tar) => Ok(Blob::Layer {
                 digest: digest.to_string(),
                 tar: Arc::new(tar),
             }),
-            Err(e) => {
+            Err((e, true)) => {
+                tracing::warn!(digest, error = %e, "cannot serve compressed layer for now; keeping the digest");
+                Err(RegistryError::Unavailable {
+                    reason: "the server is short of resources to read this layer".into(),
+                    retry_after_secs: 1,
+                })
+            }
+            Err((e, false)) => {
                 tracing::error!(digest, error = %e, "cannot serve compressed layer; dropping digest");
                 self.layer_is_corrupt(digest).await;
                 Err(RegistryError::BlobUnknown {

@@ -228,6 +228,9 @@ impl Entry {
 pub enum LayerTar {
     Generated {
         entries: Vec<Entry>,
+        /// Offset of each entry's header: a range starts at its first entry
+        /// by binary search, so reading a layer chunk by chunk stays linear.
+        starts: Vec<u64>,
         size: u64,
     },
     File {
@@ -264,9 +267,15 @@ pub enum ScanError {
 impl LayerTar {
     /// A tar of these entries, with end blocks and record padding.
     fn generated(entries: Vec<Entry>) -> LayerTar {
-        let body: u64 = entries.iter().map(Entry::span).sum();
+        let mut starts = Vec::with_capacity(entries.len());
+        let mut body = 0u64;
+        for e in &entries {
+            starts.push(body);
+            body += e.span();
+        }
         LayerTar::Generated {
             size: tar::archive_size(body),
+            starts,
             entries,
         }
     }
@@ -446,15 +455,21 @@ impl LayerTar {
                 let mut reader = PositionedReader { file, pos: start };
                 copy_exact(&mut reader, end - start, out, path)
             }
-            LayerTar::Generated { entries, size } => {
+            LayerTar::Generated {
+                entries,
+                starts,
+                size,
+            } => {
+                // The last entry that starts at or before `start`.
+                let first = starts.partition_point(|&s| s <= start).saturating_sub(1);
                 let mut w = Window {
                     out,
-                    pos: 0,
+                    pos: starts.get(first).copied().unwrap_or(0),
                     start,
                     end,
                     small: Vec::new(),
                 };
-                for e in entries {
+                for e in &entries[first.min(entries.len())..] {
                     let span = e.span();
                     if w.pos + span <= start {
                         w.pos += span;
@@ -474,6 +489,71 @@ impl LayerTar {
         }
     }
 
+    /// Bytes `start..end` as a reader that reads only when asked, so a
+    /// stream can produce one chunk at a time on a borrowed thread and
+    /// hold none while its client is slow. A source that turns out shorter
+    /// than scanned is an `UnexpectedEof` error, never a short read.
+    pub fn reader(self: Arc<Self>, start: u64, end: u64) -> io::Result<Box<dyn Read + Send>> {
+        let end = end.min(self.size());
+        let len = end.saturating_sub(start);
+        let exact = |inner: Box<dyn Read + Send>, path: PathBuf| -> Box<dyn Read + Send> {
+            Box::new(ExactReader {
+                inner,
+                left: len,
+                path,
+            })
+        };
+        Ok(match &*self {
+            LayerTar::File { path, size } => {
+                let mut f = std::fs::File::open(path)?;
+                check_unchanged(path, f.metadata()?.len(), *size)?;
+                f.seek(SeekFrom::Start(start))?;
+                exact(Box::new(f), path.clone())
+            }
+            LayerTar::Member {
+                archive,
+                offset,
+                gzip,
+                archive_len,
+                ..
+            } => {
+                let f = std::fs::File::open(archive)?;
+                check_unchanged(archive, f.metadata()?.len(), *archive_len)?;
+                if *gzip {
+                    let mut plain = flate2::read::MultiGzDecoder::new(io::BufReader::new(f));
+                    let skip = offset + start;
+                    let skipped = io::copy(&mut (&mut plain).take(skip), &mut io::sink())?;
+                    if skipped != skip {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("{} ends before its member", archive.display()),
+                        ));
+                    }
+                    exact(Box::new(plain), archive.clone())
+                } else {
+                    let file = OwnedPositionedReader {
+                        file: f,
+                        pos: offset + start,
+                    };
+                    exact(Box::new(file), archive.clone())
+                }
+            }
+            LayerTar::Opened { file, path, size } => {
+                check_unchanged(path, file.metadata()?.len(), *size)?;
+                let file = OwnedPositionedReader {
+                    file: file.try_clone()?,
+                    pos: start,
+                };
+                exact(Box::new(file), path.clone())
+            }
+            LayerTar::Generated { .. } => Box::new(GeneratedReader {
+                tar: self.clone(),
+                pos: start,
+                end,
+            }),
+        })
+    }
+
     /// Stream the whole layer through sha256. Returns `sha256:<hex>`.
     pub fn digest(&self) -> io::Result<String> {
         let mut h = HashingWriter::default();
@@ -486,6 +566,73 @@ impl LayerTar {
             )));
         }
         Ok(h.finish())
+    }
+}
+
+/// A generated layer read a window at a time through [`LayerTar::write_range`].
+struct GeneratedReader {
+    tar: Arc<LayerTar>,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for GeneratedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.end - self.pos);
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut out = io::Cursor::new(&mut buf[..n as usize]);
+        self.tar.write_range(self.pos, self.pos + n, &mut out)?;
+        if out.position() != n {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "layer produced fewer bytes than scanned",
+            ));
+        }
+        self.pos += n;
+        Ok(n as usize)
+    }
+}
+
+/// Exactly `left` bytes of `inner`: its end before then is an error.
+struct ExactReader {
+    inner: Box<dyn Read + Send>,
+    left: u64,
+    path: PathBuf,
+}
+
+impl Read for ExactReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (buf.len() as u64).min(self.left) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let got = self.inner.read(&mut buf[..want])?;
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} is shorter than when it was scanned",
+                    self.path.display()
+                ),
+            ));
+        }
+        self.left -= got as u64;
+        Ok(got)
+    }
+}
+
+struct OwnedPositionedReader {
+    file: std::fs::File,
+    pos: u64,
+}
+
+impl Read for OwnedPositionedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(&self.file, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
@@ -660,6 +807,37 @@ fn sorted_children(dir: &Path) -> Result<Vec<(Vec<u8>, PathBuf)>, ScanError> {
     }
     children.sort();
     Ok(children)
+}
+
+/// An error that says the machine is short of something (descriptors,
+/// memory, a disk that failed a read), not that the store changed: what was
+/// digested is still right, so the digest is kept and the client asked to
+/// retry.
+pub fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOMEM
+                | libc::EAGAIN
+                | libc::EINTR
+                | libc::EIO
+                | libc::ENOBUFS
+        )
+    ) || matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::OutOfMemory
+    )
+}
+
+impl ScanError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ScanError::Io { source, .. } => is_transient(source),
+            ScanError::Unsupported { .. } => false,
+        }
+    }
 }
 
 fn check_unchanged(path: &Path, now: u64, scanned: u64) -> io::Result<()> {

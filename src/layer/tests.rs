@@ -431,6 +431,66 @@ fn a_file_that_changes_size_fails_the_stream() {
     }
 }
 
+/// The pull reader gives the same bytes as `write_range` for every kind of
+/// layer, read in uneven pieces, and fails (never comes up short) when a
+/// file shrank after the scan.
+#[test]
+fn readers_match_write_range_for_every_kind() {
+    use std::io::Read;
+    let t = awkward_tree();
+    let generated =
+        Arc::new(LayerTar::scan(&store_source(vec![t.path().join("abc-pkg")])).unwrap());
+    let whole = generate(&generated);
+    let file_path = t.path().join("layer.tar");
+    std::fs::write(&file_path, &whole).unwrap();
+    let mut archive = b"prefix-bytes".to_vec();
+    archive.extend_from_slice(&whole);
+    archive.extend_from_slice(b"suffix");
+    let archive_path = t.path().join("archive.tar");
+    std::fs::write(&archive_path, &archive).unwrap();
+    let file = Arc::new(
+        LayerTar::scan(&LayerSource::TarFile {
+            path: file_path.clone(),
+        })
+        .unwrap(),
+    );
+    let member = Arc::new(
+        LayerTar::scan(&LayerSource::ArchiveMember {
+            archive: archive_path,
+            offset: 12,
+            size: whole.len() as u64,
+            gzip: false,
+        })
+        .unwrap(),
+    );
+    let size = whole.len() as u64;
+    for tar in [&generated, &file, &member] {
+        for (start, end) in [
+            (0, size),
+            (1, size - 1),
+            (511, 513),
+            (size - 1, size),
+            (7, 7),
+        ] {
+            let mut r = tar.clone().reader(start, end).unwrap();
+            let mut got = Vec::new();
+            let mut piece = 1usize;
+            loop {
+                let mut buf = vec![0u8; piece];
+                let n = r.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                piece = piece * 3 + 1;
+            }
+            assert_eq!(got, whole[start as usize..end as usize], "{start}..{end}");
+        }
+    }
+    std::fs::write(&file_path, &whole[..100]).unwrap();
+    assert!(file.clone().reader(0, size).is_err(), "shrunk tar file");
+}
+
 #[test]
 fn pax_records_are_self_counting() {
     for len in [1usize, 5, 80, 95, 96, 97, 990, 995, 1000] {

@@ -3,30 +3,43 @@
 //! does not grow with layer size. A full-body stream is hashed as it goes and
 //! its last chunk is held back until the digest matches; on a mismatch the
 //! client gets a short body (its download fails) and the digest is dropped.
+//! A read that fails because the machine is short of something (descriptors,
+//! memory) keeps the digest: the client retries (503 before the body starts).
 
 use crate::error::{RegistryError, Result};
 use crate::images::{Blob, Images};
-use crate::layer::HashingWriter;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use std::io::{self, Write};
+use sha2::{Digest, Sha256};
+use std::io::{self, Read};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 /// Chunk size sent to the client; with [`CHANNEL_DEPTH`] it bounds the
-/// memory one stream holds.
+/// memory one stream holds: the chunk in the channel, the one hyper is
+/// writing and the one held back for the digest check.
 const CHUNK: usize = 256 * 1024;
-const CHANNEL_DEPTH: usize = 4;
+const CHANNEL_DEPTH: usize = 1;
 
 pub async fn get(
     images: &Arc<Images>,
+    streams: &Arc<Semaphore>,
     digest: &str,
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response> {
     let blob = images.blob(digest).await?;
+    let slot = match (&blob, head) {
+        (Blob::Layer { .. }, false) => Some(streams.clone().try_acquire_owned().map_err(|_| {
+            RegistryError::TooManyRequests {
+                what: "every layer stream slot (--max-streams) is in use".into(),
+                retry_after_secs: 1,
+            }
+        })?),
+        _ => None,
+    };
     let size = match &blob {
         Blob::Json(j) => j.bytes.len() as u64,
         Blob::Layer { tar, .. } => tar.size(),
@@ -51,44 +64,25 @@ pub async fn get(
         match blob {
             Blob::Json(j) => Body::from(j.bytes.slice(start as usize..end as usize)),
             Blob::Layer { digest, tar } => {
-                let verify = range.is_none();
+                let reader = {
+                    let tar = tar.clone();
+                    tokio::task::spawn_blocking(move || tar.reader(start, end))
+                        .await
+                        .map_err(RegistryError::internal)?
+                };
+                let reader = match reader {
+                    Ok(r) => r,
+                    Err(e) => return Err(unreadable(images, &digest, e).await),
+                };
                 let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
-                let images = images.clone();
-                tokio::spawn(async move {
-                    let sender = tx.clone();
-                    let produced = tokio::task::spawn_blocking(move || {
-                        let mut w = ChannelWriter {
-                            tx: sender,
-                            buf: BytesMut::with_capacity(CHUNK),
-                            hasher: verify.then(Hasher::start),
-                        };
-                        tar.write_range(start, end, &mut w)?;
-                        let last = w.buf.freeze();
-                        let got = w.hasher.map(|h| h.finish(last.clone())).transpose()?;
-                        Ok::<_, io::Error>((last, got))
-                    })
-                    .await;
-                    let outcome = match produced {
-                        Ok(Ok((_, Some(got)))) if got != digest => {
-                            tracing::error!(%digest, %got, "served bytes do not match the digest; dropping it");
-                            images.layer_is_corrupt(&digest).await;
-                            Err(io::Error::other(
-                                "layer bytes changed since they were digested",
-                            ))
-                        }
-                        Ok(Ok((last, _))) => Ok(last),
-                        Ok(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe => return, // client went away
-                        Ok(Err(e)) => {
-                            // The store changed under us (a file resized or
-                            // vanished): what was digested cannot be served.
-                            tracing::error!(%digest, error = %e, "layer stream failed; dropping the digest");
-                            images.layer_is_corrupt(&digest).await;
-                            Err(e)
-                        }
-                        Err(e) => Err(io::Error::other(e.to_string())),
-                    };
-                    let _ = tx.send(outcome).await;
-                });
+                let stream = Stream {
+                    images: images.clone(),
+                    digest,
+                    verify: range.is_none(),
+                    len: end - start,
+                    _slot: slot,
+                };
+                tokio::spawn(stream.produce(reader, tx));
                 Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
             }
         }
@@ -126,73 +120,121 @@ fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>>
     Ok(Some(range))
 }
 
-/// Sync side of the stream: fills a chunk, hands it to the async side.
-/// The last partial chunk stays in `buf` for the caller.
-struct ChannelWriter {
-    tx: mpsc::Sender<io::Result<Bytes>>,
-    buf: BytesMut,
-    hasher: Option<Hasher>,
+/// What a layer stream needs after the handler has returned.
+struct Stream {
+    images: Arc<Images>,
+    digest: String,
+    /// A full-body stream is hashed and its last chunk held back until the
+    /// digest matches; a range cannot be checked.
+    verify: bool,
+    len: u64,
+    /// Counts against `--max-streams` while the stream lives.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-/// sha256 on a thread of its own, fed the same refcounted chunks the client
-/// gets: hashing (about 1.6 GiB/s with SHA-NI) runs beside reading and
-/// sending instead of after them.
-struct Hasher {
-    chunks: std::sync::mpsc::SyncSender<Bytes>,
-    thread: std::thread::JoinHandle<String>,
-}
-
-impl Hasher {
-    fn start() -> Hasher {
-        let (chunks, rx) = std::sync::mpsc::sync_channel::<Bytes>(CHANNEL_DEPTH);
-        let thread = std::thread::spawn(move || {
-            let mut h = HashingWriter::default();
-            for chunk in rx {
-                h.write_all(&chunk).expect("hashing cannot fail");
-            }
-            h.finish()
-        });
-        Hasher { chunks, thread }
-    }
-
-    fn feed(&self, chunk: Bytes) -> io::Result<()> {
-        self.chunks
-            .send(chunk)
-            .map_err(|_| io::Error::other("hasher thread stopped"))
-    }
-
-    /// Hash the last chunk too and return the digest of everything.
-    fn finish(self, last: Bytes) -> io::Result<String> {
-        self.feed(last)?;
-        drop(self.chunks);
-        self.thread
-            .join()
-            .map_err(|_| io::Error::other("hasher thread panicked"))
-    }
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let mut rest = data;
-        while !rest.is_empty() {
-            let n = rest.len().min(CHUNK - self.buf.len());
-            self.buf.extend_from_slice(&rest[..n]);
-            rest = &rest[n..];
-            if self.buf.len() == CHUNK {
-                let chunk =
-                    std::mem::replace(&mut self.buf, BytesMut::with_capacity(CHUNK)).freeze();
-                if let Some(h) = &self.hasher {
-                    h.feed(chunk.clone())?;
+impl Stream {
+    /// Read a chunk on a borrowed blocking thread only once the channel has
+    /// room for it, so a client that stops reading holds no thread, and at
+    /// most [`CHANNEL_DEPTH`] chunks plus the one hyper is writing. Chunk
+    /// N is hashed on a second borrowed thread while chunk N+1 is read.
+    async fn produce(self, mut reader: Box<dyn Read + Send>, tx: mpsc::Sender<io::Result<Bytes>>) {
+        let mut hasher = self.verify.then(Sha256::new);
+        let mut left = self.len;
+        let mut held: Option<Bytes> = None;
+        let outcome: io::Result<()> = loop {
+            let Ok(permit) = tx.reserve().await else {
+                return; // the client went away
+            };
+            let want = left.min(CHUNK as u64) as usize;
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = BytesMut::zeroed(want);
+                let got = reader.read_exact(&mut buf).map(|()| buf.freeze());
+                (reader, got)
+            });
+            let hashed = match (hasher.take(), held.clone()) {
+                (Some(mut h), Some(chunk)) => Some(tokio::task::spawn_blocking(move || {
+                    h.update(&chunk);
+                    h
+                })),
+                (h, _) => {
+                    hasher = h;
+                    None
                 }
-                self.tx
-                    .blocking_send(Ok(chunk))
-                    .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+            };
+            let (r, chunk) = match read.await {
+                Ok((r, Ok(chunk))) => (r, chunk),
+                Ok((_, Err(e))) => break Err(e),
+                Err(e) => break Err(io::Error::other(e.to_string())),
+            };
+            reader = r;
+            if let Some(h) = hashed {
+                match h.await {
+                    Ok(h) => hasher = Some(h),
+                    Err(e) => break Err(io::Error::other(e.to_string())),
+                }
             }
-        }
-        Ok(data.len())
+            left -= chunk.len() as u64;
+            // The previous chunk is hashed: it may go; this one waits.
+            if let Some(prev) = held.replace(chunk) {
+                permit.send(Ok(prev));
+            }
+            if left == 0 {
+                break Ok(());
+            }
+        };
+        let last = match (outcome, held) {
+            (Err(e), _) => self.failed(e).await,
+            (Ok(()), None) => return, // an empty range
+            (Ok(()), Some(last)) => match hasher {
+                None => Ok(last),
+                Some(mut h) => {
+                    h.update(&last);
+                    let got = format!("sha256:{}", hex::encode(h.finalize()));
+                    if got == self.digest {
+                        Ok(last)
+                    } else {
+                        tracing::error!(digest = %self.digest, %got, "served bytes do not match the digest; dropping it");
+                        self.images.layer_is_corrupt(&self.digest).await;
+                        Err(io::Error::other(
+                            "layer bytes changed since they were digested",
+                        ))
+                    }
+                }
+            },
+        };
+        // An error as the last item cuts the body short: the client's
+        // download fails instead of taking wrong bytes.
+        let _ = tx.send(last).await;
     }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+
+    async fn failed(&self, e: io::Error) -> io::Result<Bytes> {
+        if crate::layer::is_transient(&e) {
+            // The client retries; what was digested is still right.
+            tracing::warn!(digest = %self.digest, error = %e, "layer stream failed for now; keeping the digest");
+        } else {
+            // The store changed under us (a file resized or vanished):
+            // what was digested cannot be served.
+            tracing::error!(digest = %self.digest, error = %e, "layer stream failed; dropping the digest");
+            self.images.layer_is_corrupt(&self.digest).await;
+        }
+        Err(e)
+    }
+}
+
+/// A layer that cannot be opened at all: 503 if the machine is short of
+/// something, else the store changed and the digest goes.
+async fn unreadable(images: &Arc<Images>, digest: &str, e: io::Error) -> RegistryError {
+    if crate::layer::is_transient(&e) {
+        tracing::warn!(digest, error = %e, "cannot open layer for now; keeping the digest");
+        return RegistryError::Unavailable {
+            reason: "the server is short of resources to read this layer".into(),
+            retry_after_secs: 1,
+        };
+    }
+    tracing::error!(digest, error = %e, "cannot open layer; dropping the digest");
+    images.layer_is_corrupt(digest).await;
+    RegistryError::BlobUnknown {
+        digest: digest.to_string(),
     }
 }
 

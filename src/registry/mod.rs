@@ -6,27 +6,63 @@ mod manifests;
 pub mod route;
 mod tags;
 
+use crate::auth::Auth;
 use crate::error::{RegistryError, Result};
 use crate::images::Images;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use route::Route;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-pub fn app(images: Arc<Images>) -> Router {
+/// Who may use the registry, and how much of it at once.
+pub struct Settings {
+    /// With it, every `/v2` request (and `/metrics` if `protect_metrics`)
+    /// needs credentials; `/healthz` never does, so that probes work.
+    pub auth: Option<Arc<Auth>>,
+    pub protect_metrics: bool,
+    /// Layer streams in flight; past it a blob GET gets 429.
+    pub max_streams: usize,
+}
+
+/// What every handler shares.
+struct Registry {
+    images: Arc<Images>,
+    streams: Arc<Semaphore>,
+}
+
+pub fn app(images: Arc<Images>, settings: Settings) -> Router {
+    let access = &settings;
+    let guarded = |router: Router<Arc<Registry>>, auth: Option<Arc<Auth>>| match auth {
+        Some(auth) => router.layer(middleware::from_fn(move |req: Request, next: Next| {
+            let auth = auth.clone();
+            async move { require(&auth, req, next).await }
+        })),
+        None => router,
+    };
+    let v2_routes = guarded(
+        Router::new()
+            .route("/v2", any(v2))
+            .route("/v2/", any(v2))
+            .route("/v2/{*rest}", any(v2)),
+        access.auth.clone(),
+    );
+    let metrics_route = guarded(
+        Router::new().route("/metrics", get(metrics)),
+        access.auth.clone().filter(|_| access.protect_metrics),
+    );
     Router::new()
-        .route("/v2", any(v2))
-        .route("/v2/", any(v2))
-        .route("/v2/{*rest}", any(v2))
+        .merge(v2_routes)
+        .merge(metrics_route)
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
         .fallback(|req: Request| async move {
             RegistryError::NoSuchEndpoint {
                 path: req.uri().path().to_string(),
@@ -38,17 +74,42 @@ pub fn app(images: Arc<Images>) -> Router {
         ))
         .layer(CatchPanicLayer::new())
         .layer(TraceLayer::new_for_http())
-        .with_state(images)
+        .with_state(Arc::new(Registry {
+            images,
+            streams: Arc::new(Semaphore::new(settings.max_streams.max(1))),
+        }))
 }
 
-async fn v2(State(images): State<Arc<Images>>, req: Request) -> Response {
-    match dispatch(images, req).await {
+async fn require(auth: &Auth, req: Request, next: Next) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if auth.allows(header).await {
+        next.run(req).await
+    } else {
+        if header.is_some() {
+            tracing::info!(path = %req.uri().path(), "credentials refused");
+        }
+        RegistryError::Unauthorized {
+            challenge: auth.challenge(),
+        }
+        .into_response()
+    }
+}
+
+async fn v2(State(registry): State<Arc<Registry>>, req: Request) -> Response {
+    match dispatch(&registry.images, &registry.streams, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn dispatch(images: Arc<Images>, req: Request) -> Result<Response> {
+async fn dispatch(
+    images: &Arc<Images>,
+    streams: &Arc<Semaphore>,
+    req: Request,
+) -> Result<Response> {
     let rest = req
         .uri()
         .path()
@@ -70,14 +131,17 @@ async fn dispatch(images: Arc<Images>, req: Request) -> Result<Response> {
             method: req.method().to_string(),
         }),
         Route::Manifest { name, reference } => {
-            manifests::get(&images, &name, &reference, req.headers(), head).await
+            manifests::get(images, &name, &reference, req.headers(), head).await
         }
-        Route::Blob { digest, .. } => blobs::get(&images, &digest, req.headers(), head).await,
-        Route::Tags { name } => tags::get(&images, &name, req.uri().query()).await,
+        Route::Blob { digest, .. } => {
+            blobs::get(images, streams, &digest, req.headers(), head).await
+        }
+        Route::Tags { name } => tags::get(images, &name, req.uri().query()).await,
     }
 }
 
-async fn metrics(State(images): State<Arc<Images>>) -> String {
+async fn metrics(State(registry): State<Arc<Registry>>) -> String {
+    let images = &registry.images;
     format!(
         "# TYPE flakeport_nix_builds_started_total counter\nflakeport_nix_builds_started_total {}\n",
         images.nix.builds_started.load(Ordering::SeqCst)
