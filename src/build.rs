@@ -5,16 +5,12 @@
 
 use crate::error::{RegistryError, Result};
 use crate::resolve::{BuildTarget, PackageTarget};
+use crate::scheduler::{self, Job, Kind, Scheduler};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::process::Command;
-use tokio::sync::Semaphore;
 
 /// Looks the attribute up in `packages.<system>`, then
 /// `legacyPackages.<system>`; picks what to build: the `conf` of a
@@ -117,29 +113,8 @@ pub struct PathInfo {
 pub struct Nix {
     gcroots: PathBuf,
     timeout: Duration,
-    builds: Semaphore,
-    /// Number of `nix build` processes started (exposed on /metrics).
-    pub builds_started: AtomicU64,
-    /// Process groups of the nix processes running now, so that shutdown
-    /// can stop them: `process::exit` runs no `kill_on_drop`, and builders
-    /// live in sessions of their own that only nix itself can stop.
-    running: Mutex<HashSet<i32>>,
-}
-
-/// Keeps a process group in [`Nix::running`] while its nix runs.
-struct RunningGroup<'a> {
-    pgid: i32,
-    running: &'a Mutex<HashSet<i32>>,
-}
-
-impl Drop for RunningGroup<'_> {
-    fn drop(&mut self) {
-        lock(&self.running).remove(&self.pgid);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs every nix process, within the bounds for all processes.
+    pub scheduler: Arc<Scheduler>,
 }
 
 const LOG_TAIL_LINES: usize = 25;
@@ -147,18 +122,21 @@ const LOG_TAIL_LINES: usize = 25;
 enum Failure {
     Exit { stderr: String },
     Timeout,
+    Busy,
 }
 
 impl Nix {
-    pub fn new(state_dir: &Path, timeout: Duration, max_builds: usize) -> std::io::Result<Nix> {
+    pub fn new(
+        state_dir: &Path,
+        timeout: Duration,
+        scheduler: Arc<Scheduler>,
+    ) -> std::io::Result<Nix> {
         let gcroots = state_dir.join("gcroots");
         std::fs::create_dir_all(&gcroots)?;
         Ok(Nix {
             gcroots,
             timeout,
-            builds: Semaphore::new(max_builds.max(1)),
-            builds_started: AtomicU64::new(0),
-            running: Mutex::default(),
+            scheduler,
         })
     }
 
@@ -222,11 +200,6 @@ impl Nix {
         target: &(dyn std::fmt::Display + Sync),
         on_failure: impl FnOnce(Failure) -> RegistryError,
     ) -> Result<Vec<PathBuf>> {
-        let _permit = self
-            .builds
-            .acquire()
-            .await
-            .map_err(RegistryError::internal)?;
         let mut all = vec![
             "build".to_string(),
             "--json".into(),
@@ -234,10 +207,9 @@ impl Nix {
             path_str(link),
         ];
         all.extend(args);
-        self.builds_started.fetch_add(1, Ordering::SeqCst);
         tracing::info!(%target, "nix build started");
         let started = std::time::Instant::now();
-        let stdout = self.run(&all).await.map_err(on_failure)?;
+        let stdout = self.run(Kind::Build, &all).await.map_err(on_failure)?;
         tracing::info!(%target, secs = started.elapsed().as_secs_f64(), "nix build finished");
         let built: Vec<BuildJson> = serde_json::from_slice(&stdout).map_err(|e| {
             RegistryError::internal(format!("unexpected `nix build --json` output: {e}"))
@@ -257,7 +229,7 @@ impl Nix {
         let mut args = vec!["eval".to_string(), "--json".into()];
         args.extend(expr_args(t, "mainProgram"));
         let out = self
-            .run(&args)
+            .run(Kind::Eval, &args)
             .await
             .map_err(|f| classify_flake(t, f, self.timeout))?;
         serde_json::from_slice(&out).map_err(RegistryError::internal)
@@ -267,7 +239,7 @@ impl Nix {
     pub async fn check_exists(&self, t: &BuildTarget) -> Result<()> {
         let mut args = vec!["eval".to_string(), "--raw".into()];
         args.extend(expr_args(t, "target.drvPath"));
-        self.run(&args)
+        self.run(Kind::Eval, &args)
             .await
             .map(|_| ())
             .map_err(|f| classify_flake(t, f, self.timeout))
@@ -277,109 +249,59 @@ impl Nix {
     pub async fn closure(&self, paths: &[PathBuf]) -> Result<Vec<PathInfo>> {
         let mut args = vec!["path-info".to_string(), "--json".into(), "-r".into()];
         args.extend(paths.iter().map(|p| path_str(p)));
-        let out = self.run(&args).await.map_err(|f| match f {
+        let out = self.run(Kind::Query, &args).await.map_err(|f| match f {
             Failure::Exit { stderr } => {
                 RegistryError::internal(format!("nix path-info failed: {stderr}"))
             }
             Failure::Timeout => RegistryError::internal("nix path-info timed out"),
+            Failure::Busy => busy(),
         })?;
         serde_json::from_slice(&out).map_err(RegistryError::internal)
     }
 
-    /// Run nix in its own process group. On timeout nix gets SIGINT first:
-    /// builders run in sessions of their own, out of reach of a group kill,
-    /// and only nix's own interrupt handling stops them. Whatever is left
-    /// after a grace period is killed.
-    async fn run(&self, args: &[String]) -> std::result::Result<Vec<u8>, Failure> {
-        let mut cmd = Command::new("nix");
+    /// Run nix through the scheduler; its stdout if it succeeded.
+    async fn run(&self, kind: Kind, args: &[String]) -> std::result::Result<Vec<u8>, Failure> {
         // Works whether or not the host's nix.conf enables flakes.
-        cmd.args(["--extra-experimental-features", "nix-command flakes"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd.kill_on_drop(true).process_group(0);
-        let mut child = cmd.spawn().map_err(|e| Failure::Exit {
-            stderr: format!("cannot run nix: {e}"),
-        })?;
-        let pid = child.id().map(|p| p as i32);
-        let _running = pid.map(|pgid| {
-            lock(&self.running).insert(pgid);
-            RunningGroup {
-                pgid,
-                running: &self.running,
-            }
-        });
-        let (mut stdout, mut stderr) = (
-            child.stdout.take().expect("piped"),
-            child.stderr.take().expect("piped"),
-        );
-        let output = async {
-            use tokio::io::AsyncReadExt;
-            let (mut out, mut err) = (Vec::new(), Vec::new());
-            let (r1, r2) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-            r1.and(r2)?;
-            Ok::<_, std::io::Error>((child.wait().await?, out, err))
+        let mut all = vec![
+            "--extra-experimental-features".to_string(),
+            "nix-command flakes".to_string(),
+        ];
+        all.extend_from_slice(args);
+        let job = Job {
+            kind,
+            program: "nix",
+            args: all,
+            env: vec![],
+            timeout: self.timeout,
         };
-        let result = tokio::time::timeout(self.timeout, output).await;
-        match result {
-            Ok(Ok((status, out, _))) if status.success() => Ok(out),
-            Ok(Ok((_, _, err))) => Err(Failure::Exit {
-                stderr: String::from_utf8_lossy(&err).into_owned(),
+        match self.scheduler.run(job).await {
+            Ok(out) if out.status.success() => Ok(out.stdout),
+            Ok(out) => Err(Failure::Exit {
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             }),
-            Ok(Err(e)) => Err(Failure::Exit {
-                stderr: format!("waiting for nix: {e}"),
-            }),
-            Err(_) => {
-                if let Some(pid) = pid {
-                    signal_group(pid, libc::SIGINT);
-                    let _ = tokio::time::timeout(INTERRUPT_GRACE, child.wait()).await;
-                    signal_group(pid, libc::SIGKILL);
-                }
-                let _ = child.wait().await;
-                Err(Failure::Timeout)
-            }
+            Err(scheduler::Failure::Spawn(e)) => Err(Failure::Exit { stderr: e }),
+            Err(scheduler::Failure::Timeout) => Err(Failure::Timeout),
+            Err(scheduler::Failure::Busy) => Err(Failure::Busy),
         }
     }
-}
 
-/// How long nix gets to stop its builders after SIGINT.
-const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
-
-impl Nix {
-    /// Stop every nix process still running (at shutdown): SIGINT, so nix
-    /// stops its builders, then SIGKILL for whatever is left after
-    /// [`INTERRUPT_GRACE`].
+    /// Stop every nix process still running (at shutdown).
     pub async fn stop_all(&self) {
-        let groups: Vec<i32> = lock(&self.running).iter().copied().collect();
-        if groups.is_empty() {
-            return;
-        }
-        tracing::warn!(
-            processes = groups.len(),
-            "stopping nix builds still running"
-        );
-        for &g in &groups {
-            signal_group(g, libc::SIGINT);
-        }
-        let deadline = std::time::Instant::now() + INTERRUPT_GRACE;
-        // A group leaves `running` when its nix has been waited for.
-        while std::time::Instant::now() < deadline
-            && groups.iter().any(|g| lock(&self.running).contains(g))
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        for g in groups {
-            if lock(&self.running).contains(&g) {
-                signal_group(g, libc::SIGKILL);
-            }
-        }
+        self.scheduler.stop_all().await
+    }
+
+    /// `nix build`s started since start (exposed on /metrics).
+    pub fn builds_started(&self) -> u64 {
+        self.scheduler.started(Kind::Build)
     }
 }
 
-fn signal_group(pgid: i32, sig: i32) {
-    // SAFETY: kill(2) on the process group we created for our own child.
-    unsafe { libc::kill(-pgid, sig) };
+/// The reply when too many processes already wait.
+pub fn busy() -> RegistryError {
+    RegistryError::TooManyRequests {
+        what: "too many nix and git processes are waiting to run".into(),
+        retry_after_secs: 5,
+    }
 }
 
 fn path_str(p: &Path) -> String {
@@ -469,6 +391,7 @@ fn unknown_packages(t: &PackageTarget, stderr: &str) -> RegistryError {
 /// Turn a failed nix run into the error the client should see.
 fn classify(target: &str, tag: &str, source: &str, f: Failure, timeout: Duration) -> RegistryError {
     let stderr = match f {
+        Failure::Busy => return busy(),
         Failure::Timeout => {
             return RegistryError::BuildTimeout {
                 target: target.to_string(),

@@ -21,5 +21,6 @@ pub mod redact;
 pub mod refs;
 pub mod registry;
 pub mod resolve;
+pub mod scheduler;
 pub mod server;
 pub mod tls;

@@ -73,6 +73,16 @@ struct ServeArgs {
     #[arg(long, env = "FLAKEPORT_MAX_BUILDS", default_value_t = 2)]
     max_builds: usize,
 
+    /// Most external processes (nix build, eval, path-info; git) running at
+    /// once, builds included; at least --max-builds.
+    #[arg(long, env = "FLAKEPORT_MAX_PROCESSES", default_value_t = 6)]
+    max_processes: usize,
+
+    /// Most processes waiting for a slot; past that requests that need one
+    /// get 429 TOOMANYREQUESTS with Retry-After.
+    #[arg(long, env = "FLAKEPORT_MAX_QUEUED", default_value_t = 64)]
+    max_queued: usize,
+
     /// Seconds a tag that names a branch (or `latest`) is served before its
     /// ref is resolved and built again. 40-hex commit tags are cached for good.
     #[arg(long, env = "FLAKEPORT_MANIFEST_TTL", default_value_t = 60)]
@@ -228,10 +238,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
     // GC roots must be absolute paths.
     let state_dir = std::fs::canonicalize(&state_dir)?;
+    let scheduler = std::sync::Arc::new(flakeport::scheduler::Scheduler::new(
+        flakeport::scheduler::Bounds {
+            max_processes: args.max_processes.max(args.max_builds),
+            max_builds: args.max_builds,
+            max_queued: args.max_queued,
+        },
+    ));
     let nix = build::Nix::new(
         &state_dir,
         Duration::from_secs(args.nix_timeout),
-        args.max_builds,
+        scheduler.clone(),
     )?;
     let index = index::DigestIndex::open(&state_dir).context("opening the digest index")?;
     let compressed = Codec::parse(&args.compression)
@@ -258,6 +275,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             &state_dir,
             Duration::from_secs(args.manifest_ttl),
             args.allow_commits,
+            scheduler,
         ),
     );
     let auth = flakeport::auth::Auth::new(

@@ -8,6 +8,7 @@
 //! the state dir that answers "is it an ancestor of one of them".
 
 use crate::error::{RegistryError, Result};
+use crate::scheduler::{self, Job, Kind, Scheduler};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,6 +49,7 @@ pub enum Selected {
 }
 
 pub struct RefGate {
+    scheduler: Arc<Scheduler>,
     mirrors: PathBuf,
     allow: AllowCommits,
     listed: moka::future::Cache<String, Arc<Vec<GitRef>>>,
@@ -64,8 +66,14 @@ pub fn is_commit(tag: &str) -> bool {
 }
 
 impl RefGate {
-    pub fn new(state_dir: &Path, ttl: Duration, allow: AllowCommits) -> RefGate {
+    pub fn new(
+        state_dir: &Path,
+        ttl: Duration,
+        allow: AllowCommits,
+        scheduler: Arc<Scheduler>,
+    ) -> RefGate {
         RefGate {
+            scheduler,
             mirrors: state_dir.join("git"),
             allow,
             listed: moka::future::Cache::builder()
@@ -130,14 +138,16 @@ impl RefGate {
         let listed = self
             .listed
             .try_get_with(remote.to_string(), async {
-                ls_remote(remote).await.map(Arc::new)
+                ls_remote(&self.scheduler, remote).await.map(Arc::new)
             })
             .await;
         match listed {
             Ok(refs) => Ok(refs),
+            // A full queue says nothing about the remote: not remembered.
+            Err(e) if matches!(*e, RegistryError::TooManyRequests { .. }) => Err((*e).clone()),
             Err(e) => {
                 self.failed.insert(remote.to_string(), e.to_string()).await;
-                Err(RegistryError::internal(e.to_string()))
+                Err((*e).clone())
             }
         }
     }
@@ -146,7 +156,7 @@ impl RefGate {
     /// fetched first if it has not been within the TTL.
     async fn in_mirror(&self, remote: &str, commit: &str) -> Result<bool> {
         let dir = self.mirror_dir(remote);
-        if dir.exists() && contained(&dir, commit).await? {
+        if dir.exists() && contained(&self.scheduler, &dir, commit).await? {
             return Ok(true);
         }
         if self.fetched.contains_key(remote) {
@@ -154,12 +164,15 @@ impl RefGate {
         }
         let fetched = self
             .fetched
-            .try_get_with(remote.to_string(), fetch_mirror(&dir, remote))
+            .try_get_with(
+                remote.to_string(),
+                fetch_mirror(&self.scheduler, &dir, remote),
+            )
             .await;
         if let Err(e) = fetched {
-            return Err(RegistryError::internal(e.to_string()));
+            return Err((*e).clone());
         }
-        contained(&dir, commit).await
+        contained(&self.scheduler, &dir, commit).await
     }
 
     fn mirror_dir(&self, remote: &str) -> PathBuf {
@@ -169,39 +182,43 @@ impl RefGate {
 }
 
 async fn git(
+    scheduler: &Scheduler,
     args: &[&str],
     dir: Option<&Path>,
-) -> std::result::Result<std::process::Output, String> {
-    let mut cmd = tokio::process::Command::new("git");
+) -> Result<std::process::Output> {
+    let mut all: Vec<String> = Vec::new();
     if let Some(d) = dir {
-        cmd.arg("-C").arg(d);
+        all.extend(["-C".to_string(), d.to_string_lossy().into_owned()]);
     }
-    cmd.args(args)
+    all.extend(args.iter().map(|a| a.to_string()));
+    let job = Job {
+        kind: Kind::Git,
+        program: "git",
+        args: all,
         // Never wait on a prompt for credentials.
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ASKPASS", "true")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
-        Ok(Ok(out)) => Ok(out),
-        Ok(Err(e)) => Err(format!("cannot run git: {e}")),
-        Err(_) => Err(format!(
+        env: vec![("GIT_TERMINAL_PROMPT", "0"), ("GIT_ASKPASS", "true")],
+        timeout: GIT_TIMEOUT,
+    };
+    scheduler.run(job).await.map_err(|f| match f {
+        scheduler::Failure::Busy => crate::build::busy(),
+        scheduler::Failure::Spawn(e) => RegistryError::internal(format!("cannot run git: {e}")),
+        scheduler::Failure::Timeout => RegistryError::internal(format!(
             "git {} timed out after {} s",
             args.first().unwrap_or(&""),
             GIT_TIMEOUT.as_secs()
         )),
-    }
+    })
 }
 
-async fn ls_remote(remote: &str) -> std::result::Result<Vec<GitRef>, String> {
-    let out = git(&["ls-remote", "--heads", "--tags", remote], None).await?;
+async fn ls_remote(scheduler: &Scheduler, remote: &str) -> Result<Vec<GitRef>> {
+    let out = git(scheduler, &["ls-remote", "--heads", "--tags", remote], None).await?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         tracing::warn!(remote, stderr = %stderr.trim(), "git ls-remote failed");
-        return Err(format!(
+        return Err(RegistryError::internal(format!(
             "git ls-remote {remote} failed: {}",
             stderr.lines().last().unwrap_or("").trim()
-        ));
+        )));
     }
     Ok(parse_ls_remote(&String::from_utf8_lossy(&out.stdout)))
 }
@@ -239,16 +256,17 @@ pub fn parse_ls_remote(text: &str) -> Vec<GitRef> {
     refs
 }
 
-async fn fetch_mirror(dir: &Path, remote: &str) -> std::result::Result<(), String> {
+async fn fetch_mirror(scheduler: &Scheduler, dir: &Path, remote: &str) -> Result<()> {
     if !dir.join("HEAD").exists() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let out = git(&["init", "--quiet", "--bare"], Some(dir)).await?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| RegistryError::internal(format!("{}: {e}", dir.display())))?;
+        let out = git(scheduler, &["init", "--quiet", "--bare"], Some(dir)).await?;
         if !out.status.success() {
-            return Err(format!(
+            return Err(RegistryError::internal(format!(
                 "git init {}: {}",
                 dir.display(),
                 String::from_utf8_lossy(&out.stderr)
-            ));
+            )));
         }
     }
     // Only branches and tags: refs/pull/* never enter the mirror. A full
@@ -256,6 +274,7 @@ async fn fetch_mirror(dir: &Path, remote: &str) -> std::result::Result<(), Strin
     // about an unknown commit fetches it lazily from the remote (git 2.45
     // has --no-lazy-fetch; Debian 12 ships 2.39).
     let out = git(
+        scheduler,
         &[
             "fetch",
             "--quiet",
@@ -270,18 +289,19 @@ async fn fetch_mirror(dir: &Path, remote: &str) -> std::result::Result<(), Strin
     )
     .await?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(RegistryError::internal(format!(
             "git fetch {remote} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )));
     }
     Ok(())
 }
 
 /// Does a branch or tag of the mirror contain `commit`? (An unknown commit
 /// is in none of them.)
-async fn contained(dir: &Path, commit: &str) -> Result<bool> {
+async fn contained(scheduler: &Scheduler, dir: &Path, commit: &str) -> Result<bool> {
     let out = git(
+        scheduler,
         &[
             "for-each-ref",
             "--count=1",
@@ -293,8 +313,7 @@ async fn contained(dir: &Path, commit: &str) -> Result<bool> {
         ],
         Some(dir),
     )
-    .await
-    .map_err(RegistryError::internal)?;
+    .await?;
     Ok(out.status.success() && !out.stdout.is_empty())
 }
 

@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use route::Route;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -37,6 +36,7 @@ pub struct Settings {
 struct Registry {
     images: Arc<Images>,
     streams: Arc<Semaphore>,
+    max_streams: usize,
 }
 
 pub fn app(images: Arc<Images>, settings: Settings) -> Router {
@@ -77,6 +77,7 @@ pub fn app(images: Arc<Images>, settings: Settings) -> Router {
         .with_state(Arc::new(Registry {
             images,
             streams: Arc::new(Semaphore::new(settings.max_streams.max(1))),
+            max_streams: settings.max_streams.max(1),
         }))
 }
 
@@ -141,9 +142,34 @@ async fn dispatch(
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> String {
-    let images = &registry.images;
-    format!(
+    use std::fmt::Write;
+    let sched = &registry.images.nix.scheduler;
+    let mut m = format!(
         "# TYPE flakeport_nix_builds_started_total counter\nflakeport_nix_builds_started_total {}\n",
-        images.nix.builds_started.load(Ordering::SeqCst)
-    )
+        registry.images.nix.builds_started()
+    );
+    m.push_str("# TYPE flakeport_processes_started_total counter\n");
+    for kind in crate::scheduler::Kind::ALL {
+        let _ = writeln!(
+            m,
+            "flakeport_processes_started_total{{kind=\"{}\"}} {}",
+            kind.name(),
+            sched.started(kind)
+        );
+    }
+    let bounds = sched.bounds();
+    let _ = write!(
+        m,
+        "# TYPE flakeport_processes_running gauge\nflakeport_processes_running {}\n\
+         # TYPE flakeport_processes_queued gauge\nflakeport_processes_queued {}\n\
+         # TYPE flakeport_processes_refused_total counter\nflakeport_processes_refused_total {}\n\
+         # TYPE flakeport_processes_max gauge\nflakeport_processes_max {}\n\
+         # TYPE flakeport_layer_streams gauge\nflakeport_layer_streams {}\n",
+        sched.running(),
+        sched.queued(),
+        sched.refused(),
+        bounds.max_processes,
+        registry.max_streams - registry.streams.available_permits(),
+    );
+    m
 }
