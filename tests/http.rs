@@ -651,7 +651,7 @@ async fn sigterm_during_a_build_stops_nix_and_its_builder() {
         Vec::<(i32, String)>::new(),
         "builders left running"
     );
-    assert!(s.log_text().contains("stopping nix builds still running"));
+    assert!(s.log_text().contains("stopping processes still running"));
 }
 
 #[tokio::test]

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 
 /// Chunk size sent to the client; with [`CHANNEL_DEPTH`] it bounds the
-/// memory one stream holds: the chunk in the channel, the one hyper is
-/// writing and the one held back for the digest check.
+/// memory one stream holds: the chunk in the channel and the one hyper is
+/// writing.
 const CHUNK: usize = 256 * 1024;
 const CHANNEL_DEPTH: usize = 1;
 
@@ -64,13 +64,20 @@ pub async fn get(
         match blob {
             Blob::Json(j) => Body::from(j.bytes.slice(start as usize..end as usize)),
             Blob::Layer { digest, tar } => {
-                let reader = {
-                    let tar = tar.clone();
-                    tokio::task::spawn_blocking(move || tar.reader(start, end))
-                        .await
-                        .map_err(RegistryError::internal)?
+                // The first chunk is read before the status is sent: a layer
+                // that cannot be read at all gets an error reply, not a cut body.
+                let opened = {
+                    let (tar, want) = (tar.clone(), (end - start).min(CHUNK as u64) as usize);
+                    tokio::task::spawn_blocking(move || {
+                        let mut reader = tar.reader(start, end)?;
+                        let mut first = BytesMut::zeroed(want);
+                        reader.read_exact(&mut first)?;
+                        Ok::<_, io::Error>((reader, first.freeze()))
+                    })
+                    .await
+                    .map_err(RegistryError::internal)?
                 };
-                let reader = match reader {
+                let (reader, first) = match opened {
                     Ok(r) => r,
                     Err(e) => return Err(unreadable(images, &digest, e).await),
                 };
@@ -82,7 +89,7 @@ pub async fn get(
                     len: end - start,
                     _slot: slot,
                 };
-                tokio::spawn(stream.produce(reader, tx));
+                tokio::spawn(stream.produce(reader, first, tx));
                 Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
             }
         }
@@ -134,77 +141,91 @@ struct Stream {
 
 impl Stream {
     /// Read a chunk on a borrowed blocking thread only once the channel has
-    /// room for it, so a client that stops reading holds no thread, and at
-    /// most [`CHANNEL_DEPTH`] chunks plus the one hyper is writing. Chunk
-    /// N is hashed on a second borrowed thread while chunk N+1 is read.
-    async fn produce(self, mut reader: Box<dyn Read + Send>, tx: mpsc::Sender<io::Result<Bytes>>) {
-        let mut hasher = self.verify.then(Sha256::new);
+    /// room for it, so a client that stops reading holds no thread and at
+    /// most two chunks: the one in the channel and the one hyper is
+    /// writing. Chunk N is hashed on a second borrowed thread while chunk
+    /// N+1 is read; the last chunk goes only once the digest matches.
+    async fn produce(
+        self,
+        mut reader: Box<dyn Read + Send>,
+        first: Bytes,
+        tx: mpsc::Sender<io::Result<Bytes>>,
+    ) {
+        if self.len == 0 {
+            return; // an empty body: nothing to send or check
+        }
         let mut left = self.len;
-        let mut held: Option<Bytes> = None;
-        let outcome: io::Result<()> = loop {
+        let mut next = Some(first);
+        let mut hasher = self.verify.then(Sha256::new);
+        let mut hashing: Option<tokio::task::JoinHandle<Sha256>> = None;
+        loop {
             let Ok(permit) = tx.reserve().await else {
                 return; // the client went away
             };
-            let want = left.min(CHUNK as u64) as usize;
-            let read = tokio::task::spawn_blocking(move || {
-                let mut buf = BytesMut::zeroed(want);
-                let got = reader.read_exact(&mut buf).map(|()| buf.freeze());
-                (reader, got)
-            });
-            let hashed = match (hasher.take(), held.clone()) {
-                (Some(mut h), Some(chunk)) => Some(tokio::task::spawn_blocking(move || {
-                    h.update(&chunk);
-                    h
-                })),
-                (h, _) => {
-                    hasher = h;
-                    None
-                }
-            };
-            let (r, chunk) = match read.await {
-                Ok((r, Ok(chunk))) => (r, chunk),
-                Ok((_, Err(e))) => break Err(e),
-                Err(e) => break Err(io::Error::other(e.to_string())),
-            };
-            reader = r;
-            if let Some(h) = hashed {
-                match h.await {
-                    Ok(h) => hasher = Some(h),
-                    Err(e) => break Err(io::Error::other(e.to_string())),
-                }
-            }
-            left -= chunk.len() as u64;
-            // The previous chunk is hashed: it may go; this one waits.
-            if let Some(prev) = held.replace(chunk) {
-                permit.send(Ok(prev));
-            }
-            if left == 0 {
-                break Ok(());
-            }
-        };
-        let last = match (outcome, held) {
-            (Err(e), _) => self.failed(e).await,
-            (Ok(()), None) => return, // an empty range
-            (Ok(()), Some(last)) => match hasher {
-                None => Ok(last),
-                Some(mut h) => {
-                    h.update(&last);
-                    let got = format!("sha256:{}", hex::encode(h.finalize()));
-                    if got == self.digest {
-                        Ok(last)
-                    } else {
-                        tracing::error!(digest = %self.digest, %got, "served bytes do not match the digest; dropping it");
-                        self.images.layer_is_corrupt(&self.digest).await;
-                        Err(io::Error::other(
-                            "layer bytes changed since they were digested",
-                        ))
+            let chunk = match next.take() {
+                Some(c) => c,
+                None => {
+                    let want = left.min(CHUNK as u64) as usize;
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buf = BytesMut::zeroed(want);
+                        let got = reader.read_exact(&mut buf).map(|()| buf.freeze());
+                        (reader, got)
+                    })
+                    .await;
+                    match read {
+                        Ok((r, Ok(c))) => {
+                            reader = r;
+                            c
+                        }
+                        Ok((_, Err(e))) => return permit.send(self.failed(e).await),
+                        Err(e) => return permit.send(Err(io::Error::other(e.to_string()))),
                     }
                 }
-            },
-        };
-        // An error as the last item cuts the body short: the client's
-        // download fails instead of taking wrong bytes.
-        let _ = tx.send(last).await;
+            };
+            left -= chunk.len() as u64;
+            if let Some(j) = hashing.take() {
+                match j.await {
+                    Ok(h) => hasher = Some(h),
+                    Err(e) => return permit.send(Err(io::Error::other(e.to_string()))),
+                }
+            }
+            if left == 0 {
+                let last = match hasher {
+                    None => Ok(chunk),
+                    Some(h) => self.check(h, chunk).await,
+                };
+                // An error as the last item cuts the body short: the
+                // client's download fails instead of taking wrong bytes.
+                return permit.send(last);
+            }
+            hashing = hasher.take().map(|mut h| {
+                let c = chunk.clone();
+                tokio::task::spawn_blocking(move || {
+                    h.update(&c);
+                    h
+                })
+            });
+            permit.send(Ok(chunk));
+        }
+    }
+
+    /// Hash the last chunk; it goes only if the whole matches the digest.
+    async fn check(&self, mut h: Sha256, last: Bytes) -> io::Result<Bytes> {
+        let (h, last) = tokio::task::spawn_blocking(move || {
+            h.update(&last);
+            (h, last)
+        })
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+        let got = format!("sha256:{}", hex::encode(h.finalize()));
+        if got == self.digest {
+            return Ok(last);
+        }
+        tracing::error!(digest = %self.digest, %got, "served bytes do not match the digest; dropping it");
+        self.images.layer_is_corrupt(&self.digest).await;
+        Err(io::Error::other(
+            "layer bytes changed since they were digested",
+        ))
     }
 
     async fn failed(&self, e: io::Error) -> io::Result<Bytes> {
