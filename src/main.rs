@@ -216,6 +216,9 @@ fn main() -> anyhow::Result<()> {
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking work is short reads, scans, digests and compression:
+        // more threads than this only add memory on a node's few cores.
+        .max_blocking_threads(128)
         .build()?
         .block_on(serve(args))
 }

@@ -24,6 +24,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+/// See `max_buf_size` in [`serve`].
+pub const WRITE_BUFFER: usize = 64 * 1024;
+
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// From the start of waiting for a request (on a new or kept-alive
@@ -52,6 +55,12 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read)
+        // hyper queues body chunks until this many bytes wait for the
+        // socket (about 400 KiB by default): with a client that stopped
+        // reading, that is what a stream holds. One chunk is enough to
+        // keep the socket busy; the bound on request headers it also sets
+        // is far above what registry clients send.
+        .max_buf_size(WRITE_BUFFER)
         .keep_alive(true);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);

@@ -37,6 +37,7 @@ cleanup() {
   sleep 1
   for p in $pids; do kill -9 "$p" 2>/dev/null; done
   umount -R "$W"/ctd/root 2>/dev/null
+  if [ -e "$W/made-dirs" ]; then xargs rm -rf < "$W/made-dirs"; fi
   if [ -n "${KEEP:-}" ]; then echo "kept $W"; else rm -rf "$W" 2>/dev/null; fi
 }
 trap cleanup EXIT
@@ -117,7 +118,9 @@ start_server() {
   echo "$pid" >> "$W/pids"
   eval "$var=$port; ${var}_PID=$pid"
   for _ in $(seq 100); do
-    if curl -fs -o /dev/null "http://127.0.0.1:$port/v2/"; then return 0; fi
+    # /healthz: open with auth on; -k: a TLS server is probed before its CA is known
+    if curl -fsk -o /dev/null "http://127.0.0.1:$port/healthz"; then return 0; fi
+    if curl -fsk -o /dev/null "https://127.0.0.1:$port/healthz"; then return 0; fi
     sleep 0.1
   done
   echo "flakeport did not start"; cat "$W/server-$port.log"; return 1
@@ -951,6 +954,223 @@ $log"
   eq "$leaked" "" "credentials in replies or the log"
 }
 check "credentials in source URLs never appear in replies or the log" t_no_secrets
+
+# ------------------------------------------------- safe on a network (issue 10)
+metric() { # metric PORT NAME [CURL ARGS...]: a sample of /metrics
+  local v
+  v=$(curl -fsS "${@:3}" "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n {print $2}')
+  if ! [[ "$v" =~ ^[0-9]+$ ]]; then echo "no metric $2 on port $1: '$v'"; return 1; fi
+  echo "$v"
+}
+wait_for_line() { # wait_for_line FILE REGEX SECS
+  for _ in $(seq $(($3 * 10))); do
+    if grep -qE -- "$2" "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "no line matching '$2' in $1 after $3 s:"; cat "$1"; return 1
+}
+largest_layer() { # largest_layer PORT NAME: the digest of the image's largest layer
+  curl -fsS "http://127.0.0.1:$1/v2/$2/manifests/latest" | json 'max(d["layers"], key=lambda l: l["size"])["digest"]'
+}
+
+t_stalled() {
+  local layer threads streams out
+  start_server PS "$W/state-stall"
+  layer=$(largest_layer "$PS" large)
+  "$ROOT/tests/stall.py" body "http://127.0.0.1:$PS/v2/large/blobs/$layer" 600 "$W/stall.release" > "$W/stall.out" 2>&1 &
+  echo $! >> "$W/pids"
+  wait_for_line "$W/stall.out" '^ready$' 120
+  streams=$(metric "$PS" flakeport_layer_streams)
+  eq "$streams" 600 "layer streams in flight"
+  # A stalled stream holds no thread (it used to hold a blocking one).
+  threads=$(awk '/^Threads:/ {print $2}' "/proc/$PS_PID/status")
+  echo "threads with 600 stalled streams: $threads; RSS: $(awk '/^VmRSS:/ {print $2, $3}' "/proc/$PS_PID/status")"
+  if [ "$threads" -gt 200 ]; then echo "$threads threads"; return 1; fi
+  # Another image pulls, and its blobs verify, while the 600 stall.
+  unpack "127.0.0.1:$PS/app:latest" "$W/stall-app"
+  out=$(chroot "$W/stall-app/bundle/rootfs" /bin/sh -c 'GREETING=x /bin/greet')
+  eq "$out" 'greetings x as 0' "app pulled beside 600 stalled clients"
+  touch "$W/stall.release"
+  wait_for_line "$W/stall.out" '^released$' 60
+  for _ in $(seq 100); do
+    streams=$(metric "$PS" flakeport_layer_streams)
+    if [ "$streams" = 0 ]; then break; fi
+    sleep 0.1
+  done
+  eq "$streams" 0 "layer streams after the clients closed"
+}
+check "600 stalled clients hold no thread; another image pulls meanwhile" t_stalled
+
+t_timeouts() {
+  local layer out code
+  start_server PI "$W/state-idle" --idle-timeout 2 --header-timeout 2 --max-streams 1
+  layer=$(largest_layer "$PI" large)
+  # Half a request's headers: closed by the header timeout.
+  "$ROOT/tests/stall.py" headers 127.0.0.1 "$PI"
+  # A client that takes no bytes: its stream holds the only slot...
+  rm -f "$W/idle.release"
+  "$ROOT/tests/stall.py" body "http://127.0.0.1:$PI/v2/large/blobs/$layer" 1 "$W/idle.release" count > "$W/idle.out" 2>&1 &
+  echo $! >> "$W/pids"
+  wait_for_line "$W/idle.out" '^ready$' 60
+  code=$(status "http://127.0.0.1:$PI/v2/large/blobs/$layer" -D "$W/idle.h")
+  eq "$code" 429 "a blob GET past --max-streams"
+  has_header "$W/idle.h" 'retry-after: 1'
+  # ...until the idle write timeout closes it; then the slot is free.
+  sleep 4
+  touch "$W/idle.release"
+  wait_for_line "$W/idle.out" '^open=' 30
+  out=$(cat "$W/idle.out")
+  has_line "$out" '^open=0 closed=1$' "the stalled stream after the idle timeout"
+  out=$(blob_sha "http://127.0.0.1:$PI/v2/large/blobs/$layer")
+  eq "$out" "$layer" "the layer once the slot is free"
+}
+check "timeouts: half-sent headers and a client that reads nothing are cut; 429 past --max-streams" t_timeouts
+
+t_flood() {
+  local before codes n429 others peak refused code
+  start_server PF "$W/state-flood" --max-processes 2 --max-builds 1 --max-queued 4
+  before=$(metric "$PF" flakeport_processes_refused_total)
+  eq "$before" 0 "refusals at start"
+  # Count the server's child processes (nix, git) while 80 requests for
+  # distinct names arrive at once.
+  ( peak=0
+    while [ ! -e "$W/flood.done" ]; do
+      n=$(pgrep -c -P "$PF_PID" || true)
+      if [ "$n" -gt "$peak" ]; then peak=$n; echo "$peak" > "$W/flood.peak"; fi
+      sleep 0.02
+    done ) &
+  local curls=()
+  for i in $(seq 40); do
+    curl -s -o /dev/null -w '%{http_code}\n' "http://127.0.0.1:$PF/v2/flood$i/manifests/latest" >> "$W/flood.codes" &
+    curls+=($!)
+    curl -s -o /dev/null -w '%{http_code}\n' "http://127.0.0.1:$PF/v2/flood$i/tags/list" >> "$W/flood.codes" &
+    curls+=($!)
+  done
+  wait "${curls[@]}"
+  touch "$W/flood.done"
+  codes=$(sort "$W/flood.codes" | uniq -c)
+  echo "replies: $codes"
+  n429=$(grep -c '^429$' "$W/flood.codes")
+  others=$(grep -cvE '^(404|429)$' "$W/flood.codes" || true)
+  eq "$others" 0 "replies other than 404 NAME_UNKNOWN and 429"
+  if [ "$n429" -lt 1 ]; then echo "no request was refused"; return 1; fi
+  peak=$(cat "$W/flood.peak")
+  echo "most child processes seen at once: $peak (bound 2)"
+  if [ "$peak" -gt 2 ]; then echo "$peak processes ran at once"; return 1; fi
+  refused=$(metric "$PF" flakeport_processes_refused_total)
+  eq "$refused" "$n429" "refusals counted"
+  code=$(status "http://127.0.0.1:$PF/v2/app/manifests/latest")
+  eq "$code" 200 "a pull once the flood is over"
+}
+check "a flood of distinct names: never more nix/git processes than --max-processes, 429 past the queue" t_flood
+
+make_certs() { # make_certs DIR SERIAL: DIR/ca.{crt,key} (kept if present) and DIR/server.{crt,key} for 127.0.0.1
+  mkdir -p "$1"
+  if [ ! -e "$1/ca.crt" ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+      -subj /CN=flakeport-test-ca -keyout "$1/ca.key" -out "$1/ca.crt" 2>/dev/null
+  fi
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+    -keyout "$1/new.key" -out "$1/new.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$1/ext"
+  openssl x509 -req -in "$1/new.csr" -CA "$1/ca.crt" -CAkey "$1/ca.key" -set_serial "$2" -days 2 \
+    -extfile "$1/ext" -out "$1/new.crt" 2>/dev/null
+  # Key first, then certificate: the server reloads on change, and a pair
+  # it cannot load yet is retried on the next change.
+  mv "$1/new.key" "$1/server.key"
+  mv "$1/new.crt" "$1/server.crt"
+}
+served_serial() { # served_serial PORT CA: the serial of the certificate the server presents
+  local cert
+  cert=$(openssl s_client -connect "127.0.0.1:$1" -CAfile "$2" -verify_return_error </dev/null 2>/dev/null)
+  openssl x509 -noout -serial <<<"$cert"
+}
+
+AUTH_USER=alice
+AUTH_PASS='wonder land 42'
+htpasswd -Bbc "$W/htpasswd" "$AUTH_USER" "$AUTH_PASS" 2>/dev/null
+echo "token-$RANDOM$RANDOM$RANDOM" > "$W/tokens"
+AUTH_TOKEN=$(cat "$W/tokens")
+
+t_auth() {
+  local code out n
+  start_server PA "$W/state-auth" --htpasswd "$W/htpasswd" --token-file "$W/tokens" --protect-metrics
+  code=$(status "http://127.0.0.1:$PA/v2/" -D "$W/auth.h" -o "$W/auth.body")
+  eq "$code" 401 "GET /v2/ without credentials"
+  has_header "$W/auth.h" 'www-authenticate: Basic realm="flakeport"'
+  out=$(curl -s "http://127.0.0.1:$PA/v2/app/manifests/latest")
+  has_line "$out" '"code":"UNAUTHORIZED"' "the error body"
+  code=$(status "http://127.0.0.1:$PA/v2/app/manifests/latest" -u "$AUTH_USER:wrong")
+  eq "$code" 401 "a wrong password"
+  code=$(status "http://127.0.0.1:$PA/v2/app/manifests/latest" -u "bob:$AUTH_PASS")
+  eq "$code" 401 "an unknown user"
+  code=$(status "http://127.0.0.1:$PA/v2/app/manifests/latest" -H "Authorization: Bearer not-$AUTH_TOKEN")
+  eq "$code" 401 "a wrong token"
+  code=$(status "http://127.0.0.1:$PA/healthz")
+  eq "$code" 200 "/healthz stays open"
+  code=$(status "http://127.0.0.1:$PA/metrics")
+  eq "$code" 401 "/metrics with --protect-metrics"
+  n=$(metric "$PA" flakeport_nix_builds_started_total -H "Authorization: Bearer $AUTH_TOKEN")
+  eq "$n" 0 "builds for refused requests"
+  code=$(status "http://127.0.0.1:$PA/v2/app/manifests/latest" -H "Authorization: Bearer $AUTH_TOKEN")
+  eq "$code" 200 "a bearer token"
+  # skopeo --creds (a user, then the token as a password), containerd, Docker.
+  skopeo copy -q --src-tls-verify=false --src-creds "$AUTH_USER:$AUTH_PASS" "docker://127.0.0.1:$PA/app:latest" "oci:$W/auth-oci:a"
+  skopeo copy -q --src-tls-verify=false --src-creds "robot:$AUTH_TOKEN" "docker://127.0.0.1:$PA/stock:v1" "oci:$W/auth-oci:s"
+  ctr image pull --plain-http --user "$AUTH_USER:$AUTH_PASS" "127.0.0.1:$PA/app:latest" >/dev/null
+  out=$(ctr run --rm "127.0.0.1:$PA/app:latest" "fp-auth-$$")
+  eq "$out" 'greetings v2 as 1000' "ctr run with Basic auth"
+  export DOCKER_CONFIG="$W/docker-auth"
+  if docker login -u "$AUTH_USER" --password-stdin "127.0.0.1:$PA" <<<"wrong" >/dev/null 2>&1; then echo "docker login took a wrong password"; return 1; fi
+  docker login -u "$AUTH_USER" --password-stdin "127.0.0.1:$PA" <<<"$AUTH_PASS" >/dev/null 2>&1
+  docker pull -q "127.0.0.1:$PA/plain:v1" >/dev/null
+  out=$(docker run --rm --network none "127.0.0.1:$PA/plain:v1")
+  eq "$out" 'greetings  as 0' "docker run after docker login"
+  docker logout "127.0.0.1:$PA" >/dev/null
+}
+check "auth: 401 + Basic challenge; docker login, skopeo --creds, ctr --user, bearer tokens; /healthz open" t_auth
+
+t_tls() {
+  local code out serial
+  make_certs "$W/tls" 1001
+  start_server PT "$W/state-tls" --tls-cert "$W/tls/server.crt" --tls-key "$W/tls/server.key" --htpasswd "$W/htpasswd"
+  code=$(status "https://127.0.0.1:$PT/v2/" --cacert "$W/tls/ca.crt")
+  eq "$code" 401 "https /v2/ without credentials"
+  code=$(status "https://127.0.0.1:$PT/v2/app/manifests/latest" --cacert "$W/tls/ca.crt" -u "$AUTH_USER:$AUTH_PASS")
+  eq "$code" 200 "https manifest with credentials"
+  # skopeo with the CA (and verification on), containerd, Docker.
+  mkdir -p "$W/tls-certs.d"
+  cp "$W/tls/ca.crt" "$W/tls-certs.d/ca.crt"
+  skopeo copy -q --src-cert-dir "$W/tls-certs.d" --src-creds "$AUTH_USER:$AUTH_PASS" "docker://127.0.0.1:$PT/app:latest" "oci:$W/tls-oci:a"
+  # containerd: a hosts.toml with the CA (ctr's --tlscacert alone is not
+  # used for a loopback registry, which it reaches over plain http).
+  mkdir -p "$W/tls-hosts/127.0.0.1:$PT"
+  printf '[host."https://127.0.0.1:%s"]\n  capabilities = ["pull", "resolve"]\n  ca = "%s"\n' "$PT" "$W/tls/ca.crt" > "$W/tls-hosts/127.0.0.1:$PT/hosts.toml"
+  ctr image pull --hosts-dir "$W/tls-hosts" --user "$AUTH_USER:$AUTH_PASS" "127.0.0.1:$PT/stock:v1" >/dev/null
+  out=$(ctr run --rm "127.0.0.1:$PT/stock:v1" "fp-tls-$$")
+  eq "$out" 'hello from nix' "ctr run over TLS"
+  mkdir -p "/etc/docker/certs.d/127.0.0.1:$PT"
+  echo "/etc/docker/certs.d/127.0.0.1:$PT" >> "$W/made-dirs"
+  cp "$W/tls/ca.crt" "/etc/docker/certs.d/127.0.0.1:$PT/ca.crt"
+  export DOCKER_CONFIG="$W/docker-tls"
+  docker login -u "$AUTH_USER" --password-stdin "127.0.0.1:$PT" <<<"$AUTH_PASS" >/dev/null 2>&1
+  docker pull -q "127.0.0.1:$PT/app:latest" >/dev/null
+  out=$(docker run --rm --network none "127.0.0.1:$PT/app:latest")
+  eq "$out" 'greetings v2 as 1000' "docker run over TLS"
+  # A renewed certificate is served without a restart.
+  serial=$(served_serial "$PT" "$W/tls/ca.crt")
+  eq "$serial" "serial=03E9" "the first certificate"
+  make_certs "$W/tls" 1002
+  for _ in $(seq 100); do
+    serial=$(served_serial "$PT" "$W/tls/ca.crt")
+    if [ "$serial" = "serial=03EA" ]; then break; fi
+    sleep 0.1
+  done
+  eq "$serial" "serial=03EA" "the renewed certificate"
+  code=$(status "https://127.0.0.1:$PT/v2/app/manifests/latest" --cacert "$W/tls/ca.crt" -u "$AUTH_USER:$AUTH_PASS")
+  eq "$code" 200 "https after the renewal"
+}
+check "TLS: curl, skopeo, ctr and docker over https with the CA (and Basic auth); renewed cert reloaded" t_tls
 
 echo
 echo "e2e: $PASSED passed, ${#FAILED[@]} failed"

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Semaphore};
 /// Chunk size sent to the client; with [`CHANNEL_DEPTH`] it bounds the
 /// memory one stream holds: the chunk in the channel and the one hyper is
 /// writing.
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 64 * 1024;
 const CHANNEL_DEPTH: usize = 1;
 
 pub async fn get(
