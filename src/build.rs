@@ -144,7 +144,7 @@ impl Nix {
     /// keeps the output (and everything it references) alive until the same
     /// name and tag is built again.
     pub async fn build(&self, t: &BuildTarget) -> Result<PathBuf> {
-        let link = self.gcroots.join(root_name(t));
+        let link = self.flake_root(t);
         let outs = self
             .build_outputs(&link, expr_args(t, "target"), t, |f| {
                 classify_flake(t, f, self.timeout)
@@ -156,13 +156,26 @@ impl Nix {
     }
 
     /// Build every package of a package-path image; returns their outputs.
-    pub async fn build_packages(&self, t: &PackageTarget) -> Result<Vec<PathBuf>> {
+    /// The GC root (an out-link) that keeps a flake image's output alive.
+    pub fn flake_root(&self, t: &BuildTarget) -> PathBuf {
+        self.gcroots.join(root_name(t))
+    }
+
+    /// The GC root of a package-path image's packages.
+    pub fn packages_root(&self, t: &PackageTarget) -> PathBuf {
         let mut h = Sha256::new();
         h.update(t.to_string());
         h.update(&t.system);
-        let link = self
-            .gcroots
-            .join(format!("{}-packages", &hex::encode(h.finalize())[..16]));
+        self.gcroots
+            .join(format!("{}-packages", &hex::encode(h.finalize())[..16]))
+    }
+
+    pub fn gcroots(&self) -> &Path {
+        &self.gcroots
+    }
+
+    pub async fn build_packages(&self, t: &PackageTarget) -> Result<Vec<PathBuf>> {
+        let link = self.packages_root(t);
         let json = |v: &[String]| serde_json::to_string(v).expect("strings serialise");
         let mut args: Vec<String> = ["--impure", "--expr", PACKAGES_NIX, "all"]
             .map(String::from)

@@ -84,11 +84,27 @@ impl CompressedCache {
         Ok((c, file))
     }
 
+    /// Bytes of compressed blobs kept now.
+    pub fn bytes(&self) -> u64 {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.values().map(|(s, _)| s).sum()
+    }
+
+    /// Evict least recently used blobs down to `limit` bytes (below the
+    /// configured bound: the state dir as a whole is over its cap).
+    pub fn shrink_to(&self, limit: u64) {
+        self.evict_to(limit.min(self.max_bytes), None)
+    }
+
     /// Evict down to the bound; `keep` (just written, about to be served) stays.
     fn evict(&self, keep: Option<&str>) {
+        self.evict_to(self.max_bytes, keep)
+    }
+
+    fn evict_to(&self, limit: u64, keep: Option<&str>) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut total: u64 = entries.values().map(|(s, _)| s).sum();
-        if total <= self.max_bytes {
+        if total <= limit {
             return;
         }
         let mut by_age: Vec<(Instant, String, u64)> = entries
@@ -100,7 +116,7 @@ impl CompressedCache {
             if Some(digest.as_str()) == keep {
                 continue;
             }
-            if total <= self.max_bytes {
+            if total <= limit {
                 break;
             }
             let _ = std::fs::remove_file(self.path(&digest));

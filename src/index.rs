@@ -12,12 +12,12 @@ use crate::manifest::{JsonBlob, LayerDigest, OCI_CONFIG};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Enough for every layer of thousands of images; an entry is a few hundred bytes.
 const MAX_LAYERS: u64 = 1_000_000;
-const MAX_JSON: u64 = 100_000;
 
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
@@ -56,8 +56,17 @@ pub struct DigestIndex {
     by_digest: moka::sync::Cache<String, IndexedLayer>,
     json: moka::sync::Cache<String, Arc<JsonBlob>>,
     log: Mutex<std::fs::File>,
+    log_path: PathBuf,
     json_dir: PathBuf,
+    /// JSON files (and GC roots) whose mtime was set to "served now"
+    /// within the hour: retention reads mtimes, and once an hour is enough.
+    touched: moka::sync::Cache<PathBuf, ()>,
 }
+
+/// How often a served file's mtime is brought up to date at most.
+const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Bytes of JSON documents held in memory (they are on disk too).
+const JSON_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl DigestIndex {
     pub fn open(state_dir: &Path) -> std::io::Result<DigestIndex> {
@@ -83,9 +92,19 @@ impl DigestIndex {
         let index = DigestIndex {
             by_key: moka::sync::Cache::new(MAX_LAYERS),
             by_digest: moka::sync::Cache::new(MAX_LAYERS),
-            json: moka::sync::Cache::new(MAX_JSON),
+            json: moka::sync::Cache::builder()
+                .weigher(|_, b: &Arc<JsonBlob>| {
+                    u32::try_from(b.bytes.len() + 200).unwrap_or(u32::MAX)
+                })
+                .max_capacity(JSON_CACHE_BYTES)
+                .build(),
             log: Mutex::new(log),
+            log_path: log_path.clone(),
             json_dir,
+            touched: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(TOUCH_EVERY)
+                .build(),
         };
         let mut loaded = 0usize;
         for line in std::io::BufReader::new(std::fs::File::open(&log_path)?).lines() {
@@ -205,8 +224,11 @@ impl DigestIndex {
         Ok(())
     }
 
+    /// A manifest or config by digest; marks it (and the GC root of its
+    /// image) served now, for retention.
     pub fn get_json(&self, digest: &str) -> Option<Arc<JsonBlob>> {
         if let Some(b) = self.json.get(digest) {
+            self.served(digest);
             return Some(b);
         }
         let bytes = std::fs::read(self.json_path(digest)).ok()?;
@@ -225,13 +247,121 @@ impl DigestIndex {
             bytes: Bytes::from(bytes),
         });
         self.json.insert(digest.to_string(), blob.clone());
+        self.served(digest);
         Some(blob)
+    }
+
+    /// Remember which GC root keeps the image of these documents alive, so
+    /// that a pull by digest keeps that root too.
+    pub fn link_root(&self, digests: &[&str], root: &Path) -> std::io::Result<()> {
+        for d in digests {
+            let path = self.json_path(d).with_extension("root");
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.json_dir)?;
+            tmp.write_all(root.as_os_str().as_encoded_bytes())?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+        }
+        Ok(())
+    }
+
+    /// Set the mtime of a document, its `.root` note and the GC root it
+    /// names to now (at most once an hour each): what `--keep-roots` reads.
+    pub fn served(&self, digest: &str) {
+        let path = self.json_path(digest);
+        if self.touched.contains_key(&path) {
+            return;
+        }
+        self.touched.insert(path.clone(), ());
+        let note = path.with_extension("root");
+        let root = std::fs::read(&note)
+            .ok()
+            .map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)));
+        for p in [Some(path), Some(note)].into_iter().chain([root]).flatten() {
+            touch(&p);
+        }
+    }
+
+    /// Forget a document whose file retention removed.
+    pub fn forget_json(&self, digest: &str) {
+        self.json.invalidate(digest);
+    }
+
+    pub fn json_dir(&self) -> &Path {
+        &self.json_dir
+    }
+
+    /// Rewrite `layers.jsonl` with only what is live: one line per digest
+    /// still indexed whose store paths still exist (a GC took the others;
+    /// their digests could not be served anyway). Drops and superseded
+    /// lines go. Returns (lines kept, digests dropped).
+    pub fn compact(&self) -> std::io::Result<(usize, usize)> {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = Vec::new();
+        let mut gone = Vec::new();
+        for (digest, layer) in self.by_digest.iter() {
+            if layer
+                .source
+                .reads()
+                .iter()
+                .all(|p| p.symlink_metadata().is_ok())
+            {
+                kept.push(((*digest).clone(), layer));
+            } else {
+                gone.push((*digest).clone());
+            }
+        }
+        kept.sort_by(|a, b| a.0.cmp(&b.0));
+        let dir = self.log_path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        {
+            let mut out = std::io::BufWriter::new(tmp.as_file_mut());
+            for (digest, l) in &kept {
+                let line = Line::Layer {
+                    key: l.key.clone(),
+                    digest: digest.clone(),
+                    size: l.size,
+                    source: l.source.clone(),
+                    diff_id: l.diff_id.clone(),
+                    packed: l.packed,
+                };
+                serde_json::to_writer(&mut out, &line).map_err(std::io::Error::other)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+        }
+        tmp.as_file().sync_all()?;
+        tmp.persist(&self.log_path).map_err(|e| e.error)?;
+        *log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)?;
+        drop(log);
+        for d in &gone {
+            self.remove(d);
+        }
+        Ok((kept.len(), gone.len()))
     }
 
     fn json_path(&self, digest: &str) -> PathBuf {
         // Digests are validated before they get here: `sha256:<64 hex>`.
         self.json_dir.join(digest.trim_start_matches("sha256:"))
     }
+}
+
+/// Set a path's mtime to now, not following a symlink (a GC root's own
+/// mtime is what counts).
+pub fn touch(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: a valid C string and a null times pointer (= now).
+    unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            std::ptr::null(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod redact;
 pub mod refs;
 pub mod registry;
 pub mod resolve;
+pub mod retention;
 pub mod scheduler;
 pub mod server;
 pub mod tls;

@@ -154,10 +154,25 @@ struct ServeArgs {
     #[arg(long, env = "FLAKEPORT_MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
 
+    /// Days a GC root (and the documents) of an image that is not pulled is
+    /// kept; then the root goes and a Nix GC may take its closure. Checked
+    /// at start and hourly.
+    #[arg(long, env = "FLAKEPORT_KEEP_ROOTS", default_value_t = 30.0)]
+    keep_roots: f64,
+
+    /// Most MiB the state dir may hold: compressed layers (least recently
+    /// used first), then git mirrors, are removed to fit. Checked at start
+    /// and hourly.
+    #[arg(long, env = "FLAKEPORT_MAX_STATE_MIB")]
+    max_state_mib: Option<u64>,
+
     /// Seconds to let streams in flight finish after SIGTERM/SIGINT.
     #[arg(long, env = "FLAKEPORT_SHUTDOWN_GRACE", default_value_t = 30)]
     shutdown_grace: u64,
 }
+
+/// How often the state dir is swept (the first sweep runs at start).
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 fn default_state_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
@@ -313,6 +328,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
+    let policy = flakeport::retention::Policy {
+        state_dir: state_dir.clone(),
+        keep: Duration::from_secs_f64(args.keep_roots.max(0.0) * 86_400.0),
+        max_bytes: args.max_state_mib.map(|m| m * 1024 * 1024),
+    };
+    let sweeper = images.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            every.tick().await;
+            sweeper.sweep_state(policy.clone()).await;
+        }
+    });
     let grace = Duration::from_secs(args.shutdown_grace);
     let at_exit = images.clone();
     let app = registry::app(

@@ -210,10 +210,36 @@ impl Images {
     }
 
     async fn get_or_build(self: &Arc<Self>, key: ImageKey) -> Result<Arc<ImageDocuments>> {
-        if let Some(docs) = self.manifests.get(&key).await {
-            return Ok(docs);
+        let docs = match self.manifests.get(&key).await {
+            Some(docs) => docs,
+            None => self.pending(key).await?,
+        };
+        // Keeps its GC root (and documents) from retention's sweep.
+        for blob in [&docs.oci, &docs.docker, &docs.config] {
+            self.index.served(&blob.digest);
         }
-        self.pending(key).await
+        Ok(docs)
+    }
+
+    /// Apply `--keep-roots` and `--max-state-mib` to the state dir (see
+    /// [`crate::retention`]); run at start and every hour.
+    pub async fn sweep_state(self: &Arc<Self>, policy: crate::retention::Policy) {
+        let this = self.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            crate::retention::sweep(&policy, &this.nix, &this.index, this.compressed.as_deref())
+        })
+        .await;
+        match report {
+            Ok(r) => {
+                if r.roots_removed > 0 || r.layers_dropped > 0 {
+                    // Cached manifests may name layers whose paths a GC can now take.
+                    self.manifests.invalidate_all();
+                    self.scanned.invalidate_all();
+                }
+                tracing::info!(?r, "state dir swept");
+            }
+            Err(e) => tracing::error!(error = %e, "state sweep failed"),
+        }
     }
 
     /// The in-flight build of `target`, started if there is none.

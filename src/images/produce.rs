@@ -37,6 +37,16 @@ impl Images {
         for blob in [&docs.config, &docs.oci, &docs.docker] {
             self.index.put_json(blob).map_err(RegistryError::internal)?;
         }
+        let root = match key {
+            ImageKey::Flake(t) => self.nix.flake_root(t),
+            ImageKey::Packages(t) => self.nix.packages_root(t),
+        };
+        self.index
+            .link_root(
+                &[&docs.oci.digest, &docs.docker.digest, &docs.config.digest],
+                &root,
+            )
+            .map_err(RegistryError::internal)?;
         tracing::info!(
             target = %key,
             digest = %docs.oci.digest,
