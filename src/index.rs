@@ -295,21 +295,46 @@ impl DigestIndex {
     /// lines go. Returns (lines kept, digests dropped).
     pub fn compact(&self) -> std::io::Result<(usize, usize)> {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        // One line per key: two sources can give the same bytes, and each
+        // key must still find its digest after a restart.
         let mut kept = Vec::new();
         let mut gone = Vec::new();
-        for (digest, layer) in self.by_digest.iter() {
+        for (key, d) in self.by_key.iter() {
+            let Some(layer) = self.by_digest.get(&d.digest) else {
+                continue;
+            };
             if layer
                 .source
                 .reads()
                 .iter()
                 .all(|p| p.symlink_metadata().is_ok())
             {
-                kept.push(((*digest).clone(), layer));
+                kept.push((
+                    d.digest.clone(),
+                    IndexedLayer {
+                        key: (*key).clone(),
+                        ..layer
+                    },
+                ));
             } else {
+                gone.push(d.digest.clone());
+            }
+        }
+        // Digests no key leads to any more (their key was re-digested).
+        for (digest, layer) in self.by_digest.iter() {
+            if self.by_key.get(&layer.key).is_none()
+                && !layer
+                    .source
+                    .reads()
+                    .iter()
+                    .all(|p| p.symlink_metadata().is_ok())
+            {
                 gone.push((*digest).clone());
             }
         }
-        kept.sort_by(|a, b| a.0.cmp(&b.0));
+        gone.sort();
+        gone.dedup();
+        kept.sort_by(|a, b| (&a.0, &a.1.key.0).cmp(&(&b.0, &b.1.key.0)));
         let dir = self.log_path.parent().unwrap_or(Path::new("."));
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         {

@@ -1172,6 +1172,44 @@ t_tls() {
 }
 check "TLS: curl, skopeo, ctr and docker over https with the CA (and Basic auth); renewed cert reloaded" t_tls
 
+t_retention() {
+  local st=$W/state-ret lines live fake roots code recent
+  start_server PR "$st"
+  code=$(status "http://127.0.0.1:$PR/v2/app/manifests/latest")
+  eq "$code" 200 "app"
+  code=$(status "http://127.0.0.1:$PR/v2/stock/manifests/v1")
+  eq "$code" 200 "stock:v1"
+  stop_server "$PR_PID"
+  roots=$(ls "$st/gcroots" | wc -l)
+  eq "$roots" 2 "GC roots after two pulls"
+  # 40 days without a pull; the index with history: every line twice, and a
+  # layer whose store path a GC took.
+  touch -h -d '40 days ago' "$st"/gcroots/* "$st"/json/*
+  live=$(wc -l < "$st/layers.jsonl")
+  cp "$st/layers.jsonl" "$W/ret.lines"
+  cat "$W/ret.lines" >> "$st/layers.jsonl"
+  fake=$(python3 -c 'import json,sys; d=[json.loads(l) for l in open(sys.argv[1]) if "\"store_paths\"" in l][0]; d["digest"]="sha256:"+"e"*64; d["key"]="f"*64; d["source"]["paths"]=["/nix/store/00000000000000000000000000000000-gone"]; print(json.dumps(d))' "$W/ret.lines")
+  echo "$fake" >> "$st/layers.jsonl"
+  start_server PR "$st" --keep-roots 30
+  wait_for_line "$W/server-$PR.log" 'state dir swept' 30
+  roots=$(ls "$st/gcroots" | wc -l)
+  eq "$roots" 0 "GC roots after 40 days unpulled"
+  lines=$(ls "$st/json" | wc -l)
+  eq "$lines" 0 "documents after 40 days unpulled"
+  lines=$(wc -l < "$st/layers.jsonl")
+  eq "$lines" "$live" "index lines after compaction (one per live digest)"
+  lines=$(sort -u "$st/layers.jsonl" | wc -l)
+  eq "$lines" "$live" "distinct index lines"
+  R=127.0.0.1:$PR
+  expect_error GET "/v2/app/blobs/sha256:$(printf 'e%.0s' {1..64})" 404 BLOB_UNKNOWN
+  # A pull brings the root back, marked served now.
+  code=$(status "http://127.0.0.1:$PR/v2/app/manifests/latest")
+  eq "$code" 200 "app after the sweep"
+  recent=$(find "$st/gcroots" -mindepth 1 -mmin -1 | wc -l)
+  eq "$recent" 1 "GC roots served within the last minute"
+}
+check "retention: roots and documents unpulled for --keep-roots go; layers.jsonl compacted" t_retention
+
 echo
 echo "e2e: $PASSED passed, ${#FAILED[@]} failed"
 if [ "${#FAILED[@]}" -gt 0 ]; then

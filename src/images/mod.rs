@@ -120,8 +120,13 @@ impl Images {
                 .build(),
             nix,
             index,
+            // In bytes of the documents: an image with many layers weighs more.
             manifests: moka::future::Cache::builder()
-                .max_capacity(10_000)
+                .weigher(|_, d: &Arc<ImageDocuments>| {
+                    let bytes = d.oci.bytes.len() + d.docker.bytes.len() + d.config.bytes.len();
+                    u32::try_from(bytes + 512).unwrap_or(u32::MAX)
+                })
+                .max_capacity(64 * 1024 * 1024)
                 .expire_after(TargetExpiry { ttl })
                 .build(),
             digesting: moka::future::Cache::builder()
