@@ -58,10 +58,17 @@ in
   };
 
   config = mkIf cfg.enable {
-    assertions = [{
-      assertion = cfg.flake != null || cfg.packages != null;
-      message = "services.flakeport: set flake, packages, or both.";
-    }];
+    assertions = [
+      {
+        assertion = cfg.flake != null || cfg.packages != null;
+        message = "services.flakeport: set flake, packages, or both.";
+      }
+      {
+        assertion = builtins.any (u: u == "*" || u == "flakeport" || u == "@flakeport")
+          (config.nix.settings.allowed-users or [ "*" ]);
+        message = ''services.flakeport: nix.settings.allowed-users is set without "flakeport"; add it (flakeport builds through the nix-daemon as that user).'';
+      }
+    ];
 
     users.users.flakeport = {
       isSystemUser = true;
@@ -71,8 +78,11 @@ in
     users.groups.flakeport = { };
 
     # Builds go through the nix-daemon as this user; allowed-users is enough
-    # (flakeport passes no settings that need a trusted user).
-    nix.settings.allowed-users = [ "flakeport" ];
+    # (flakeport passes no settings that need a trusted user). Added at the
+    # default's own priority, so it joins the default [ "*" ] instead of
+    # replacing it (which would lock every other user out of the daemon).
+    # A host that sets its own list must name flakeport: asserted above.
+    nix.settings.allowed-users = lib.mkOptionDefault [ "flakeport" ];
 
     systemd.tmpfiles.rules = [ "d ${cfg.stateDir} 0750 flakeport flakeport -" ];
 

@@ -335,26 +335,29 @@ fn root_name(t: &BuildTarget) -> String {
     format!("{}-{}", &hex::encode(h.finalize())[..16], name)
 }
 
+/// A locked flake is evaluated in pure mode: nothing from the environment
+/// (NIX_PATH, `builtins.getEnv`, unlocked fetches) reaches it.
 fn expr_args(t: &BuildTarget, attr: &str) -> Vec<String> {
     let attr_json = serde_json::to_string(&t.attr_path).expect("strings serialise");
-    [
-        "--impure",
-        "--expr",
-        RESOLVE_NIX,
-        attr,
-        "--argstr",
-        "flakeRef",
-        &t.flake_ref,
-        "--argstr",
-        "system",
-        &t.system,
-        "--argstr",
-        "attrPath",
-        &attr_json,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let impure = t.locked_ref.is_none().then_some("--impure");
+    impure
+        .into_iter()
+        .chain([
+            "--expr",
+            RESOLVE_NIX,
+            attr,
+            "--argstr",
+            "flakeRef",
+            t.eval_ref(),
+            "--argstr",
+            "system",
+            &t.system,
+            "--argstr",
+            "attrPath",
+            &attr_json,
+        ])
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn classify_flake(t: &BuildTarget, f: Failure, timeout: Duration) -> RegistryError {
@@ -475,6 +478,7 @@ mod tests {
             system: "x86_64-linux".into(),
             pinned: false,
             tag: tag.into(),
+            locked_ref: None,
         }
     }
 

@@ -38,6 +38,17 @@ pub struct BuildTarget {
     pub pinned: bool,
     /// The tag as requested (for messages).
     pub tag: String,
+    /// What Nix evaluates: `flake_ref` locked to the commit the ref gate
+    /// resolved, so the evaluation is pure (no `--impure`, nothing read
+    /// from the environment); `None` for `latest` and non-git sources.
+    pub locked_ref: Option<String>,
+}
+
+impl BuildTarget {
+    /// The flake URL handed to Nix.
+    pub fn eval_ref(&self) -> &str {
+        self.locked_ref.as_deref().unwrap_or(&self.flake_ref)
+    }
 }
 
 impl std::fmt::Display for BuildTarget {
@@ -147,9 +158,52 @@ impl FlakeSource {
         }
     }
 
-    pub fn target(&self, name: &str, tag: &str, system: &str) -> Result<BuildTarget> {
+    /// The URL locked to `commit`, reached through `git_ref` (a full ref
+    /// such as `refs/heads/main`, which a git remote needs to find the
+    /// commit; forges find any commit).
+    pub fn locked(&self, git_ref: Option<&str>, commit: &str) -> Option<String> {
+        match &self.kind {
+            SourceKind::Forge {
+                scheme,
+                owner_repo,
+                query,
+            } => Some(format!("{scheme}:{owner_repo}/{commit}{query}")),
+            SourceKind::Git => {
+                let (base, query) = self.url.split_once('?').unwrap_or((&self.url, ""));
+                let mut params: Vec<String> = query
+                    .split('&')
+                    .filter(|p| !p.is_empty() && !p.starts_with("ref=") && !p.starts_with("rev="))
+                    .map(str::to_string)
+                    .collect();
+                if let Some(r) = git_ref {
+                    params.push(format!("ref={r}"));
+                }
+                params.push(format!("rev={commit}"));
+                Some(format!("{base}?{}", params.join("&")))
+            }
+            SourceKind::Other => None,
+        }
+    }
+
+    /// The target of `name` at `tag`; `selected` is what the ref gate
+    /// resolved the tag to (a branch or tag with its commit, or a commit),
+    /// which locks the evaluation.
+    pub fn target(
+        &self,
+        name: &str,
+        tag: &str,
+        system: &str,
+        selected: &crate::refs::Selected,
+    ) -> Result<BuildTarget> {
+        use crate::refs::Selected;
         let (flake_ref, pinned) = self.at_tag(tag)?;
+        let locked_ref = match selected {
+            Selected::Latest => None,
+            Selected::Ref(r) => self.locked(Some(&r.full), &r.commit),
+            Selected::Commit(c) => self.locked(None, c),
+        };
         Ok(BuildTarget {
+            locked_ref,
             flake_ref,
             // Names are validated by the route parser: '/' separates attribute
             // names, and no segment can hold a quote or a dot-less surprise.
@@ -178,6 +232,29 @@ pub fn oci_arch(system: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locked_refs() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let gh = FlakeSource::parse("github:org/repo?dir=sub").unwrap();
+        assert_eq!(
+            gh.locked(Some("refs/heads/main"), sha).unwrap(),
+            format!("github:org/repo/{sha}?dir=sub")
+        );
+        let git = FlakeSource::parse("git+https://h/r?ref=main&dir=x").unwrap();
+        assert_eq!(
+            git.locked(Some("refs/tags/v1"), sha).unwrap(),
+            format!("git+https://h/r?dir=x&ref=refs/tags/v1&rev={sha}")
+        );
+        assert_eq!(
+            git.locked(None, sha).unwrap(),
+            format!("git+https://h/r?dir=x&rev={sha}")
+        );
+        assert_eq!(
+            FlakeSource::parse("path:/x").unwrap().locked(None, sha),
+            None
+        );
+    }
 
     #[test]
     fn tags_select_refs() {

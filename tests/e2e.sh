@@ -1210,6 +1210,22 @@ t_retention() {
 }
 check "retention: roots and documents unpulled for --keep-roots go; layers.jsonl compacted" t_retention
 
+t_pure_eval() {
+  local env
+  FLAKEPORT_PURITY_PROBE=leaked start_server PU "$W/state-pure"
+  # A branch, a git tag and a commit are locked to their commit by the ref
+  # gate and evaluated in pure mode: the server's environment is not seen.
+  env=$(skopeo inspect --tls-verify=false "docker://127.0.0.1:$PU/purity:main" | json '[e for e in d["Env"] if e.startswith("PROBE")][0]')
+  eq "$env" "PROBE=" "Env of purity:main (pure)"
+  env=$(skopeo inspect --tls-verify=false "docker://127.0.0.1:$PU/purity:v1" | json '[e for e in d["Env"] if e.startswith("PROBE")][0]')
+  eq "$env" "PROBE=" "Env of purity:v1 (pure)"
+  # `latest` (the flake as given, revision unknown before Nix fetches it)
+  # is evaluated impurely: that is what the probe shows.
+  env=$(skopeo inspect --tls-verify=false "docker://127.0.0.1:$PU/purity:latest" | json '[e for e in d["Env"] if e.startswith("PROBE")][0]')
+  eq "$env" "PROBE=leaked" "Env of purity:latest (impure)"
+}
+check "pure evaluation of branches and tags locked by the ref gate" t_pure_eval
+
 echo
 echo "e2e: $PASSED passed, ${#FAILED[@]} failed"
 if [ "${#FAILED[@]}" -gt 0 ]; then

@@ -36,7 +36,7 @@ expect "nixosModules.default imports the module and the overlay" '"1 imports, 1 
 
 # The module, with the stub lib: options exist, and an enabled service
 # becomes the systemd unit, user, firewall rule we mean.
-module_eval() { # module_eval SETTINGS EXPR-ON-r
+module_eval() { # module_eval SETTINGS EXPR-ON-r [NIX-SETTINGS]: the host's nix.settings as the module sees them
   nix eval --impure --json --expr '
     let
       lib = import '"$ROOT"'/tests/nixpkgs-stub/lib.nix;
@@ -44,17 +44,23 @@ module_eval() { # module_eval SETTINGS EXPR-ON-r
       opts = (import '"$ROOT"'/nixlib/nixos-module.nix { config = { }; inherit lib pkgs; }).options.services.flakeport;
       defaults = builtins.mapAttrs (_: o: o.default) opts;
       cfg = defaults // ('"$1"');
-      m = import '"$ROOT"'/nixlib/nixos-module.nix { config = { services.flakeport = cfg; nix.package = pkgs.nix; }; inherit lib pkgs; };
+      m = import '"$ROOT"'/nixlib/nixos-module.nix { config = { services.flakeport = cfg; nix.package = pkgs.nix; nix.settings = '"${3:-{ \}}"'; }; inherit lib pkgs; };
       r = if m.config.condition then m.config.content else null;
     in '"$2" 2>"$W/stderr" || tail -5 "$W/stderr"
 }
 got=$(module_eval '{ enable = true; flake = "github:org/repo"; openFirewall = true; listen = "0.0.0.0:5001"; extraArgs = [ "--compression" "gzip" ]; }' \
   '[ r.systemd.services.flakeport.serviceConfig.ExecStart r.systemd.services.flakeport.serviceConfig.User r.networking.firewall.allowedTCPPorts r.users.users.flakeport.isSystemUser r.nix.settings.allowed-users ]')
-if [[ "$got" == '["/nix/store/'*'-flakeport/bin/flakeport serve '"'"'github:org/repo'"'"' '"'"'--compression'"'"' '"'"'gzip'"'"'","flakeport",[5001],true,["flakeport"]]' ]]; then
-  echo "ok   NixOS module: unit, user, firewall, daemon access"
+if [[ "$got" == '["/nix/store/'*'-flakeport/bin/flakeport serve '"'"'github:org/repo'"'"' '"'"'--compression'"'"' '"'"'gzip'"'"'","flakeport",[5001],true,{"_type":"override","content":["flakeport"],"priority":1500}]' ]]; then
+  echo "ok   NixOS module: unit, user, firewall, daemon access (joins the default allowed-users)"
 else echo "FAIL NixOS module: $got"; fails=$((fails + 1)); fi
 got=$(module_eval '{ enable = false; }' 'r')
 [ "$got" = null ] && echo "ok   NixOS module: disabled adds nothing" || { echo "FAIL disabled: $got"; fails=$((fails + 1)); }
 got=$(module_eval '{ enable = true; packages = "github:NixOS/nixpkgs/nixos-25.05"; }' '[ r.systemd.services.flakeport.environment.FLAKEPORT_PACKAGES (builtins.head r.assertions).assertion r.networking.firewall.allowedTCPPorts ]')
 [ "$got" = '["github:NixOS/nixpkgs/nixos-25.05",true,[]]' ] && echo "ok   NixOS module: package set alone, firewall closed" || { echo "FAIL packages: $got"; fails=$((fails + 1)); }
+# allowed-users: the default [ "*" ] lets flakeport in; a host list without
+# it fails an assertion that says what to add.
+got=$(module_eval '{ enable = true; flake = "f"; }' 'map (a: a.assertion) r.assertions' '{ allowed-users = [ "*" "flakeport" ]; }')
+[ "$got" = '[true,true]' ] && echo "ok   NixOS module: allowed-users default passes" || { echo "FAIL allowed-users default: $got"; fails=$((fails + 1)); }
+got=$(module_eval '{ enable = true; flake = "f"; }' 'map (a: a.assertion) r.assertions' '{ allowed-users = [ "@wheel" ]; }')
+[ "$got" = '[true,false]' ] && echo "ok   NixOS module: a host allowed-users without flakeport fails an assertion" || { echo "FAIL allowed-users host list: $got"; fails=$((fails + 1)); }
 [ "$fails" = 0 ]

@@ -178,15 +178,15 @@ impl Images {
             let has_packages = self.settings.packages.is_some();
             if !(has_packages && self.not_outputs.contains_key(&asked)) {
                 let allowed = match flake.git_remote() {
-                    Some(remote) => self.refs.select(&remote, tag, &flake.url).await.map(drop),
-                    None => Ok(()),
+                    Some(remote) => self.refs.select(&remote, tag, &flake.url).await,
+                    None => Ok(Selected::Latest),
                 };
                 match allowed {
                     // Not a ref of the flake: maybe one of the package set.
                     Err(RegistryError::TagUnknown { .. }) if has_packages => {}
                     Err(e) => return Err(e),
-                    Ok(()) => match self
-                        .get_or_build(ImageKey::Flake(flake.target(name, tag, system)?))
+                    Ok(selected) => match self
+                        .get_or_build(ImageKey::Flake(flake.target(name, tag, system, &selected)?))
                         .await
                     {
                         // Not an output of the flake: a package path, if there is a set.
@@ -283,7 +283,7 @@ impl Images {
         let mut remote = None;
         let mut is_output = false;
         if let Some(flake) = &self.settings.flake {
-            let target = flake.target(name, "latest", &self.settings.system)?;
+            let target = flake.target(name, "latest", &self.settings.system, &Selected::Latest)?;
             let cached = self
                 .manifests
                 .get(&ImageKey::Flake(target.clone()))

@@ -16,6 +16,8 @@ rec {
   mkOption = o: o // { _type = "option"; };
   mkEnableOption = d: mkOption { default = false; description = "Whether to enable ${d}."; };
   mkIf = condition: content: { _type = "if"; inherit condition content; };
+  # As nixpkgs' mkOverride 1500: the priority of option defaults.
+  mkOptionDefault = content: { _type = "override"; priority = 1500; inherit content; };
   types = {
     package = "package";
     str = "str";
