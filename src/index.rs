@@ -206,10 +206,24 @@ impl DigestIndex {
         let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
         bytes.push(b'\n');
         // One write per line: O_APPEND keeps lines whole between replicas.
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write_all(&bytes)
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let _shared = FileLock::take(&self.log_path)?;
+        self.follow_compaction(&mut log)?;
+        log.write_all(&bytes)
+    }
+
+    /// Another replica (or this one) may have replaced the file by a
+    /// compacted copy: append to the file at the path, not to the old one.
+    fn follow_compaction(&self, log: &mut std::fs::File) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let at_path = std::fs::metadata(&self.log_path)?;
+        let ours = log.metadata()?;
+        if (at_path.dev(), at_path.ino()) != (ours.dev(), ours.ino()) {
+            *log = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&self.log_path)?;
+        }
+        Ok(())
     }
 
     pub fn put_json(&self, blob: &JsonBlob) -> std::io::Result<()> {
@@ -289,85 +303,96 @@ impl DigestIndex {
         &self.json_dir
     }
 
-    /// Rewrite `layers.jsonl` with only what is live: one line per digest
-    /// still indexed whose store paths still exist (a GC took the others;
-    /// their digests could not be served anyway). Drops and superseded
-    /// lines go. Returns (lines kept, digests dropped).
+    /// Rewrite `layers.jsonl` with only what is live: one line per key
+    /// whose digest was not dropped and whose store paths still exist (a
+    /// GC took the others; their digests could not be served anyway).
+    /// Read from the file, not from memory, under a lock that appends take
+    /// too: replicas sharing the state dir append lines this process has
+    /// never seen. Returns (lines kept, digests dropped here).
     pub fn compact(&self) -> std::io::Result<(usize, usize)> {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        // One line per key: two sources can give the same bytes, and each
-        // key must still find its digest after a restart.
+        let _exclusive = FileLock::take(&self.log_path)?;
+        let mut by_key: std::collections::BTreeMap<String, (String, String)> = Default::default();
+        let text = std::fs::read_to_string(&self.log_path)?;
+        for raw in text.lines() {
+            match serde_json::from_str::<Line>(raw) {
+                Ok(Line::Layer { key, digest, .. }) => {
+                    by_key.insert(key.0.clone(), (digest, raw.to_string()));
+                }
+                Ok(Line::Drop { drop }) => by_key.retain(|_, (d, _)| *d != drop),
+                Err(_) => {} // a torn line
+            }
+        }
         let mut kept = Vec::new();
         let mut gone = Vec::new();
-        for (key, d) in self.by_key.iter() {
-            let Some(layer) = self.by_digest.get(&d.digest) else {
-                continue;
+        for (digest, raw) in by_key.into_values() {
+            let live = match serde_json::from_str::<Line>(&raw) {
+                Ok(Line::Layer { source, .. }) => {
+                    source.reads().iter().all(|p| p.symlink_metadata().is_ok())
+                }
+                _ => false,
             };
-            if layer
-                .source
-                .reads()
-                .iter()
-                .all(|p| p.symlink_metadata().is_ok())
-            {
-                kept.push((
-                    d.digest.clone(),
-                    IndexedLayer {
-                        key: (*key).clone(),
-                        ..layer
-                    },
-                ));
+            if live {
+                kept.push(raw);
             } else {
-                gone.push(d.digest.clone());
+                gone.push(digest);
             }
         }
-        // Digests no key leads to any more (their key was re-digested).
-        for (digest, layer) in self.by_digest.iter() {
-            if self.by_key.get(&layer.key).is_none()
-                && !layer
-                    .source
-                    .reads()
-                    .iter()
-                    .all(|p| p.symlink_metadata().is_ok())
-            {
-                gone.push((*digest).clone());
-            }
-        }
-        gone.sort();
-        gone.dedup();
-        kept.sort_by(|a, b| (&a.0, &a.1.key.0).cmp(&(&b.0, &b.1.key.0)));
         let dir = self.log_path.parent().unwrap_or(Path::new("."));
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         {
             let mut out = std::io::BufWriter::new(tmp.as_file_mut());
-            for (digest, l) in &kept {
-                let line = Line::Layer {
-                    key: l.key.clone(),
-                    digest: digest.clone(),
-                    size: l.size,
-                    source: l.source.clone(),
-                    diff_id: l.diff_id.clone(),
-                    packed: l.packed,
-                };
-                serde_json::to_writer(&mut out, &line).map_err(std::io::Error::other)?;
+            for raw in &kept {
+                out.write_all(raw.as_bytes())?;
                 out.write_all(b"\n")?;
             }
             out.flush()?;
         }
         tmp.as_file().sync_all()?;
         tmp.persist(&self.log_path).map_err(|e| e.error)?;
-        *log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.log_path)?;
+        self.follow_compaction(&mut log)?;
         drop(log);
+        gone.sort();
+        gone.dedup();
+        let mut dropped = 0;
         for d in &gone {
-            self.remove(d);
+            if self.remove(d).is_some() {
+                dropped += 1;
+            }
         }
-        Ok((kept.len(), gone.len()))
+        Ok((kept.len(), dropped))
     }
 
     fn json_path(&self, digest: &str) -> PathBuf {
-        // Digests are validated before they get here: `sha256:<64 hex>`.
         self.json_dir.join(digest.trim_start_matches("sha256:"))
+    }
+}
+
+/// An exclusive `flock` on `PATH.lock`, held while the index file is
+/// appended to or replaced, by any process sharing the state dir.
+struct FileLock(std::fs::File);
+
+impl FileLock {
+    fn take(log_path: &Path) -> std::io::Result<FileLock> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(log_path.with_extension("lock"))?;
+        // SAFETY: flock(2) on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(FileLock(f))
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as above; closing would release it too.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
     }
 }
 
@@ -469,6 +494,51 @@ mod tests {
         assert_eq!(
             (got.bytes.clone(), got.media_type.as_str()),
             (m.bytes, "application/vnd.oci.image.manifest.v1+json")
+        );
+    }
+
+    /// Two replicas share a state dir: one compacts while the other keeps
+    /// appending; no line of either is lost, and lines of paths that are
+    /// gone are dropped whichever replica wrote them.
+    #[test]
+    fn compaction_by_one_replica_keeps_the_others_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let path = |n: &str| {
+            let p = store.path().join(n);
+            std::fs::write(&p, n).unwrap();
+            p
+        };
+        let src = |p: PathBuf| LayerSource::StorePaths {
+            paths: vec![p],
+            mtime: 1,
+            owner: Owner::default(),
+            perms: vec![],
+        };
+        let d = |c: char| LayerDigest {
+            digest: format!("sha256:{}", c.to_string().repeat(64)),
+            size: 1024,
+            diff_id: None,
+            packed: None,
+        };
+        let a = DigestIndex::open(dir.path()).unwrap();
+        let b = DigestIndex::open(dir.path()).unwrap();
+        let (p1, p2, p3) = (path("one"), path("two"), path("three"));
+        a.record_layer(src(p1.clone()).key(), &src(p1), &d('1'))
+            .unwrap();
+        a.record_layer(src(p2.clone()).key(), &src(p2.clone()), &d('2'))
+            .unwrap();
+        std::fs::remove_file(&p2).unwrap();
+        // b never saw a's lines in memory; it compacts from the file.
+        assert_eq!(b.compact().unwrap(), (1, 0));
+        a.record_layer(src(p3.clone()).key(), &src(p3), &d('3'))
+            .unwrap();
+        let c = DigestIndex::open(dir.path()).unwrap();
+        assert!(c.layer(&d('1').digest).is_some());
+        assert!(c.layer(&d('2').digest).is_none(), "its path is gone");
+        assert!(
+            c.layer(&d('3').digest).is_some(),
+            "appended after the compaction"
         );
     }
 }
