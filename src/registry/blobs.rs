@@ -269,6 +269,23 @@ mod tests {
         requested_range(&h, size)
     }
 
+    proptest::proptest! {
+        /// Any Range header, any size: the whole blob, 416, or a non-empty
+        /// range inside the blob; never a panic.
+        #[test]
+        fn any_range_header(v in "(bytes=)?[0-9 ,-]{0,20}|[ -~]{0,40}", size in 0u64..5000) {
+            let mut h = HeaderMap::new();
+            if let Ok(value) = v.parse() {
+                h.insert(header::RANGE, value);
+            }
+            match requested_range(&h, size) {
+                Ok(None) | Err(RegistryError::RangeNotSatisfiable { .. }) => {}
+                Ok(Some((s, e))) => proptest::prop_assert!(s < e && e <= size, "{s}..{e} of {size}"),
+                Err(e) => proptest::prop_assert!(false, "{e}"),
+            }
+        }
+    }
+
     #[test]
     fn ranges() {
         assert_eq!(range("bytes=0-99", 1000).unwrap(), Some((0, 100)));

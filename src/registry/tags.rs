@@ -7,20 +7,7 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
 pub async fn get(images: &Arc<Images>, name: &str, query: Option<&str>) -> Result<Response> {
-    let mut n: Option<usize> = None;
-    let mut last: Option<String> = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "n" => {
-                n = Some(v.parse().map_err(|_| RegistryError::PaginationInvalid {
-                    reason: format!("n={v:?} is not a number"),
-                })?)
-            }
-            "last" => last = Some(v.to_string()),
-            _ => {} // unknown parameters (e.g. `ns` from mirrors) are ignored
-        }
-    }
+    let (n, last) = pagination(query)?;
     let all = images.tags(name).await?;
     let after: Vec<String> = all
         .into_iter()
@@ -38,5 +25,40 @@ pub async fn get(images: &Arc<Images>, name: &str, query: Option<&str>) -> Resul
             Ok(([(header::LINK, link)], body).into_response())
         }
         _ => Ok(body.into_response()),
+    }
+}
+
+/// `n` and `last` from the query string.
+fn pagination(query: Option<&str>) -> Result<(Option<usize>, Option<String>)> {
+    let mut n: Option<usize> = None;
+    let mut last: Option<String> = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "n" => {
+                n = Some(v.parse().map_err(|_| RegistryError::PaginationInvalid {
+                    reason: format!("n={v:?} is not a number"),
+                })?)
+            }
+            "last" => last = Some(v.to_string()),
+            _ => {} // unknown parameters (e.g. `ns` from mirrors) are ignored
+        }
+    }
+    Ok((n, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Any query: a page size and marker, or PAGINATION_NUMBER_INVALID;
+        /// never a panic.
+        #[test]
+        fn any_query(q in "\\PC{0,60}") {
+            if let Err(e) = pagination(Some(&q)) {
+                proptest::prop_assert_eq!(e.status_and_code().1, "PAGINATION_NUMBER_INVALID");
+            }
+        }
     }
 }
