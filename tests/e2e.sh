@@ -1064,6 +1064,45 @@ t_flood() {
 }
 check "a flood of distinct names: never more nix/git processes than --max-processes, 429 past the queue" t_flood
 
+t_transient() {
+  local layer n top code soft got
+  start_server PX "$W/state-fd"
+  layer=$(largest_layer "$PX" app)
+  got=$(blob_sha "http://127.0.0.1:$PX/v2/app/blobs/$layer")
+  eq "$got" "$layer" "the layer before"
+  sleep 0.5
+  soft=$(prlimit --pid "$PX_PID" --nofile --noheadings --output SOFT)
+  # One descriptor left: the next connection takes it, and reading the
+  # layer finds none (EMFILE), as a server out of descriptors would. The
+  # limit bounds descriptor numbers, so idle connections first fill the
+  # holes below the highest one.
+  top=$(ls "/proc/$PX_PID/fd" | sort -n | tail -1)
+  n=$(ls "/proc/$PX_PID/fd" | wc -l)
+  prlimit --pid "$PX_PID" --nofile=$((top + 1)):
+  python3 -c 'import socket,sys,time; s=[socket.create_connection(("127.0.0.1",int(sys.argv[1]))) for _ in range(int(sys.argv[2]))]; time.sleep(60)' "$PX" $((top + 1 - n)) &
+  echo $! > "$W/fd.holders"
+  for _ in $(seq 100); do
+    n=$(ls "/proc/$PX_PID/fd" | wc -l)
+    if [ "$n" -ge $((top + 1)) ]; then break; fi
+    sleep 0.05
+  done
+  eq "$n" $((top + 1)) "descriptors in use before the GET"
+  prlimit --pid "$PX_PID" --nofile=$((top + 2)):
+  code=$(curl -s -D "$W/fd.h" -o "$W/fd.body" -w '%{http_code}' "http://127.0.0.1:$PX/v2/app/blobs/$layer")
+  prlimit --pid "$PX_PID" --nofile="$soft":
+  kill "$(cat "$W/fd.holders")"
+  eq "$code" 503 "a blob GET with no descriptor left"
+  has_header "$W/fd.h" 'retry-after: 1'
+  got=$(json 'd["errors"][0]["code"]' < "$W/fd.body")
+  eq "$got" UNAVAILABLE "the error code"
+  # Transient: the digest is kept and serves the same bytes afterwards.
+  got=$(blob_sha "http://127.0.0.1:$PX/v2/app/blobs/$layer")
+  eq "$got" "$layer" "the layer once descriptors are back"
+  got=$(grep -c 'keeping the digest' "$W/server-$PX.log")
+  ne "$got" 0 "a log line saying the digest was kept"
+}
+check "out of file descriptors: 503 UNAVAILABLE with Retry-After, the digest kept" t_transient
+
 make_certs() { # make_certs DIR SERIAL: DIR/ca.{crt,key} (kept if present) and DIR/server.{crt,key} for 127.0.0.1
   mkdir -p "$1"
   if [ ! -e "$1/ca.crt" ]; then
@@ -1095,7 +1134,7 @@ AUTH_TOKEN=$(cat "$W/tokens")
 t_auth() {
   local code out n
   start_server PA "$W/state-auth" --htpasswd "$W/htpasswd" --token-file "$W/tokens" --protect-metrics
-  code=$(status "http://127.0.0.1:$PA/v2/" -D "$W/auth.h" -o "$W/auth.body")
+  code=$(status "http://127.0.0.1:$PA/v2/" -D "$W/auth.h")
   eq "$code" 401 "GET /v2/ without credentials"
   has_header "$W/auth.h" 'www-authenticate: Basic realm="flakeport"'
   out=$(curl -s "http://127.0.0.1:$PA/v2/app/manifests/latest")
