@@ -258,6 +258,25 @@ impl Nix {
             .map_err(|f| classify_flake(t, f, self.timeout))
     }
 
+    /// `nix copy --to STORE PATHS`: the paths and their closures, so that
+    /// other nodes substitute them instead of building.
+    pub async fn copy_to(&self, store: &str, paths: &[PathBuf]) -> std::result::Result<(), String> {
+        let mut args = vec!["copy".to_string(), "--to".into(), store.to_string()];
+        args.extend(paths.iter().map(|p| path_str(p)));
+        self.run(Kind::Copy, &args)
+            .await
+            .map(drop)
+            .map_err(|f| match f {
+                Failure::Exit { stderr } => {
+                    let lines: Vec<&str> =
+                        stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+                    lines[lines.len().saturating_sub(5)..].join("\n")
+                }
+                Failure::Timeout => format!("timed out after {} s", self.timeout.as_secs()),
+                Failure::Busy => "too many processes waiting".to_string(),
+            })
+    }
+
     /// The closure of built paths with sizes and references.
     pub async fn closure(&self, paths: &[PathBuf]) -> Result<Vec<PathInfo>> {
         let mut args = vec!["path-info".to_string(), "--json".into(), "-r".into()];

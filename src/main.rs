@@ -154,6 +154,14 @@ struct ServeArgs {
     #[arg(long, env = "FLAKEPORT_MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
 
+    /// A Nix store URL (`file:///srv/cache`, `s3://bucket`, `ssh://host`)
+    /// that every built image's closure is copied to (`nix copy --to`)
+    /// after its first pull, so other nodes substitute it instead of
+    /// building. Sign with `?secret-key=FILE` in the URL or `secret-key-files`
+    /// in nix.conf.
+    #[arg(long, env = "FLAKEPORT_PUSH_TO")]
+    push_to: Option<String>,
+
     /// Days a GC root (and the documents) of an image that is not pulled is
     /// kept; then the root goes and a Nix GC may take its closure. Checked
     /// at start and hourly.
@@ -285,6 +293,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             packages,
             system: args.system.clone().unwrap_or_else(host_system),
             manifest_ttl: Duration::from_secs(args.manifest_ttl),
+            push_to: args.push_to.clone(),
         },
         nix,
         index,

@@ -36,10 +36,12 @@ pub enum Kind {
     Query,
     /// `git ls-remote`, a mirror fetch, `git for-each-ref`.
     Git,
+    /// `nix copy` to a binary cache (`--push-to`).
+    Copy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Build, Kind::Eval, Kind::Query, Kind::Git];
+    pub const ALL: [Kind; 5] = [Kind::Build, Kind::Eval, Kind::Query, Kind::Git, Kind::Copy];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -47,6 +49,7 @@ impl Kind {
             Kind::Eval => "eval",
             Kind::Query => "query",
             Kind::Git => "git",
+            Kind::Copy => "copy",
         }
     }
 
@@ -87,7 +90,7 @@ pub struct Scheduler {
     builds: Semaphore,
     queued: AtomicUsize,
     running_now: AtomicUsize,
-    started: [AtomicU64; 4],
+    started: [AtomicU64; 5],
     refused: AtomicU64,
     /// Process groups running now.
     groups: Mutex<HashSet<i32>>,

@@ -1266,6 +1266,36 @@ t_pure_eval() {
 }
 check "pure evaluation of branches and tags locked by the ref gate" t_pure_eval
 
+# ------------------------------------------------ many nodes (issue 11)
+t_push_to() {
+  local root out here there pushed code
+  start_server PP "$W/state-push" --push-to "file://$W/cache"
+  code=$(status "http://127.0.0.1:$PP/v2/stock/manifests/v1")
+  eq "$code" 200 "stock:v1"
+  root=$(ls "$W/state-push/gcroots")
+  out=$(readlink "$W/state-push/gcroots/$root")
+  for _ in $(seq 300); do
+    pushed=$(metric "$PP" 'flakeport_pushes_total{result="ok"}')
+    if [ "$pushed" = 1 ]; then break; fi
+    sleep 0.1
+  done
+  eq "$pushed" 1 "pushes to the cache"
+  # The cache holds the output's whole closure...
+  here=$(nix path-info -r "$out" | sort)
+  there=$(nix path-info --store "file://$W/cache" -r "$out" | sort)
+  eq "$there" "$here" "closure in the binary cache"
+  # ...which a second node (an empty /nix in a mount namespace) copies
+  # from it without building anything.
+  there=$(unshare -m sh -ec "mount -t tmpfs none /nix; nix copy --no-check-sigs --from file://$W/cache $out; nix path-info -r $out" | sort)
+  eq "$there" "$here" "closure on a second, empty store"
+  # A second pull of the same output copies nothing again.
+  code=$(status "http://127.0.0.1:$PP/v2/stock/manifests/v1")
+  eq "$code" 200 "stock:v1 again"
+  pushed=$(metric "$PP" 'flakeport_pushes_total{result="ok"}')
+  eq "$pushed" 1 "pushes after a second pull"
+}
+check "--push-to: built closures are copied to a file:// binary cache; an empty store copies them from it" t_push_to
+
 echo
 echo "e2e: $PASSED passed, ${#FAILED[@]} failed"
 if [ "${#FAILED[@]}" -gt 0 ]; then

@@ -20,6 +20,7 @@ use crate::registry::route::valid_tag;
 use crate::resolve::{BuildTarget, FlakeSource, PackageSource, PackageTarget};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -31,6 +32,8 @@ pub struct Settings {
     pub packages: Option<PackageSource>,
     pub system: String,
     pub manifest_ttl: Duration,
+    /// `--push-to`: a Nix store URL every built closure is copied to.
+    pub push_to: Option<String>,
 }
 
 /// What one image is built from.
@@ -97,6 +100,10 @@ pub struct Images {
     compressed: Option<Arc<CompressedCache>>,
     /// Which tags may be built (before any nix process runs).
     refs: RefGate,
+    /// Output paths copied to `--push-to` (not copied again).
+    pushed: moka::sync::Cache<PathBuf, ()>,
+    pushes_ok: std::sync::atomic::AtomicU64,
+    pushes_failed: std::sync::atomic::AtomicU64,
 }
 
 impl Images {
@@ -145,6 +152,9 @@ impl Images {
             planner: Arc::new(crate::plan::Planner::default()),
             compressed: compressed.map(Arc::new),
             refs,
+            pushed: moka::sync::Cache::new(100_000),
+            pushes_ok: Default::default(),
+            pushes_failed: Default::default(),
         })
     }
 
@@ -226,6 +236,46 @@ impl Images {
         Ok(docs)
     }
 
+    /// Copy built outputs (with their closures) to the `--push-to` store,
+    /// once per output path; runs after the manifest is served, so a pull
+    /// never waits for it.
+    async fn push(&self, store: &str, outputs: Vec<PathBuf>) {
+        let fresh: Vec<PathBuf> = outputs
+            .into_iter()
+            .filter(|p| !self.pushed.contains_key(p))
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        match self.nix.copy_to(store, &fresh).await {
+            Ok(()) => {
+                for p in &fresh {
+                    self.pushed.insert(p.clone(), ());
+                }
+                self.pushes_ok
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(
+                    store = %crate::redact::redact(store),
+                    paths = fresh.len(),
+                    secs = started.elapsed().as_secs_f64(),
+                    "pushed to the binary cache"
+                );
+            }
+            Err(e) => {
+                self.pushes_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tracing::warn!(store = %crate::redact::redact(store), error = %e, "nix copy to the binary cache failed");
+            }
+        }
+    }
+
+    /// Pushes to `--push-to` that succeeded and failed.
+    pub fn pushes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.pushes_ok.load(SeqCst), self.pushes_failed.load(SeqCst))
+    }
+
     /// Apply `--keep-roots` and `--max-state-mib` to the state dir (see
     /// [`crate::retention`]); run at start and every hour.
     pub async fn sweep_state(self: &Arc<Self>, policy: crate::retention::Policy) {
@@ -258,7 +308,16 @@ impl Images {
         let this = self.clone();
         let t = target.clone();
         let task = tokio::spawn(async move {
-            let result = this.produce(&t).await.map(Arc::new);
+            let result = match this.produce(&t).await {
+                Ok((docs, outputs)) => {
+                    if let Some(store) = this.settings.push_to.clone() {
+                        let pusher = this.clone();
+                        tokio::spawn(async move { pusher.push(&store, outputs).await });
+                    }
+                    Ok(Arc::new(docs))
+                }
+                Err(e) => Err(e),
+            };
             if let Ok(docs) = &result {
                 this.manifests.insert(t.clone(), docs.clone()).await;
             }

@@ -12,18 +12,22 @@ use std::sync::Arc;
 use std::time::Instant;
 
 impl Images {
-    pub(super) async fn produce(&self, key: &ImageKey) -> Result<ImageDocuments> {
+    /// The image's documents, and the build outputs they were made from.
+    pub(super) async fn produce(&self, key: &ImageKey) -> Result<(ImageDocuments, Vec<PathBuf>)> {
         let started = Instant::now();
         let built;
+        let outputs;
         let plan = match key {
             ImageKey::Flake(t) => {
                 let out = self.nix.build(t).await?;
                 built = started.elapsed();
+                outputs = vec![out.clone()];
                 self.plan_flake_output(t, &out).await?
             }
             ImageKey::Packages(t) => {
                 let outs = self.nix.build_packages(t).await?;
                 built = started.elapsed();
+                outputs = outs.clone();
                 let graph = self.graph(&outs).await?;
                 let (shell, arch) = (t.shell, oci_arch(&t.system).to_string());
                 tokio::task::spawn_blocking(move || plan::plan_packages(&outs, graph, shell, &arch))
@@ -56,7 +60,7 @@ impl Images {
             digest_ms = (started.elapsed() - planned).as_millis() as u64,
             "image ready"
         );
-        Ok(docs)
+        Ok((docs, outputs))
     }
 
     async fn plan_flake_output(

@@ -157,6 +157,11 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> String {
             sched.started(kind)
         );
     }
+    let (pushed, push_failed) = registry.images.pushes();
+    let _ = write!(
+        m,
+        "# TYPE flakeport_pushes_total counter\nflakeport_pushes_total{{result=\"ok\"}} {pushed}\nflakeport_pushes_total{{result=\"failed\"}} {push_failed}\n"
+    );
     let bounds = sched.bounds();
     let _ = write!(
         m,
