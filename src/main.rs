@@ -154,6 +154,11 @@ struct ServeArgs {
     #[arg(long, env = "FLAKEPORT_MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
 
+    /// Images to build at start (NAME or NAME:TAG; the tag defaults to
+    /// latest), so their first pull does not wait for a build.
+    #[arg(long, env = "FLAKEPORT_WARM", value_delimiter = ',', num_args = 1..)]
+    warm: Vec<String>,
+
     /// A Nix store URL (`file:///srv/cache`, `s3://bucket`, `ssh://host`)
     /// that every built image's closure is copied to (`nix copy --to`)
     /// after its first pull, so other nodes substitute it instead of
@@ -342,6 +347,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         keep: Duration::from_secs_f64(args.keep_roots.max(0.0) * 86_400.0),
         max_bytes: args.max_state_mib.map(|m| m * 1024 * 1024),
     };
+    for wanted in args.warm.clone() {
+        let images = images.clone();
+        tokio::spawn(async move {
+            let (name, tag) = wanted.split_once(':').unwrap_or((&wanted, "latest"));
+            let valid = flakeport::registry::route::valid_name(name)
+                .and_then(|name| flakeport::registry::route::valid_tag(tag).map(|_| name));
+            let result = match valid {
+                Ok(name) => images.image(&name, tag).await.map(drop),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => tracing::info!(image = %wanted, "warmed"),
+                Err(e) => tracing::warn!(image = %wanted, error = %e, "cannot warm"),
+            }
+        });
+    }
     let sweeper = images.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(SWEEP_EVERY);

@@ -1296,6 +1296,23 @@ t_push_to() {
 }
 check "--push-to: built closures are copied to a file:// binary cache; an empty store copies them from it" t_push_to
 
+t_warm() {
+  local n code
+  start_server PW "$W/state-warm" --warm stock:v1,nosuch
+  # Built at start, with no pull.
+  wait_for_line "$W/server-$PW.log" 'warmed image=stock:v1' 60
+  wait_for_line "$W/server-$PW.log" 'cannot warm image=nosuch' 60
+  # (nosuch too runs one nix build: the lookup is part of it)
+  n=$(builds "$PW")
+  eq "$n" 2 "builds after warming"
+  # The first pull finds it ready.
+  code=$(status "http://127.0.0.1:$PW/v2/stock/manifests/v1")
+  eq "$code" 200 "stock:v1"
+  n=$(builds "$PW")
+  eq "$n" 2 "builds after the first pull"
+}
+check "--warm: images built at start; their first pull runs no build" t_warm
+
 echo
 echo "e2e: $PASSED passed, ${#FAILED[@]} failed"
 if [ "${#FAILED[@]}" -gt 0 ]; then
