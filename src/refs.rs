@@ -53,7 +53,7 @@ pub struct RefGate {
     mirrors: PathBuf,
     allow: AllowCommits,
     listed: moka::future::Cache<String, Arc<Vec<GitRef>>>,
-    failed: moka::future::Cache<String, String>,
+    failed: moka::future::Cache<String, RegistryError>,
     /// Remotes whose mirror was fetched within the TTL.
     fetched: moka::future::Cache<String, ()>,
     /// (remote, commit) found reachable within the TTL: a pull of a cached
@@ -132,8 +132,8 @@ impl RefGate {
     /// The branches and tags of `remote` (branches first: a branch wins
     /// over a tag of the same name, as in git).
     pub async fn refs(&self, remote: &str) -> Result<Arc<Vec<GitRef>>> {
-        if let Some(reason) = self.failed.get(remote).await {
-            return Err(RegistryError::internal(reason));
+        if let Some(e) = self.failed.get(remote).await {
+            return Err(e);
         }
         let listed = self
             .listed
@@ -146,7 +146,7 @@ impl RefGate {
             // A full queue says nothing about the remote: not remembered.
             Err(e) if matches!(*e, RegistryError::TooManyRequests { .. }) => Err((*e).clone()),
             Err(e) => {
-                self.failed.insert(remote.to_string(), e.to_string()).await;
+                self.failed.insert(remote.to_string(), (*e).clone()).await;
                 Err((*e).clone())
             }
         }
