@@ -47,6 +47,8 @@ pub enum RegistryError {
     NoSuchEndpoint { path: String },
     #[error("invalid pagination: {reason}")]
     PaginationInvalid { reason: String },
+    #[error("invalid warm request: {reason}")]
+    WarmInvalid { reason: String },
     #[error("requested range not satisfiable for a blob of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error("authentication required")]
@@ -111,6 +113,7 @@ impl RegistryError {
             ReadOnly { .. } => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             NoSuchEndpoint { .. } => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
             PaginationInvalid { .. } => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
+            WarmInvalid { .. } => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
             Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),

@@ -1147,6 +1147,8 @@ t_auth() {
   eq "$code" 401 "a wrong token"
   code=$(status "http://127.0.0.1:$PA/healthz")
   eq "$code" 200 "/healthz stays open"
+  code=$(status "http://127.0.0.1:$PA/warm?image=app" -X POST)
+  eq "$code" 401 "POST /warm without credentials"
   code=$(status "http://127.0.0.1:$PA/metrics")
   eq "$code" 401 "/metrics with --protect-metrics"
   n=$(metric "$PA" flakeport_nix_builds_started_total -H "Authorization: Bearer $AUTH_TOKEN")
@@ -1297,7 +1299,7 @@ t_push_to() {
 check "--push-to: built closures are copied to a file:// binary cache; an empty store copies them from it" t_push_to
 
 t_warm() {
-  local n code
+  local n code out want got
   start_server PW "$W/state-warm" --warm stock:v1,nosuch
   # Built at start, with no pull.
   wait_for_line "$W/server-$PW.log" 'warmed image=stock:v1' 60
@@ -1310,8 +1312,22 @@ t_warm() {
   eq "$code" 200 "stock:v1"
   n=$(builds "$PW")
   eq "$n" 2 "builds after the first pull"
+  # POST /warm: at once (202), or when ready (wait=1) with the digest a
+  # pull then gets, or the error an unknown name gets.
+  code=$(curl -s -o "$W/warm.body" -w '%{http_code}' -X POST "http://127.0.0.1:$PW/warm?image=plain:v1")
+  eq "$code" 202 "POST /warm"
+  out=$(json 'd["warming"]' < "$W/warm.body")
+  eq "$out" "['plain:v1']" "what is warming"
+  out=$(curl -fsS -X POST "http://127.0.0.1:$PW/warm?image=plain:v1&image=nosuch&wait=1")
+  want=$(curl -fsS -o /dev/null -D - "http://127.0.0.1:$PW/v2/plain/manifests/v1" | tr -d '\r' | awk -F': ' 'tolower($1) == "docker-content-digest" {print $2}')
+  got=$(json 'd["images"][0]["digest"]' <<<"$out")
+  eq "$got" "$want" "the digest warm waited for"
+  got=$(json 'd["images"][1]["error"]["code"]' <<<"$out")
+  eq "$got" NAME_UNKNOWN "the error of an unknown name"
+  code=$(status "http://127.0.0.1:$PW/warm")
+  eq "$code" 400 "GET /warm"
 }
-check "--warm: images built at start; their first pull runs no build" t_warm
+check "--warm and POST /warm: images built before their first pull, which runs no build" t_warm
 
 echo
 echo "e2e: $PASSED passed, ${#FAILED[@]} failed"

@@ -5,6 +5,7 @@ mod blobs;
 mod manifests;
 pub mod route;
 mod tags;
+mod warm;
 
 use crate::auth::Auth;
 use crate::error::{RegistryError, Result};
@@ -55,6 +56,25 @@ pub fn app(images: Arc<Images>, settings: Settings) -> Router {
             .route("/v2/{*rest}", any(v2)),
         access.auth.clone(),
     );
+    let warm_route = guarded(
+        Router::new().route(
+            "/warm",
+            any(
+                |State(registry): State<Arc<Registry>>, req: Request| async move {
+                    if req.method() != Method::POST {
+                        return RegistryError::WarmInvalid {
+                            reason: "use POST /warm?image=NAME[:TAG]".into(),
+                        }
+                        .into_response();
+                    }
+                    warm::post(&registry.images, req.uri().query())
+                        .await
+                        .unwrap_or_else(|e| e.into_response())
+                },
+            ),
+        ),
+        access.auth.clone(),
+    );
     let metrics_route = guarded(
         Router::new().route("/metrics", get(metrics)),
         access.auth.clone().filter(|_| access.protect_metrics),
@@ -62,6 +82,7 @@ pub fn app(images: Arc<Images>, settings: Settings) -> Router {
     Router::new()
         .merge(v2_routes)
         .merge(metrics_route)
+        .merge(warm_route)
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|req: Request| async move {
             RegistryError::NoSuchEndpoint {
