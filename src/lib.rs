@@ -1,12 +1,14 @@
 //! flakeport: a pull-only OCI registry that builds images on demand with Nix
 //! and streams their layers straight out of /nix/store.
 //!
-//! Modules follow the path of a pull: [`registry`] (HTTP) -> [`resolve`]
-//! (name + tag -> target) -> [`build`] (nix) -> [`plan`] (layers) ->
-//! [`layer`] (tar bytes) -> [`manifest`] (JSON); [`images`] ties them
-//! together, [`index`] remembers digests, [`error`] maps failures to OCI JSON,
-//! [`redact`] keeps credentials out of replies and logs. [`server`] accepts
-//! connections (plain or [`tls`]), [`auth`] decides who may pull.
+//! Modules follow the path of a pull: [`server`] (connections, plain or
+//! [`tls`]) -> [`auth`] (who may pull) -> [`registry`] (HTTP) -> [`refs`]
+//! (which tags may be built) -> [`resolve`] (name + tag -> target) ->
+//! [`build`] (which nix commands) -> [`scheduler`] (runs every nix and git
+//! process, bounded) -> [`plan`] (layers) -> [`layer`] (tar bytes) ->
+//! [`manifest`] (JSON); [`images`] ties them together, [`index`] remembers
+//! digests, [`retention`] bounds the state dir, [`error`] maps failures to
+//! OCI JSON, [`redact`] keeps credentials out of replies and logs.
 
 pub mod auth;
 pub mod build;
