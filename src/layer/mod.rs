@@ -413,48 +413,10 @@ impl LayerTar {
         if start >= end {
             return Ok(());
         }
+        if let Some((mut source, path)) = self.open_at(start)? {
+            return copy_exact(&mut source, end - start, out, path);
+        }
         match self {
-            LayerTar::File { path, size } => {
-                let mut f = std::fs::File::open(path)?;
-                check_unchanged(path, f.metadata()?.len(), *size)?;
-                f.seek(SeekFrom::Start(start))?;
-                copy_exact(&mut f, end - start, out, path)
-            }
-            LayerTar::Member {
-                archive,
-                offset,
-                gzip,
-                archive_len,
-                ..
-            } => {
-                let f = std::fs::File::open(archive)?;
-                check_unchanged(archive, f.metadata()?.len(), *archive_len)?;
-                if *gzip {
-                    // No index into a gzip stream: decompress up to the member.
-                    let mut plain = flate2::read::MultiGzDecoder::new(io::BufReader::new(f));
-                    let skip = offset + start;
-                    let skipped = io::copy(&mut (&mut plain).take(skip), &mut io::sink())?;
-                    if skipped != skip {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!("{} ends before its member", archive.display()),
-                        ));
-                    }
-                    copy_exact(&mut plain, end - start, out, archive)
-                } else {
-                    let mut reader = PositionedReader {
-                        file: &f,
-                        pos: offset + start,
-                    };
-                    copy_exact(&mut reader, end - start, out, archive)
-                }
-            }
-            LayerTar::Opened { file, path, size } => {
-                check_unchanged(path, file.metadata()?.len(), *size)?;
-                // Positional reads: one opened file serves any range, no seek state.
-                let mut reader = PositionedReader { file, pos: start };
-                copy_exact(&mut reader, end - start, out, path)
-            }
             LayerTar::Generated {
                 entries,
                 starts,
@@ -486,29 +448,22 @@ impl LayerTar {
                 }
                 w.zeros(size - w.pos)
             }
+            LayerTar::File { .. } | LayerTar::Member { .. } | LayerTar::Opened { .. } => {
+                unreachable!("opened above")
+            }
         }
     }
 
-    /// Bytes `start..end` as a reader that reads only when asked, so a
-    /// stream can produce one chunk at a time on a borrowed thread and
-    /// hold none while its client is slow. A source that turns out shorter
-    /// than scanned is an `UnexpectedEof` error, never a short read.
-    pub fn reader(self: Arc<Self>, start: u64, end: u64) -> io::Result<Box<dyn Read + Send>> {
-        let end = end.min(self.size());
-        let len = end.saturating_sub(start);
-        let exact = |inner: Box<dyn Read + Send>, path: PathBuf| -> Box<dyn Read + Send> {
-            Box::new(ExactReader {
-                inner,
-                left: len,
-                path,
-            })
-        };
-        Ok(match &*self {
+    /// A file-backed layer's bytes from `start` on, opened and checked
+    /// against its scanned size (with the path its errors name); `None`
+    /// for a generated layer, which has no single source.
+    fn open_at(&self, start: u64) -> io::Result<Option<(Box<dyn Read + Send>, &Path)>> {
+        Ok(Some(match self {
             LayerTar::File { path, size } => {
                 let mut f = std::fs::File::open(path)?;
                 check_unchanged(path, f.metadata()?.len(), *size)?;
                 f.seek(SeekFrom::Start(start))?;
-                exact(Box::new(f), path.clone())
+                (Box::new(f), path)
             }
             LayerTar::Member {
                 archive,
@@ -520,6 +475,7 @@ impl LayerTar {
                 let f = std::fs::File::open(archive)?;
                 check_unchanged(archive, f.metadata()?.len(), *archive_len)?;
                 if *gzip {
+                    // No index into a gzip stream: decompress up to the member.
                     let mut plain = flate2::read::MultiGzDecoder::new(io::BufReader::new(f));
                     let skip = offset + start;
                     let skipped = io::copy(&mut (&mut plain).take(skip), &mut io::sink())?;
@@ -529,29 +485,46 @@ impl LayerTar {
                             format!("{} ends before its member", archive.display()),
                         ));
                     }
-                    exact(Box::new(plain), archive.clone())
+                    (Box::new(plain), archive)
                 } else {
-                    let file = OwnedPositionedReader {
+                    let file = PositionedReader {
                         file: f,
                         pos: offset + start,
                     };
-                    exact(Box::new(file), archive.clone())
+                    (Box::new(file), archive)
                 }
             }
             LayerTar::Opened { file, path, size } => {
                 check_unchanged(path, file.metadata()?.len(), *size)?;
-                let file = OwnedPositionedReader {
+                // Positional reads: one opened file serves any range, no seek state.
+                let file = PositionedReader {
                     file: file.try_clone()?,
                     pos: start,
                 };
-                exact(Box::new(file), path.clone())
+                (Box::new(file), path)
             }
-            LayerTar::Generated { .. } => Box::new(GeneratedReader {
-                tar: self.clone(),
-                pos: start,
-                end,
-            }),
-        })
+            LayerTar::Generated { .. } => return Ok(None),
+        }))
+    }
+
+    /// Bytes `start..end` as a reader that reads only when asked, so a
+    /// stream can produce one chunk at a time on a borrowed thread and
+    /// hold none while its client is slow. A source that turns out shorter
+    /// than scanned is an `UnexpectedEof` error, never a short read.
+    pub fn reader(self: Arc<Self>, start: u64, end: u64) -> io::Result<Box<dyn Read + Send>> {
+        let end = end.min(self.size());
+        if let Some((inner, path)) = self.open_at(start)? {
+            return Ok(Box::new(ExactReader {
+                inner,
+                left: end.saturating_sub(start),
+                path: path.to_path_buf(),
+            }));
+        }
+        Ok(Box::new(GeneratedReader {
+            tar: self,
+            pos: start,
+            end,
+        }))
     }
 
     /// Stream the whole layer through sha256. Returns `sha256:<hex>`.
@@ -595,14 +568,15 @@ impl Read for GeneratedReader {
     }
 }
 
-/// Exactly `left` bytes of `inner`: its end before then is an error.
-struct ExactReader {
-    inner: Box<dyn Read + Send>,
+/// Exactly `left` bytes of `inner`: its end before then is an error that
+/// names `path`.
+struct ExactReader<R, P> {
+    inner: R,
     left: u64,
-    path: PathBuf,
+    path: P,
 }
 
-impl Read for ExactReader {
+impl<R: Read, P: AsRef<Path>> Read for ExactReader<R, P> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let want = (buf.len() as u64).min(self.left) as usize;
         if want == 0 {
@@ -614,7 +588,7 @@ impl Read for ExactReader {
                 io::ErrorKind::UnexpectedEof,
                 format!(
                     "{} is shorter than when it was scanned",
-                    self.path.display()
+                    self.path.as_ref().display()
                 ),
             ));
         }
@@ -623,27 +597,16 @@ impl Read for ExactReader {
     }
 }
 
-struct OwnedPositionedReader {
+/// Reads at a position of its own (`pread`), so a file shared by several
+/// streams needs no seek state.
+struct PositionedReader {
     file: std::fs::File,
     pos: u64,
 }
 
-impl Read for OwnedPositionedReader {
+impl Read for PositionedReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = std::os::unix::fs::FileExt::read_at(&self.file, buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-struct PositionedReader<'a> {
-    file: &'a std::fs::File,
-    pos: u64,
-}
-
-impl Read for PositionedReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -850,21 +813,20 @@ fn check_unchanged(path: &Path, now: u64, scanned: u64) -> io::Result<()> {
     Ok(())
 }
 
-fn copy_exact(r: &mut impl Read, mut n: u64, out: &mut dyn Write, path: &Path) -> io::Result<()> {
+fn copy_exact(r: impl Read, n: u64, out: &mut dyn Write, path: &Path) -> io::Result<()> {
+    let mut exact = ExactReader {
+        inner: r,
+        left: n,
+        path,
+    };
     let mut buf = vec![0u8; READ_CHUNK.min(n as usize).max(1)];
-    while n > 0 {
-        let want = buf.len().min(n as usize);
-        let got = r.read(&mut buf[..want])?;
+    loop {
+        let got = exact.read(&mut buf)?;
         if got == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{} is shorter than when it was scanned", path.display()),
-            ));
+            return Ok(());
         }
         out.write_all(&buf[..got])?;
-        n -= got as u64;
     }
-    Ok(())
 }
 
 /// Passes through only the bytes of the archive that fall in `start..end`.
