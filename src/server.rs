@@ -158,16 +158,22 @@ impl<T> IdleWriteTimeout<T> {
         }
     }
 
-    fn on_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+    /// A write's outcome: progress resets the clock; no progress for
+    /// `limit` in a row turns into `TimedOut`.
+    fn timed<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
         let limit = self.limit;
         let timer = self
             .stalled
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(io::Error::new(
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "client took no bytes within the idle write timeout",
-            )),
+            ))),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -189,13 +195,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleWriteTimeout<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Pending => self.on_pending(cx).map(Err),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.timed(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -203,13 +204,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleWriteTimeout<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => self.on_pending(cx).map(Err),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.timed(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -217,13 +213,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleWriteTimeout<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Pending => self.on_pending(cx).map(Err),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.timed(cx, poll)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
