@@ -94,6 +94,15 @@ impl RegistryError {
         RegistryError::Internal(e.to_string())
     }
 
+    /// A layer that cannot be read for want of descriptors or memory (see
+    /// `layer::is_transient`): the client is asked to retry.
+    pub fn layer_unreadable_for_now() -> Self {
+        RegistryError::Unavailable {
+            reason: "the server is short of resources to read this layer".into(),
+            retry_after_secs: 1,
+        }
+    }
+
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         use RegistryError::*;
         match self {

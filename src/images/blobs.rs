@@ -64,10 +64,7 @@ impl Images {
             }
             Err(e) if e.1 => {
                 tracing::warn!(digest, error = %e.0, "cannot scan layer for now; keeping the digest");
-                Err(RegistryError::Unavailable {
-                    reason: "the server is short of resources to read this layer".into(),
-                    retry_after_secs: 1,
-                })
+                Err(RegistryError::layer_unreadable_for_now())
             }
             Err(e) => {
                 // Most likely its store paths were garbage-collected.
@@ -120,10 +117,7 @@ impl Images {
             }),
             Err((e, true)) => {
                 tracing::warn!(digest, error = %e, "cannot serve compressed layer for now; keeping the digest");
-                Err(RegistryError::Unavailable {
-                    reason: "the server is short of resources to read this layer".into(),
-                    retry_after_secs: 1,
-                })
+                Err(RegistryError::layer_unreadable_for_now())
             }
             Err((e, false)) => {
                 tracing::error!(digest, error = %e, "cannot serve compressed layer; dropping digest");

@@ -225,15 +225,7 @@ impl Stream {
     }
 
     async fn failed(&self, e: io::Error) -> io::Result<Bytes> {
-        if crate::layer::is_transient(&e) {
-            // The client retries; what was digested is still right.
-            tracing::warn!(digest = %self.digest, error = %e, "layer stream failed for now; keeping the digest");
-        } else {
-            // The store changed under us (a file resized or vanished):
-            // what was digested cannot be served.
-            tracing::error!(digest = %self.digest, error = %e, "layer stream failed; dropping the digest");
-            self.images.layer_is_corrupt(&self.digest).await;
-        }
+        read_failed(&self.images, &self.digest, &e).await;
         Err(e)
     }
 }
@@ -294,18 +286,26 @@ impl Fill {
 /// A layer that cannot be opened at all: 503 if the machine is short of
 /// something, else the store changed and the digest goes.
 async fn unreadable(images: &Arc<Images>, digest: &str, e: io::Error) -> RegistryError {
-    if crate::layer::is_transient(&e) {
-        tracing::warn!(digest, error = %e, "cannot open layer for now; keeping the digest");
-        return RegistryError::Unavailable {
-            reason: "the server is short of resources to read this layer".into(),
-            retry_after_secs: 1,
-        };
+    if read_failed(images, digest, &e).await {
+        return RegistryError::layer_unreadable_for_now();
     }
-    tracing::error!(digest, error = %e, "cannot open layer; dropping the digest");
-    images.layer_is_corrupt(digest).await;
     RegistryError::BlobUnknown {
         digest: digest.to_string(),
     }
+}
+
+/// A read of a layer failed, before or during its stream. If the machine
+/// is short of something the digest is kept (true: the client may retry);
+/// else the store changed under us (a file resized or vanished), what was
+/// digested cannot be served, and the digest is dropped.
+async fn read_failed(images: &Images, digest: &str, e: &io::Error) -> bool {
+    if crate::layer::is_transient(e) {
+        tracing::warn!(digest, error = %e, "layer read failed for now; keeping the digest");
+        return true;
+    }
+    tracing::error!(digest, error = %e, "layer read failed; dropping the digest");
+    images.layer_is_corrupt(digest).await;
+    false
 }
 
 #[cfg(test)]
