@@ -9,19 +9,19 @@
 //! password of a Basic login with any user name, so every client that can
 //! only do Basic (kubelet, docker) can use one too.
 //!
-//! Both files are read again when they change. bcrypt is slow on purpose
+//! Both files are read again when they change ([`crate::watched`]). bcrypt is slow on purpose
 //! (tens of ms), and clients send credentials on every request, so a hash
 //! of each header that verified is remembered for [`VERIFIED_FOR`].
 
+use crate::watched::Reloading;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 const VERIFIED_FOR: Duration = Duration::from_secs(300);
-const RELOAD_POLL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {reason}")]
@@ -39,24 +39,12 @@ struct Credentials {
 }
 
 pub struct Auth {
-    htpasswd: Option<PathBuf>,
-    tokens: Option<PathBuf>,
     realm: String,
-    current: RwLock<(Stamp, Arc<Credentials>)>,
-    verified: moka::sync::Cache<[u8; 32], ()>,
-}
-
-type Stamp = Vec<(Option<SystemTime>, u64)>;
-
-fn stamp(paths: &[&Path]) -> Stamp {
-    paths
-        .iter()
-        .map(|p| {
-            std::fs::metadata(p)
-                .map(|m| (m.modified().ok(), m.len()))
-                .unwrap_or((None, 0))
-        })
-        .collect()
+    credentials: Arc<Reloading<Credentials>>,
+    /// Hash of a header that verified -> the credentials it verified
+    /// against: after a reload those are not the current ones any more,
+    /// so a removed user or token stops working at once.
+    verified: moka::sync::Cache<[u8; 32], Arc<Credentials>>,
 }
 
 impl Auth {
@@ -66,68 +54,21 @@ impl Auth {
         tokens: Option<PathBuf>,
         realm: String,
     ) -> Result<Option<Arc<Auth>>, AuthFileError> {
-        if htpasswd.is_none() && tokens.is_none() {
+        let paths: Vec<PathBuf> = htpasswd.iter().chain(tokens.iter()).cloned().collect();
+        if paths.is_empty() {
             return Ok(None);
         }
-        let creds = load(htpasswd.as_deref(), tokens.as_deref())?;
-        let auth = Arc::new(Auth {
-            current: RwLock::new((Stamp::new(), Arc::new(creds))),
-            htpasswd,
-            tokens,
+        let credentials = Reloading::new("credentials", paths, move |_| {
+            load(htpasswd.as_deref(), tokens.as_deref())
+        })?;
+        Ok(Some(Arc::new(Auth {
             realm,
+            credentials,
             verified: moka::sync::Cache::builder()
                 .max_capacity(4096)
                 .time_to_live(VERIFIED_FOR)
                 .build(),
-        });
-        auth.write_current(auth.stamp(), None);
-        let watcher = Arc::downgrade(&auth);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RELOAD_POLL);
-            loop {
-                tick.tick().await;
-                let Some(auth) = watcher.upgrade() else {
-                    return;
-                };
-                auth.reload_if_changed();
-            }
-        });
-        Ok(Some(auth))
-    }
-
-    fn stamp(&self) -> Stamp {
-        let paths: Vec<&Path> = [self.htpasswd.as_deref(), self.tokens.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect();
-        stamp(&paths)
-    }
-
-    fn write_current(&self, s: Stamp, creds: Option<Credentials>) {
-        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
-        cur.0 = s;
-        if let Some(c) = creds {
-            cur.1 = Arc::new(c);
-        }
-    }
-
-    fn reload_if_changed(&self) {
-        let s = self.stamp();
-        if self.current.read().unwrap_or_else(|p| p.into_inner()).0 == s {
-            return;
-        }
-        match load(self.htpasswd.as_deref(), self.tokens.as_deref()) {
-            Ok(c) => {
-                self.write_current(s, Some(c));
-                // A removed user or token must stop working now.
-                self.verified.invalidate_all();
-                tracing::info!("credentials reloaded");
-            }
-            Err(e) => {
-                self.write_current(s, None);
-                tracing::warn!(error = %e, "credentials changed but cannot be read; keeping the previous ones");
-            }
-        }
+        })))
     }
 
     /// The challenge a 401 carries.
@@ -139,21 +80,21 @@ impl Auth {
     pub async fn allows(&self, header: Option<&[u8]>) -> bool {
         let Some(header) = header else { return false };
         let key: [u8; 32] = Sha256::digest(header).into();
-        if self.verified.contains_key(&key) {
+        let creds = self.credentials.get();
+        if self
+            .verified
+            .get(&key)
+            .is_some_and(|against| Arc::ptr_eq(&against, &creds))
+        {
             return true;
         }
-        let creds = self
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .clone();
         let header = header.to_vec();
-        let ok = tokio::task::spawn_blocking(move || check(&creds, &header))
+        let checked = creds.clone();
+        let ok = tokio::task::spawn_blocking(move || check(&checked, &header))
             .await
             .unwrap_or(false);
         if ok {
-            self.verified.insert(key, ());
+            self.verified.insert(key, creds);
         }
         ok
     }

@@ -7,7 +7,8 @@
 //! [`build`] (which nix commands) -> [`scheduler`] (runs every nix and git
 //! process, bounded) -> [`plan`] (layers) -> [`layer`] (tar bytes) ->
 //! [`manifest`] (JSON); [`images`] ties them together, [`index`] remembers
-//! digests, [`retention`] bounds the state dir, [`error`] maps failures to
+//! digests, [`retention`] bounds the state dir, [`watched`] reloads files
+//! that change (TLS pair, credentials), [`error`] maps failures to
 //! OCI JSON, [`redact`] keeps credentials out of replies and logs.
 
 pub mod auth;
@@ -27,3 +28,4 @@ pub mod retention;
 pub mod scheduler;
 pub mod server;
 pub mod tls;
+pub mod watched;

@@ -3,16 +3,13 @@
 //! renewed certificate (cert-manager, certbot) is served without a restart;
 //! a pair that fails to load keeps the previous one in service.
 
+use crate::watched::Reloading;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
-
-/// How often the files' mtimes and sizes are compared.
-const RELOAD_POLL: Duration = Duration::from_secs(2);
+use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct TlsAcceptor(tokio_rustls::TlsAcceptor);
@@ -21,22 +18,18 @@ impl TlsAcceptor {
     /// Load the pair now (an error here stops the server from starting)
     /// and watch it from then on.
     pub fn new(cert: PathBuf, key: PathBuf) -> Result<TlsAcceptor, TlsError> {
-        let resolver = Arc::new(ReloadingCert::load(cert, key)?);
+        let pair = Reloading::new("TLS certificate", vec![cert, key], |p| {
+            certified_key(&p[0], &p[1])
+        })?;
+        let resolver = Arc::new(CertResolver(pair));
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(e.to_string()))?
         .with_no_client_auth()
-        .with_cert_resolver(resolver.clone());
+        .with_cert_resolver(resolver);
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RELOAD_POLL);
-            loop {
-                tick.tick().await;
-                resolver.reload_if_changed();
-            }
-        });
         Ok(TlsAcceptor(tokio_rustls::TlsAcceptor::from(Arc::new(
             config,
         ))))
@@ -50,65 +43,13 @@ impl TlsAcceptor {
     }
 }
 
+/// Hands rustls the pair as last loaded.
 #[derive(Debug)]
-struct ReloadingCert {
-    cert_path: PathBuf,
-    key_path: PathBuf,
-    current: RwLock<(Stamp, Arc<CertifiedKey>)>,
-}
+struct CertResolver(Arc<Reloading<Arc<CertifiedKey>>>);
 
-/// What tells a changed file: mtime and size of both.
-type Stamp = [(Option<SystemTime>, u64); 2];
-
-fn stamp(cert: &Path, key: &Path) -> Stamp {
-    let one = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| (m.modified().ok(), m.len()))
-            .unwrap_or((None, 0))
-    };
-    [one(cert), one(key)]
-}
-
-impl ReloadingCert {
-    fn load(cert_path: PathBuf, key_path: PathBuf) -> Result<ReloadingCert, TlsError> {
-        let s = stamp(&cert_path, &key_path);
-        let key = certified_key(&cert_path, &key_path)?;
-        Ok(ReloadingCert {
-            cert_path,
-            key_path,
-            current: RwLock::new((s, key)),
-        })
-    }
-
-    fn reload_if_changed(&self) {
-        let s = stamp(&self.cert_path, &self.key_path);
-        if self.current.read().unwrap_or_else(|p| p.into_inner()).0 == s {
-            return;
-        }
-        match certified_key(&self.cert_path, &self.key_path) {
-            Ok(key) => {
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = (s, key);
-                tracing::info!(cert = %self.cert_path.display(), "TLS certificate reloaded");
-            }
-            Err(e) => {
-                // Keep serving the old pair; try again when the files next
-                // change (a writer may be half way through).
-                self.current.write().unwrap_or_else(|p| p.into_inner()).0 = s;
-                tracing::warn!(error = %e, "TLS certificate changed but cannot be loaded; keeping the previous one");
-            }
-        }
-    }
-}
-
-impl ResolvesServerCert for ReloadingCert {
+impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .1
-                .clone(),
-        )
+        Some((*self.0.get()).clone())
     }
 }
 
