@@ -91,12 +91,13 @@ blob_sha() { # blob_sha URL: download (failing on any HTTP error) and hash
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-builds() { # builds PORT: nix builds the server has started
-  local n
-  n=$(curl -fsS "http://127.0.0.1:$1/metrics" | awk '/^flakeport_nix_builds_started_total / {print $2}')
-  if ! [[ "$n" =~ ^[0-9]+$ ]]; then echo "no build counter on port $1: '$n'"; return 1; fi
-  echo "$n"
+metric() { # metric PORT NAME [CURL ARGS...]: a sample of /metrics
+  local v
+  v=$(curl -fsS "${@:3}" "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n {print $2}')
+  if ! [[ "$v" =~ ^[0-9]+$ ]]; then echo "no metric $2 on port $1: '$v'"; return 1; fi
+  echo "$v"
 }
+builds() { metric "$1" flakeport_nix_builds_started_total; } # builds PORT: nix builds the server has started
 healthy() { curl -fsS -o /dev/null "http://$R/v2/"; }
 unpack() { # unpack HOST/NAME:TAG DIR: skopeo copy to an OCI layout, umoci unpack; the rootfs is DIR/bundle/rootfs
   rm -rf "$2"
@@ -956,12 +957,6 @@ $log"
 check "credentials in source URLs never appear in replies or the log" t_no_secrets
 
 # ------------------------------------------------- safe on a network (issue 10)
-metric() { # metric PORT NAME [CURL ARGS...]: a sample of /metrics
-  local v
-  v=$(curl -fsS "${@:3}" "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n {print $2}')
-  if ! [[ "$v" =~ ^[0-9]+$ ]]; then echo "no metric $2 on port $1: '$v'"; return 1; fi
-  echo "$v"
-}
 wait_for_line() { # wait_for_line FILE REGEX SECS
   for _ in $(seq $(($3 * 10))); do
     if grep -qE -- "$2" "$1" 2>/dev/null; then return 0; fi
