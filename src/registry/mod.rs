@@ -102,6 +102,16 @@ pub fn app(images: Arc<Images>, settings: Settings) -> Router {
         }))
 }
 
+/// `k=v` pairs of a query string, as sent (a key without `=` has an empty
+/// value); shared by the endpoints that take parameters.
+fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
 async fn require(auth: &Auth, req: Request, next: Next) -> Response {
     let header = req
         .headers()

@@ -32,8 +32,7 @@ pub async fn get(images: &Arc<Images>, name: &str, query: Option<&str>) -> Resul
 fn pagination(query: Option<&str>) -> Result<(Option<usize>, Option<String>)> {
     let mut n: Option<usize> = None;
     let mut last: Option<String> = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    for (k, v) in super::query_pairs(query) {
         match k {
             "n" => {
                 n = Some(v.parse().map_err(|_| RegistryError::PaginationInvalid {

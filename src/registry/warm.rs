@@ -46,8 +46,7 @@ pub async fn post(images: &Arc<Images>, query: Option<&str>) -> Result<Response>
 fn parse(query: Option<&str>) -> Result<(Vec<(String, String)>, bool)> {
     let mut wanted = Vec::new();
     let mut wait = false;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    for (k, v) in super::query_pairs(query) {
         match k {
             "image" => {
                 let (name, tag) = v.split_once(':').unwrap_or((v, "latest"));
