@@ -60,6 +60,13 @@ pub enum RegistryError {
         reason: String,
         retry_after_secs: u64,
     },
+    /// One system of an index failed: the index is not served, and the
+    /// client learns which system and why.
+    #[error("for {system}: {source}")]
+    ForSystem {
+        system: String,
+        source: Box<RegistryError>,
+    },
     /// Details go to the log, never to the client: they may hold paths.
     #[error("internal error: {0}")]
     Internal(String),
@@ -127,6 +134,7 @@ impl RegistryError {
             Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            ForSystem { source, .. } => source.status_and_code(),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         }
     }
@@ -135,6 +143,9 @@ impl RegistryError {
         match self {
             RegistryError::Internal(_) => {
                 "internal error; the server log has the details".to_string()
+            }
+            RegistryError::ForSystem { system, source } => {
+                format!("for {system}: {}", source.client_message())
             }
             // Messages name flake URLs and quote Nix's log: no credentials.
             other => crate::redact::redact(&other.to_string()).into_owned(),

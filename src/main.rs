@@ -61,9 +61,13 @@ struct ServeArgs {
     #[arg(long, env = "FLAKEPORT_STATE_DIR")]
     state_dir: Option<PathBuf>,
 
-    /// Nix system whose packages are served [default: this host's, e.g. x86_64-linux].
-    #[arg(long, env = "FLAKEPORT_SYSTEM")]
-    system: Option<String>,
+    /// Nix systems whose images are served, comma-separated [default: this
+    /// host's, e.g. x86_64-linux]. With more than one, a tag is an image index
+    /// (a Docker manifest list for Docker-only clients) over the systems the
+    /// image exists for; builds for other systems need a remote builder,
+    /// extra-platforms or a binary cache (see the README).
+    #[arg(long, env = "FLAKEPORT_SYSTEM", value_delimiter = ',', value_parser = parse_system)]
+    system: Vec<String>,
 
     /// Seconds a nix build may take before it is stopped (NIX_TIMEOUT also works).
     #[arg(long, env = "FLAKEPORT_NIX_TIMEOUT", default_value_t = 1800)]
@@ -201,6 +205,22 @@ fn host_system() -> String {
     format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
 }
 
+/// A Nix system: CPU and kernel, as in `x86_64-linux`.
+fn parse_system(s: &str) -> Result<String, String> {
+    let ok = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    match s.trim().split_once('-') {
+        Some((cpu, os)) if ok(cpu) && ok(os) => Ok(s.trim().to_string()),
+        _ => Err(format!(
+            "{s:?} is not a Nix system (CPU-KERNEL, e.g. x86_64-linux or aarch64-linux)"
+        )),
+    }
+}
+
 /// Nixery's environment variables, for users switching from it. flakeport's
 /// own variables win when both are set.
 fn apply_nixery_aliases() {
@@ -296,7 +316,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         images::Settings {
             flake,
             packages,
-            system: args.system.clone().unwrap_or_else(host_system),
+            systems: {
+                let mut systems = args.system.clone();
+                if systems.is_empty() {
+                    systems.push(host_system());
+                }
+                let mut seen = std::collections::HashSet::new();
+                systems.retain(|s| seen.insert(s.clone()));
+                systems
+            },
             manifest_ttl: Duration::from_secs(args.manifest_ttl),
             push_to: args.push_to.clone(),
         },
@@ -354,7 +382,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let valid = flakeport::registry::route::valid_name(name)
                 .and_then(|name| flakeport::registry::route::valid_tag(tag).map(|_| name));
             let result = match valid {
-                Ok(name) => images.image(&name, tag).await.map(drop),
+                Ok(name) => images.tagged(&name, tag).await.map(drop),
                 Err(e) => Err(e),
             };
             match result {

@@ -8,6 +8,7 @@ use crate::plan::ImagePlan;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -74,17 +75,18 @@ pub fn documents(plan: &ImagePlan, layers: &[LayerDigest], codec: Option<Codec>)
         .iter()
         .map(|l| l.diff_id.as_deref().unwrap_or(&l.digest))
         .collect();
-    let config = JsonBlob::new(
-        OCI_CONFIG,
-        &json!({
-            "architecture": plan.architecture,
-            "os": plan.os,
-            "created": plan.created,
-            "config": plan.config,
-            "rootfs": { "type": "layers", "diff_ids": diff_ids },
-            "history": history,
-        }),
-    );
+    let mut config = json!({
+        "architecture": plan.architecture,
+        "os": plan.os,
+        "created": plan.created,
+        "config": plan.config,
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        "history": history,
+    });
+    if let Some(v) = &plan.variant {
+        config["variant"] = json!(v);
+    }
+    let config = JsonBlob::new(OCI_CONFIG, &config);
     // A layer is compressed if it came so (`packed`) or if we compressed it
     // (`diff_id` without `packed`: the server's codec).
     let compression = |l: &LayerDigest| {
@@ -127,20 +129,125 @@ pub fn documents(plan: &ImagePlan, layers: &[LayerDigest], codec: Option<Codec>)
     }
 }
 
-/// Which manifest flavour a client gets: OCI unless its `Accept` header
-/// names Docker's manifest type and no OCI type (older Docker clients).
-pub fn wants_docker(accept: &[&str]) -> bool {
-    let types: Vec<&str> = accept
-        .iter()
-        .flat_map(|h| h.split(','))
-        .map(|t| t.split(';').next().unwrap_or("").trim())
-        .filter(|t| !t.is_empty())
-        .collect();
-    let docker = types
-        .iter()
-        .any(|t| *t == DOCKER_MANIFEST || *t == DOCKER_LIST);
-    let oci = types.iter().any(|t| *t == OCI_MANIFEST || *t == OCI_INDEX);
-    docker && !oci
+/// The platform of one image in an index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform of a Nix system (`aarch64-linux` -> `linux/arm64/v8`),
+    /// with the variant Docker Hub's images give each architecture.
+    pub fn of_system(system: &str) -> Platform {
+        let (cpu, os) = system.split_once('-').unwrap_or((system, "linux"));
+        let variant = match cpu {
+            "aarch64" => Some("v8"),
+            "armv7l" => Some("v7"),
+            "armv6l" => Some("v6"),
+            _ => None,
+        };
+        Platform {
+            os: os.to_string(),
+            architecture: crate::resolve::oci_arch(system).to_string(),
+            variant: variant.map(str::to_string),
+        }
+    }
+
+    /// What an image's config says of its platform.
+    pub fn of_config(config: &JsonBlob) -> Option<Platform> {
+        let v: Value = serde_json::from_slice(&config.bytes).ok()?;
+        Some(Platform {
+            os: v["os"].as_str()?.to_string(),
+            architecture: v["architecture"].as_str()?.to_string(),
+            variant: v["variant"].as_str().map(str::to_string),
+        })
+    }
+
+    fn json(&self) -> Value {
+        let mut p = json!({ "os": self.os, "architecture": self.architecture });
+        if let Some(v) = &self.variant {
+            p["variant"] = json!(v);
+        }
+        p
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        match &self.variant {
+            Some(v) => write!(f, "/{v}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An image index over several platforms, in both flavours: the OCI index
+/// names the images' OCI manifests, Docker's manifest list their Docker
+/// manifests.
+#[derive(Debug, Clone)]
+pub struct IndexDocuments {
+    pub oci: JsonBlob,
+    pub docker: JsonBlob,
+    /// The images it lists, in its order.
+    pub images: Vec<(Platform, Arc<ImageDocuments>)>,
+}
+
+pub fn index_documents(images: Vec<(Platform, Arc<ImageDocuments>)>) -> IndexDocuments {
+    let list = |list_type: &str, flavour: fn(&ImageDocuments) -> &JsonBlob| {
+        let manifests: Vec<Value> = images
+            .iter()
+            .map(|(platform, docs)| {
+                let m = flavour(docs);
+                json!({
+                    "mediaType": m.media_type,
+                    "digest": m.digest,
+                    "size": m.bytes.len(),
+                    "platform": platform.json(),
+                })
+            })
+            .collect();
+        JsonBlob::new(
+            list_type,
+            &json!({ "schemaVersion": 2, "mediaType": list_type, "manifests": manifests }),
+        )
+    };
+    IndexDocuments {
+        oci: list(OCI_INDEX, |d| &d.oci),
+        docker: list(DOCKER_LIST, |d| &d.docker),
+        images,
+    }
+}
+
+/// What a client's `Accept` header lets it receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepts {
+    /// Docker's types and no OCI type (older Docker clients): the Docker
+    /// flavour; else OCI.
+    pub docker: bool,
+    /// An index or manifest list. A client that names manifest types but
+    /// neither list type gets the image of the first `--system` instead.
+    pub lists: bool,
+}
+
+impl Accepts {
+    pub fn parse(accept: &[&str]) -> Accepts {
+        let types: Vec<&str> = accept
+            .iter()
+            .flat_map(|h| h.split(','))
+            .map(|t| t.split(';').next().unwrap_or("").trim())
+            .filter(|t| !t.is_empty())
+            .collect();
+        let has = |wanted: &[&str]| types.iter().any(|t| wanted.contains(t));
+        let docker = has(&[DOCKER_MANIFEST, DOCKER_LIST]) && !has(&[OCI_MANIFEST, OCI_INDEX]);
+        let names_manifests = has(&[DOCKER_MANIFEST, OCI_MANIFEST]);
+        Accepts {
+            docker,
+            lists: !names_manifests || has(&[DOCKER_LIST, OCI_INDEX]),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +273,7 @@ mod tests {
                 known: None,
             }],
             base_history: vec![],
+            variant: None,
         }
     }
 
@@ -225,11 +333,60 @@ mod tests {
 
     #[test]
     fn accept_negotiation() {
-        assert!(!wants_docker(&[]));
-        assert!(!wants_docker(&["*/*"]));
-        assert!(wants_docker(&[DOCKER_MANIFEST]));
-        assert!(wants_docker(&["application/vnd.docker.distribution.manifest.v2+json; q=0.9, application/vnd.docker.distribution.manifest.list.v2+json"]));
-        assert!(!wants_docker(&[DOCKER_MANIFEST, OCI_MANIFEST]));
-        assert!(!wants_docker(&["application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.v2+json"]));
+        let docker = |a: &[&str]| Accepts::parse(a).docker;
+        let lists = |a: &[&str]| Accepts::parse(a).lists;
+        assert!(!docker(&[]));
+        assert!(!docker(&["*/*"]));
+        assert!(docker(&[DOCKER_MANIFEST]));
+        assert!(docker(&["application/vnd.docker.distribution.manifest.v2+json; q=0.9, application/vnd.docker.distribution.manifest.list.v2+json"]));
+        assert!(!docker(&[DOCKER_MANIFEST, OCI_MANIFEST]));
+        assert!(!docker(&["application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.v2+json"]));
+        // No Accept, or */*: anything, lists included.
+        assert!(lists(&[]) && lists(&["*/*"]));
+        assert!(lists(&[DOCKER_MANIFEST, DOCKER_LIST]));
+        assert!(lists(&[OCI_MANIFEST, OCI_INDEX]));
+        assert!(!lists(&[DOCKER_MANIFEST]));
+        assert!(!lists(&[OCI_MANIFEST, DOCKER_MANIFEST]));
+    }
+
+    #[test]
+    fn index_entries_name_each_flavour_and_platform() {
+        let l = [LayerDigest {
+            digest: format!("sha256:{}", "a".repeat(64)),
+            size: 10240,
+            diff_id: None,
+            packed: None,
+        }];
+        let amd = documents(&plan(), &l, None);
+        let mut arm_plan = plan();
+        arm_plan.architecture = "arm64".into();
+        arm_plan.variant = Some("v8".into());
+        let arm = documents(&arm_plan, &l, None);
+        let arm_platform = Platform::of_config(&arm.config).unwrap();
+        assert_eq!(arm_platform.to_string(), "linux/arm64/v8");
+        let amd_platform = Platform::of_config(&amd.config).unwrap();
+        assert_eq!(amd_platform.variant, None);
+        let (amd, arm) = (Arc::new(amd), Arc::new(arm));
+        let index = index_documents(vec![
+            (amd_platform, amd.clone()),
+            (arm_platform, arm.clone()),
+        ]);
+        let oci: Value = serde_json::from_slice(&index.oci.bytes).unwrap();
+        assert_eq!(oci["mediaType"], OCI_INDEX);
+        assert_eq!(oci["manifests"][1]["digest"], arm.oci.digest.as_str());
+        assert_eq!(oci["manifests"][1]["size"], arm.oci.bytes.len());
+        assert_eq!(oci["manifests"][1]["mediaType"], OCI_MANIFEST);
+        assert_eq!(
+            oci["manifests"][1]["platform"],
+            json!({"os": "linux", "architecture": "arm64", "variant": "v8"})
+        );
+        assert_eq!(
+            oci["manifests"][0]["platform"],
+            json!({"os": "linux", "architecture": "amd64"})
+        );
+        let docker: Value = serde_json::from_slice(&index.docker.bytes).unwrap();
+        assert_eq!(docker["mediaType"], DOCKER_LIST);
+        assert_eq!(docker["manifests"][0]["digest"], amd.docker.digest.as_str());
+        assert_eq!(docker["manifests"][0]["mediaType"], DOCKER_MANIFEST);
     }
 }

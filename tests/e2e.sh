@@ -1264,6 +1264,105 @@ t_pure_eval() {
 check "pure evaluation of branches and tags locked by the ref gate" t_pure_eval
 
 # ------------------------------------------------ many nodes (issue 11)
+# PM: two systems. aarch64-linux is built here with extra-platforms: the
+# fixture's aarch64 derivations have the host's busybox as their builder.
+NIX_CONFIG="$NIX_CONFIG
+extra-platforms = aarch64-linux" start_server PM "$W/state-multi" --system x86_64-linux,aarch64-linux --packages "$W/repo" || exit 1
+RM=127.0.0.1:$PM
+DOCKER_TYPES='application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json'
+
+t_index() {
+  local out want amd arm code n
+  # An OCI index and a Docker manifest list, each entry checked against
+  # the manifest and config it names (tests/index_check.py).
+  out=$(python3 "$ROOT/tests/index_check.py" "http://$RM" app v1)
+  has_line "$out" '^linux/amd64 sha256:' "OCI index of app:v1"
+  has_line "$out" '^linux/arm64/v8 sha256:' "OCI index of app:v1"
+  n=$(wc -l <<<"$out")
+  eq "$n" 2 "entries of app:v1"
+  amd=$(awk '$1 == "linux/amd64" {print $2}' <<<"$out")
+  arm=$(awk '$1 == "linux/arm64/v8" {print $2}' <<<"$out")
+  ne "$amd" "$arm" "amd64 and arm64 manifests"
+  out=$(python3 "$ROOT/tests/index_check.py" "http://$RM" app v1 "$DOCKER_TYPES")
+  n=$(wc -l <<<"$out")
+  eq "$n" 2 "entries of the Docker list"
+  for name in stock plain; do
+    out=$(python3 "$ROOT/tests/index_check.py" "http://$RM" "$name" v1)
+    has_line "$out" '^linux/arm64/v8 sha256:' "index of $name:v1"
+  done
+  # A client naming manifest types but no list type gets the first system's image.
+  out=$(curl -fsS -D "$W/mt.h" -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$RM/v2/app/manifests/v1")
+  has_header "$W/mt.h" "docker-content-digest: $amd"
+  # The amd64 entry is the image a one-system server serves.
+  want=$(curl -fsS -o /dev/null -D - "http://$R/v2/app/manifests/v1" | tr -d '\r' | awk -F': ' 'tolower($1) == "docker-content-digest" {print $2}')
+  eq "$amd" "$want" "amd64 entry vs the one-system server's app:v1"
+  # An output only x86_64-linux has: an index of one.
+  out=$(python3 "$ROOT/tests/index_check.py" "http://$RM" large latest)
+  has_line "$out" '^linux/amd64 sha256:' "index of large"
+  n=$(wc -l <<<"$out")
+  eq "$n" 1 "entries of large"
+  # Package paths: the same rule; arm64/ keeps its meaning (one image).
+  out=$(python3 "$ROOT/tests/index_check.py" "http://$RM" shell/hello latest)
+  n=$(wc -l <<<"$out")
+  eq "$n" 2 "entries of shell/hello"
+  out=$(curl -fsS -D "$W/pa.h" "http://$RM/v2/arm64/hello/manifests/latest")
+  has_header "$W/pa.h" 'content-type: application/vnd.oci.image.manifest.v1+json'
+  out=$(skopeo inspect --tls-verify=false --config "docker://$RM/arm64/hello:latest" | json 'd["architecture"] + "/" + d["variant"]')
+  eq "$out" arm64/v8 "platform of arm64/hello"
+  code=$(status "http://$RM/v2/nosuch/manifests/latest")
+  eq "$code" 404 "a name no system has"
+}
+check "--system x86_64-linux,aarch64-linux: OCI index and Docker list, entries match their configs; package paths too" t_index
+
+t_index_clients() {
+  local out arm
+  # skopeo picks a platform from the index.
+  out=$(skopeo inspect --tls-verify=false --override-arch arm64 --config "docker://$RM/app:v1" | json 'd["architecture"]')
+  eq "$out" arm64 "skopeo --override-arch arm64"
+  out=$(skopeo inspect --tls-verify=false --config "docker://$RM/app:v1" | json 'd["architecture"]')
+  eq "$out" amd64 "skopeo on this host"
+  unpack "$RM/app:v1" "$W/idx-sk"
+  out=$(chroot --userspec=1000:1000 "$W/idx-sk/bundle/rootfs" /bin/greet)
+  eq "$out" 'greetings  as 1000' "the amd64 image of the index runs (no Env in a chroot)"
+  # containerd: the arm64 image's config lands in its content store; the
+  # host's platform runs.
+  ctr image pull --plain-http --platform linux/arm64 "$RM/stock:v1" >/dev/null
+  arm=$(python3 "$ROOT/tests/index_check.py" "http://$RM" stock v1 | awk '$1 == "linux/arm64/v8" {print $2}')
+  out=$(curl -fsS "http://$RM/v2/stock/manifests/$arm" | json 'd["config"]["digest"]')
+  out=$(ctr content get "$out" | json 'd["architecture"]')
+  eq "$out" arm64 "config containerd fetched for linux/arm64"
+  ctr image pull --plain-http --platform linux/amd64 "$RM/stock:v1" >/dev/null
+  out=$(ctr run --rm "$RM/stock:v1" "fpidx-$$")
+  eq "$out" 'hello from nix' "ctr run of the index's amd64 image"
+  # Docker engine, with and without --platform.
+  docker pull -q --platform linux/arm64 "$RM/plain:v1" >/dev/null
+  out=$(docker image inspect --format '{{.Architecture}}/{{.Variant}}' "$RM/plain:v1")
+  eq "$out" arm64/v8 "docker pull --platform linux/arm64"
+  docker rmi -f "$RM/plain:v1" >/dev/null
+  docker pull -q "$RM/plain:v1" >/dev/null
+  out=$(docker run --rm --network none "$RM/plain:v1")
+  eq "$out" 'greetings  as 0' "docker run of the index's amd64 image"
+  # podman --arch.
+  podman --root "$W/podman/root" --runroot "$W/podman/run" --storage-driver vfs pull -q --arch arm64 --tls-verify=false "$RM/app:v1" >/dev/null
+  out=$(podman --root "$W/podman/root" --runroot "$W/podman/run" --storage-driver vfs image inspect --format '{{.Architecture}}' "$RM/app:v1")
+  eq "$out" arm64 "podman pull --arch arm64"
+}
+check "index clients: skopeo --override-arch, ctr --platform, docker --platform, podman --arch; the host's platform runs" t_index_clients
+
+t_index_failures() {
+  local before after
+  # A system whose build fails fails the tag, naming the system: never an
+  # index without it. Not cached: the next pull tries again.
+  R=$RM expect_error GET /v2/halfbroken/manifests/v1 500 UNKNOWN 'for aarch64-linux: .*halfbroken does not build for aarch64-linux'
+  before=$(builds "$PM")
+  R=$RM expect_error GET /v2/halfbroken/manifests/v1 500 UNKNOWN 'for aarch64-linux'
+  after=$(builds "$PM")
+  ne "$after" "$before" "builds after a second pull of a failed system"
+  # An aarch64-linux output whose image says amd64 is not listed as arm64.
+  R=$RM expect_error GET /v2/mislabelled/manifests/v1 500 UNKNOWN 'for aarch64-linux: .*config is for linux/amd64, not linux/arm64/v8'
+}
+check "index failures: a failed or mislabelled system fails the tag with its name; nothing cached" t_index_failures
+
 t_push_to() {
   local root out here there pushed code
   start_server PP "$W/state-push" --push-to "file://$W/cache"

@@ -2,12 +2,15 @@
 //! manifest, with the caches that make every step happen once.
 //!
 //! - `produce`: resolve -> build -> plan -> digest -> manifest, single flight;
-//! - `blobs`: digest -> what to stream, scans, the compressed cache.
+//! - `blobs`: digest -> what to stream, scans, the compressed cache;
+//! - `platforms`: name + tag -> one image, or an index over `--system`.
 
 mod blobs;
+mod platforms;
 mod produce;
 
 pub use blobs::Blob;
+pub use platforms::Tagged;
 
 use crate::build::Nix;
 use crate::compressed::CompressedCache;
@@ -30,7 +33,9 @@ pub struct Settings {
     pub flake: Option<FlakeSource>,
     /// Nixery-style images: every other name is a list of packages of this set.
     pub packages: Option<PackageSource>,
-    pub system: String,
+    /// `--system`: one or more Nix systems; with more than one, a tag is
+    /// an image index over those the name exists for. Never empty.
+    pub systems: Vec<String>,
     pub manifest_ttl: Duration,
     /// `--push-to`: a Nix store URL every built closure is copied to.
     pub push_to: Option<String>,
@@ -177,53 +182,6 @@ impl Images {
             .join(", ")
     }
 
-    /// The image for `name:tag`. Concurrent pulls share one build, which runs
-    /// in a task of its own: a client that hangs up cancels nothing, and the
-    /// task caches its own result, so the next pull finds it even if every
-    /// client has left. Failures are not cached.
-    pub async fn image(self: &Arc<Self>, name: &str, tag: &str) -> Result<Arc<ImageDocuments>> {
-        let system = &self.settings.system;
-        if let Some(flake) = &self.settings.flake {
-            let asked = (name.to_string(), tag.to_string());
-            let has_packages = self.settings.packages.is_some();
-            if !(has_packages && self.not_outputs.contains_key(&asked)) {
-                let allowed = match flake.git_remote() {
-                    Some(remote) => self.refs.select(&remote, tag, &flake.url).await,
-                    None => Ok(Selected::Latest),
-                };
-                match allowed {
-                    // Not a ref of the flake: maybe one of the package set.
-                    Err(RegistryError::TagUnknown { .. }) if has_packages => {}
-                    Err(e) => return Err(e),
-                    Ok(selected) => match self
-                        .get_or_build(ImageKey::Flake(flake.target(name, tag, system, &selected)?))
-                        .await
-                    {
-                        // Not an output of the flake: a package path, if there is a set.
-                        Err(RegistryError::NameUnknown { .. }) if has_packages => {
-                            self.not_outputs.insert(asked, ())
-                        }
-                        other => return other,
-                    },
-                }
-            }
-        }
-        let packages = self
-            .settings
-            .packages
-            .as_ref()
-            .expect("a flake or a package set is configured");
-        let git_ref = match packages.git_remote() {
-            Some(remote) => match self.refs.select(&remote, tag, &packages.describe()).await? {
-                Selected::Ref(r) => Some(r.full),
-                Selected::Latest | Selected::Commit(_) => None,
-            },
-            None => None,
-        };
-        let target = packages.target(name, tag, system, git_ref)?;
-        self.get_or_build(ImageKey::Packages(target)).await
-    }
-
     async fn get_or_build(self: &Arc<Self>, key: ImageKey) -> Result<Arc<ImageDocuments>> {
         let docs = match self.manifests.get(&key).await {
             Some(docs) => docs,
@@ -337,22 +295,32 @@ impl Images {
         pending
     }
 
+    /// Whether `name` is an output of the flake (at `latest`) for any
+    /// served system: NameUnknown if for none.
+    async fn output_exists(&self, flake: &FlakeSource, name: &str) -> Result<()> {
+        let mut unknown = None;
+        for system in &self.settings.systems {
+            let target = flake.target(name, "latest", system, &Selected::Latest)?;
+            if self
+                .manifests
+                .contains_key(&ImageKey::Flake(target.clone()))
+            {
+                return Ok(());
+            }
+            match self.nix.check_exists(&target).await {
+                Err(e @ RegistryError::NameUnknown { .. }) => unknown = Some(e),
+                other => return other,
+            }
+        }
+        Err(unknown.expect("at least one system"))
+    }
+
     /// `latest` plus the branches and tags of the source the name comes from.
     pub async fn tags(self: &Arc<Self>, name: &str) -> Result<Vec<String>> {
         let mut remote = None;
         let mut is_output = false;
         if let Some(flake) = &self.settings.flake {
-            let target = flake.target(name, "latest", &self.settings.system, &Selected::Latest)?;
-            let cached = self
-                .manifests
-                .get(&ImageKey::Flake(target.clone()))
-                .await
-                .is_some();
-            match if cached {
-                Ok(())
-            } else {
-                self.nix.check_exists(&target).await
-            } {
+            match self.output_exists(flake, name).await {
                 Ok(()) => {
                     is_output = true;
                     remote = flake.git_remote();

@@ -35,6 +35,12 @@ impl Images {
                     .map_err(RegistryError::internal)?
             }
         };
+        let mut plan = plan;
+        // The system's variant (arm64 -> v8), unless the input said its own.
+        let platform = crate::manifest::Platform::of_system(key.system());
+        if plan.variant.is_none() && plan.architecture == platform.architecture {
+            plan.variant = platform.variant;
+        }
         let planned = started.elapsed();
         let layers = self.digest_layers(&plan).await?;
         let docs = documents(&plan, &layers, self.compressed.as_ref().map(|c| c.codec));
@@ -68,7 +74,7 @@ impl Images {
         target: &BuildTarget,
         out: &std::path::Path,
     ) -> Result<ImagePlan> {
-        let arch = oci_arch(&self.settings.system).to_string();
+        let arch = oci_arch(&target.system).to_string();
         let not_image = |reason: String| RegistryError::NotAnImage {
             target: target.to_string(),
             reason,

@@ -51,6 +51,9 @@ pub struct ImagePlan {
     /// History entries of a base image, which come before those of the
     /// layers planned here (a base's own entries, empty layers included).
     pub base_history: Vec<Value>,
+    /// The platform variant (`v8` for arm64, `v7` for armv7l): what an index
+    /// entry and the config say beside the architecture.
+    pub variant: Option<String>,
 }
 
 impl ImagePlan {

@@ -77,6 +77,7 @@ pub fn plan(
         created: created(conf.created),
         layers,
         base_history: vec![],
+        variant: None,
     };
     Ok(match base {
         Some(b) => on_base(b, plan),

@@ -48,6 +48,7 @@ pub fn plan_package(
         created: DEFAULT_CREATED.into(),
         layers,
         base_history: vec![],
+        variant: None,
     }
 }
 
@@ -104,6 +105,7 @@ pub fn plan_packages(
         created: DEFAULT_CREATED.into(),
         layers,
         base_history: vec![],
+        variant: None,
     }
 }
 

@@ -3,7 +3,7 @@
 use super::route::Reference;
 use crate::error::{RegistryError, Result};
 use crate::images::Images;
-use crate::manifest::wants_docker;
+use crate::manifest::Accepts;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -18,17 +18,14 @@ pub async fn get(
 ) -> Result<Response> {
     let blob = match reference {
         Reference::Tag(tag) => {
-            let docs = images.image(name, tag).await?;
+            let tagged = images.tagged(name, tag).await?;
             let accept: Vec<&str> = headers
                 .get_all(header::ACCEPT)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .collect();
-            if wants_docker(&accept) {
-                docs.docker.clone()
-            } else {
-                docs.oci.clone()
-            }
+            let accepts = Accepts::parse(&accept);
+            tagged.document(accepts.docker, accepts.lists).clone()
         }
         // By digest: exactly those bytes, whatever the Accept header says.
         Reference::Digest(d) => {

@@ -21,7 +21,7 @@ pub async fn post(images: &Arc<Images>, query: Option<&str>) -> Result<Response>
         .map(|(name, tag)| {
             let images = images.clone();
             // A task of its own: the build goes on if the client leaves.
-            tokio::spawn(async move { images.image(&name, &tag).await })
+            tokio::spawn(async move { images.tagged(&name, &tag).await })
         })
         .collect();
     let names: Vec<String> = wanted.iter().map(|(n, t)| format!("{n}:{t}")).collect();
@@ -35,7 +35,7 @@ pub async fn post(images: &Arc<Images>, query: Option<&str>) -> Result<Response>
             .await
             .unwrap_or_else(|e| Err(RegistryError::internal(e.to_string())));
         results.push(match outcome {
-            Ok(docs) => serde_json::json!({ "image": image, "digest": docs.oci.digest }),
+            Ok(tagged) => serde_json::json!({ "image": image, "digest": tagged.digest() }),
             Err(e) => serde_json::json!({ "image": image, "error": e.body()["errors"][0] }),
         });
     }
