@@ -49,6 +49,10 @@ pub enum RegistryError {
     PaginationInvalid { reason: String },
     #[error("invalid warm request: {reason}")]
     WarmInvalid { reason: String },
+    #[error("webhook refused: {reason}")]
+    WebhookDenied { reason: String },
+    #[error("invalid webhook delivery: {reason}")]
+    WebhookInvalid { reason: String },
     #[error("requested range not satisfiable for a blob of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error("authentication required")]
@@ -129,7 +133,8 @@ impl RegistryError {
             ReadOnly { .. } => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             NoSuchEndpoint { .. } => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
             PaginationInvalid { .. } => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
-            WarmInvalid { .. } => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+            WarmInvalid { .. } | WebhookInvalid { .. } => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+            WebhookDenied { .. } => (StatusCode::FORBIDDEN, "DENIED"),
             RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
             Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),

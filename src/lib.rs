@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod build;
+pub mod client;
 pub mod compressed;
 pub mod error;
 pub mod images;

@@ -35,6 +35,42 @@ struct Cli {
 enum Command {
     /// Serve the flake's images (the default).
     Serve(ServeArgs),
+    /// Ask a running flakeport to build images now (POST /warm), so that
+    /// their first pull finds them ready.
+    Warm(WarmArgs),
+}
+
+#[derive(Args)]
+struct WarmArgs {
+    /// Images to build: NAME or NAME:TAG (the tag defaults to latest).
+    #[arg(required = true)]
+    images: Vec<String>,
+
+    /// The running flakeport.
+    #[arg(
+        long,
+        env = "FLAKEPORT_SERVER",
+        default_value = "http://127.0.0.1:5000"
+    )]
+    server: String,
+
+    /// Return once every image is ready, printing its digest (or error);
+    /// exit 1 if any failed.
+    #[arg(long)]
+    wait: bool,
+
+    /// A token of the server's --token-file, sent as a bearer token.
+    #[arg(long, env = "FLAKEPORT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// A user of the server's --htpasswd; the password is read from
+    /// FLAKEPORT_PASSWORD.
+    #[arg(long, env = "FLAKEPORT_USER")]
+    user: Option<String>,
+
+    /// The CA certificate (PEM) of a server on TLS with a private CA.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -159,9 +195,17 @@ struct ServeArgs {
     max_connections: usize,
 
     /// Images to build at start (NAME or NAME:TAG; the tag defaults to
-    /// latest), so their first pull does not wait for a build.
+    /// latest), so their first pull does not wait for a build. With
+    /// --webhook-secret, a push warms these names at the pushed branch or
+    /// tag (and at latest, for the default branch).
     #[arg(long, env = "FLAKEPORT_WARM", value_delimiter = ',', num_args = 1..)]
     warm: Vec<String>,
+
+    /// A file holding the secret of push webhooks (GitHub, Gitea, Forgejo,
+    /// GitLab) sent to POST /hooks/push; without it that endpoint is off.
+    /// At least 16 bytes; reloaded when the file changes.
+    #[arg(long, env = "FLAKEPORT_WEBHOOK_SECRET")]
+    webhook_secret: Option<PathBuf>,
 
     /// A Nix store URL (`file:///srv/cache`, `s3://bucket`, `ssh://host`)
     /// that every built image's closure is copied to (`nix copy --to`)
@@ -260,6 +304,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match (cli.command, cli.serve) {
         (Some(Command::Serve(a)), _) | (None, Some(a)) => a,
+        (Some(Command::Warm(w)), _) => return warm(w),
         (None, None) => unreachable!("clap requires FLAKE or --packages"),
     };
     tokio::runtime::Builder::new_multi_thread()
@@ -269,6 +314,29 @@ fn main() -> anyhow::Result<()> {
         .max_blocking_threads(128)
         .build()?
         .block_on(serve(args))
+}
+
+fn warm(w: WarmArgs) -> anyhow::Result<()> {
+    let user = match w.user {
+        Some(u) => Some((
+            u,
+            std::env::var("FLAKEPORT_PASSWORD")
+                .context("--user needs the password in FLAKEPORT_PASSWORD")?,
+        )),
+        None => None,
+    };
+    let ok = flakeport::client::warm(&flakeport::client::WarmRequest {
+        server: w.server,
+        images: w.images,
+        wait: w.wait,
+        token: w.token,
+        user,
+        ca_cert: w.ca_cert,
+    })?;
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -375,22 +443,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         keep: Duration::from_secs_f64(args.keep_roots.max(0.0) * 86_400.0),
         max_bytes: args.max_state_mib.map(|m| m * 1024 * 1024),
     };
-    for wanted in args.warm.clone() {
-        let images = images.clone();
-        tokio::spawn(async move {
-            let (name, tag) = wanted.split_once(':').unwrap_or((&wanted, "latest"));
-            let valid = flakeport::registry::route::valid_name(name)
-                .and_then(|name| flakeport::registry::route::valid_tag(tag).map(|_| name));
-            let result = match valid {
-                Ok(name) => images.tagged(&name, tag).await.map(drop),
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => tracing::info!(image = %wanted, "warmed"),
-                Err(e) => tracing::warn!(image = %wanted, error = %e, "cannot warm"),
+    let warm = args
+        .warm
+        .iter()
+        .map(|w| registry::warm::parse_image(w).map_err(|e| anyhow::anyhow!("--warm {w}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    registry::warm::start(&images, &warm);
+    let hooks = match &args.webhook_secret {
+        Some(file) => {
+            let mut names: Vec<String> = warm.iter().map(|(n, _)| n.clone()).collect();
+            names.sort();
+            names.dedup();
+            if names.is_empty() {
+                tracing::warn!("--webhook-secret without --warm: a push warms nothing");
             }
-        });
-    }
+            Some(std::sync::Arc::new(
+                registry::hooks::Hooks::new(file.clone(), names)
+                    .context("loading --webhook-secret")?,
+            ))
+        }
+        None => None,
+    };
     let sweeper = images.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(SWEEP_EVERY);
@@ -407,6 +480,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             auth,
             protect_metrics: args.protect_metrics,
             max_streams: args.max_streams,
+            hooks,
         },
     );
     let limits = flakeport::server::Limits {

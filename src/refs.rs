@@ -152,6 +152,14 @@ impl RefGate {
         }
     }
 
+    /// Forget what was listed or fetched of `remote` (a push webhook said
+    /// it moved): the next pull asks it again.
+    pub async fn forget(&self, remote: &str) {
+        self.listed.invalidate(remote).await;
+        self.failed.invalidate(remote).await;
+        self.fetched.invalidate(remote).await;
+    }
+
     /// Is `commit` an ancestor of a branch or tag? Asks the mirror, which is
     /// fetched first if it has not been within the TTL.
     async fn in_mirror(&self, remote: &str, commit: &str) -> Result<bool> {

@@ -1168,6 +1168,14 @@ t_auth() {
   eq "$n" 0 "builds for refused requests"
   code=$(status "http://127.0.0.1:$PA/v2/app/manifests/latest" -H "Authorization: Bearer $AUTH_TOKEN")
   eq "$code" 200 "a bearer token"
+  # flakeport warm, refused without credentials, with a token and as a user.
+  if "$BIN" warm --server "http://127.0.0.1:$PA" stock:v1 > "$W/warm-cli.out" 2>&1; then echo "flakeport warm without credentials succeeded"; return 1; fi
+  out=$(cat "$W/warm-cli.out")
+  has_line "$out" 'answered 401' "flakeport warm without credentials"
+  out=$(FLAKEPORT_TOKEN=$AUTH_TOKEN "$BIN" warm --server "http://127.0.0.1:$PA" --wait stock:v1)
+  has_line "$out" '^stock:v1 sha256:[0-9a-f]{64}$' "flakeport warm --token"
+  out=$(FLAKEPORT_PASSWORD=$AUTH_PASS "$BIN" warm --server "http://127.0.0.1:$PA" --user "$AUTH_USER" plain:v1)
+  eq "$out" 'warming plain:v1' "flakeport warm --user"
   # skopeo --creds (a user, then the token as a password), containerd, Docker.
   skopeo copy -q --src-tls-verify=false --src-creds "$AUTH_USER:$AUTH_PASS" "docker://127.0.0.1:$PA/app:latest" "oci:$W/auth-oci:a"
   skopeo copy -q --src-tls-verify=false --src-creds "robot:$AUTH_TOKEN" "docker://127.0.0.1:$PA/stock:v1" "oci:$W/auth-oci:s"
@@ -1505,8 +1513,89 @@ t_warm() {
   eq "$got" NAME_UNKNOWN "the error of an unknown name"
   code=$(status "http://127.0.0.1:$PW/warm")
   eq "$code" 400 "GET /warm"
+  # The CLI: --wait prints each digest, and fails naming what failed.
+  out=$("$BIN" warm --server "http://127.0.0.1:$PW" --wait plain:v1)
+  eq "$out" "plain:v1 $want" "flakeport warm --wait"
+  if "$BIN" warm --server "http://127.0.0.1:$PW" --wait plain:v1 nosuch > "$W/warm-cli.out"; then echo "flakeport warm of an unknown name succeeded"; return 1; fi
+  out=$(cat "$W/warm-cli.out")
+  has_line "$out" '^nosuch:latest failed: NAME_UNKNOWN' "flakeport warm of an unknown name"
 }
 check "--warm and POST /warm: images built before their first pull, which runs no build" t_warm
+
+hmac_hex() { # hmac_hex SECRET_FILE BODY_FILE: HMAC-SHA256 of the body, as forges sign it
+  python3 -c 'import hmac, hashlib, sys; print(hmac.new(open(sys.argv[1], "rb").read().strip(), open(sys.argv[2], "rb").read(), hashlib.sha256).hexdigest())' "$1" "$2"
+}
+push_branch() { # push_branch BRANCH VERSION: a new commit on BRANCH of the fixture repo, made in a clone and pushed
+  rm -rf "$W/clone-$1"
+  git clone -q "$W/repo" "$W/clone-$1"
+  printf '%s' "$2" > "$W/clone-$1/version"
+  git -C "$W/clone-$1" -c user.email=t@t -c user.name=t commit -qam "$2"
+  git -C "$W/clone-$1" push -q origin "HEAD:refs/heads/$1"
+}
+
+t_webhook() {
+  local code out before after
+  head -c 32 /dev/urandom | base64 > "$W/hook-secret"
+  start_server PH "$W/state-hook" --warm app,plain:v1 --webhook-secret "$W/hook-secret"
+  wait_for_line "$W/server-$PH.log" 'warmed image=app:latest' 60
+  # A branch pulled before it exists: the refs listed then say no...
+  code=$(status "http://127.0.0.1:$PH/v2/app/manifests/hooked")
+  eq "$code" 404 "app:hooked before the push"
+  push_branch hooked hooked-v1
+  # ...and are remembered (for --manifest-ttl), so a pull right after the push says no too.
+  code=$(status "http://127.0.0.1:$PH/v2/app/manifests/hooked")
+  eq "$code" 404 "app:hooked just after the push, before the webhook"
+  printf '{"ref":"refs/heads/hooked","after":"%s","repository":{"default_branch":"main"}}' "$(git -C "$W/repo" rev-parse hooked)" > "$W/hook.json" # lint-ok: the branch was just pushed
+  before=$(builds "$PH")
+  # Forged (another secret), unsigned, or not from a forge: 403, nothing warmed or forgotten.
+  head -c 32 /dev/urandom | base64 > "$W/other-secret"
+  code=$(curl -s -o "$W/hook.out" -w '%{http_code}' -X POST --data-binary "@$W/hook.json" -H 'X-GitHub-Event: push' \
+    -H "X-Hub-Signature-256: sha256=$(hmac_hex "$W/other-secret" "$W/hook.json")" "http://127.0.0.1:$PH/hooks/push") # lint-ok: hmac_hex of files just written
+  eq "$code" 403 "a forged GitHub delivery"
+  out=$(json 'd["errors"][0]["code"]' < "$W/hook.out")
+  eq "$out" DENIED "the forged delivery's error"
+  code=$(status "http://127.0.0.1:$PH/hooks/push" -X POST --data-binary "@$W/hook.json" -H 'X-GitHub-Event: push')
+  eq "$code" 403 "an unsigned delivery"
+  code=$(status "http://127.0.0.1:$PH/hooks/push" -X POST --data-binary "@$W/hook.json" -H 'X-Gitlab-Event: Push Hook' -H 'X-Gitlab-Token: guess-guess-guess')
+  eq "$code" 403 "a GitLab delivery with a wrong token"
+  code=$(status "http://127.0.0.1:$PH/hooks/push" -X POST --data-binary "@$W/hook.json")
+  eq "$code" 403 "a delivery from no forge"
+  sleep 1
+  after=$(builds "$PH")
+  eq "$after" "$before" "builds after refused deliveries"
+  code=$(status "http://127.0.0.1:$PH/v2/app/manifests/hooked")
+  eq "$code" 404 "app:hooked after refused deliveries (refs not forgotten)"
+  # Signed: the refs are asked again and app:hooked is built (plain too,
+  # its tag replaced by the pushed one), with no pull.
+  sig=$(hmac_hex "$W/hook-secret" "$W/hook.json")
+  code=$(curl -s -o "$W/hook.out" -w '%{http_code}' -X POST --data-binary "@$W/hook.json" -H 'X-GitHub-Event: push' \
+    -H "X-Hub-Signature-256: sha256=$sig" "http://127.0.0.1:$PH/hooks/push")
+  eq "$code" 202 "a signed GitHub delivery"
+  out=$(json 'sorted(d["warming"])' < "$W/hook.out")
+  eq "$out" "['app:hooked', 'plain:hooked']" "what the push warms"
+  wait_for_line "$W/server-$PH.log" 'warmed image=app:hooked' 60
+  wait_for_line "$W/server-$PH.log" 'warmed image=plain:hooked' 60
+  before=$(builds "$PH")
+  out=$(greeting "127.0.0.1:$PH/app:hooked")
+  eq "$out" "GREETING=hooked-v1" "app:hooked after the webhook"
+  after=$(builds "$PH")
+  eq "$after" "$before" "builds of the first pull after the webhook"
+  # GitLab: a tag push, with the secret as its token.
+  git -C "$W/repo" tag hooktag hooked
+  printf '{"ref":"refs/tags/hooktag","after":"%s","project":{"default_branch":"main"}}' "$(git -C "$W/repo" rev-parse hooktag)" > "$W/hook-tag.json" # lint-ok: the tag was just made
+  code=$(curl -s -o "$W/hook.out" -w '%{http_code}' -X POST --data-binary "@$W/hook-tag.json" -H 'X-Gitlab-Event: Tag Push Hook' \
+    -H "X-Gitlab-Token: $(cat "$W/hook-secret")" "http://127.0.0.1:$PH/hooks/push") # lint-ok: the secret file was written above
+  eq "$code" 202 "a GitLab tag push"
+  wait_for_line "$W/server-$PH.log" 'warmed image=app:hooktag' 60
+  # Gitea: signed, but not a push: acknowledged, nothing warmed.
+  sig=$(hmac_hex "$W/hook-secret" "$W/hook-tag.json")
+  out=$(curl -fsS -X POST --data-binary "@$W/hook-tag.json" -H 'X-Gitea-Event: issues' -H "X-Gitea-Signature: $sig" "http://127.0.0.1:$PH/hooks/push")
+  has_line "$out" '"ignored"' "a Gitea event that is not a push"
+  # Without --webhook-secret there is no such endpoint.
+  code=$(status "http://$R/hooks/push" -X POST --data-binary "@$W/hook.json")
+  eq "$code" 404 "/hooks/push without --webhook-secret"
+}
+check "push webhooks (GitHub, GitLab, Gitea): HMAC-checked; a push warms the --warm images at its ref; forged or unsigned ones change nothing" t_webhook
 
 echo
 echo "e2e: $PASSED passed, ${#FAILED[@]} failed"

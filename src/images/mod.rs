@@ -55,6 +55,13 @@ impl ImageKey {
             ImageKey::Packages(t) => t.pinned,
         }
     }
+
+    fn tag(&self) -> &str {
+        match self {
+            ImageKey::Flake(t) => &t.tag,
+            ImageKey::Packages(t) => &t.tag,
+        }
+    }
 }
 
 impl std::fmt::Display for ImageKey {
@@ -140,6 +147,7 @@ impl Images {
                 })
                 .max_capacity(64 * 1024 * 1024)
                 .expire_after(TargetExpiry { ttl })
+                .support_invalidation_closures()
                 .build(),
             digesting: moka::future::Cache::builder()
                 .max_capacity(10_000)
@@ -225,6 +233,27 @@ impl Images {
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tracing::warn!(store = %crate::redact::redact(store), error = %e, "nix copy to the binary cache failed");
             }
+        }
+    }
+
+    /// A push moved `tag` (and `latest` with it, when `default`): the refs
+    /// listed before it, and what was cached of those tags, are stale.
+    pub async fn pushed(&self, tag: &str, default: bool) {
+        let remotes = [
+            self.settings.flake.as_ref().and_then(|f| f.git_remote()),
+            self.settings.packages.as_ref().and_then(|p| p.git_remote()),
+        ];
+        for remote in remotes.into_iter().flatten() {
+            self.refs.forget(&remote).await;
+        }
+        // A push may add outputs.
+        self.not_outputs.invalidate_all();
+        let tag = tag.to_string();
+        let stale = self.manifests.invalidate_entries_if(move |k, _| {
+            !k.pinned() && (k.tag() == tag || (default && k.tag() == "latest"))
+        });
+        if let Err(e) = stale {
+            tracing::error!(error = %e, "cannot drop cached manifests of a pushed tag");
         }
     }
 

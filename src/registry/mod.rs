@@ -2,10 +2,11 @@
 //! hand-written parser ([`route`]), one file per endpoint.
 
 mod blobs;
+pub mod hooks;
 mod manifests;
 pub mod route;
 mod tags;
-mod warm;
+pub mod warm;
 
 use crate::auth::Auth;
 use crate::error::{RegistryError, Result};
@@ -31,6 +32,9 @@ pub struct Settings {
     pub protect_metrics: bool,
     /// Layer streams in flight; past it a blob GET gets 429.
     pub max_streams: usize,
+    /// With `--webhook-secret`: `POST /hooks/push` (outside the auth of
+    /// `/v2`: a delivery proves the secret instead).
+    pub hooks: Option<Arc<hooks::Hooks>>,
 }
 
 /// What every handler shares.
@@ -79,8 +83,23 @@ pub fn app(images: Arc<Images>, settings: Settings) -> Router {
         Router::new().route("/metrics", get(metrics)),
         access.auth.clone().filter(|_| access.protect_metrics),
     );
+    let hooks_route = Router::new().route(
+        "/hooks/push",
+        any({
+            let hooks = settings.hooks.clone();
+            move |State(registry): State<Arc<Registry>>, req: Request| {
+                let hooks = hooks.clone();
+                async move {
+                    push_hook(&registry.images, hooks.as_deref(), req)
+                        .await
+                        .unwrap_or_else(|e| e.into_response())
+                }
+            }
+        }),
+    );
     Router::new()
         .merge(v2_routes)
+        .merge(hooks_route)
         .merge(metrics_route)
         .merge(warm_route)
         .route("/healthz", get(|| async { "ok\n" }))
@@ -110,6 +129,30 @@ fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+async fn push_hook(
+    images: &Arc<Images>,
+    hooks: Option<&hooks::Hooks>,
+    req: Request,
+) -> Result<Response> {
+    let Some(hooks) = hooks else {
+        return Err(RegistryError::NoSuchEndpoint {
+            path: "/hooks/push (start flakeport with --webhook-secret)".into(),
+        });
+    };
+    if req.method() != Method::POST {
+        return Err(RegistryError::WebhookInvalid {
+            reason: "a webhook is a POST".into(),
+        });
+    }
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, hooks::MAX_BODY)
+        .await
+        .map_err(|_| RegistryError::WebhookInvalid {
+            reason: format!("the body is over {} MiB, or was cut", hooks::MAX_BODY >> 20),
+        })?;
+    hooks::post(images, hooks, &parts.headers, &body).await
 }
 
 async fn require(auth: &Auth, req: Request, next: Next) -> Response {

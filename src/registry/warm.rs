@@ -13,17 +13,39 @@ use std::sync::Arc;
 /// Most images one request may warm.
 const MAX_IMAGES: usize = 64;
 
-pub async fn post(images: &Arc<Images>, query: Option<&str>) -> Result<Response> {
-    let (wanted, wait) = parse(query)?;
-    let tasks: Vec<_> = wanted
+/// One warming build per image, each in a task of its own (it goes on if
+/// the client leaves), logged when it ends. `--warm` at start, `POST
+/// /warm` and push webhooks all warm through here.
+pub fn start(images: &Arc<Images>, wanted: &[(String, String)]) -> Vec<WarmTask> {
+    wanted
         .iter()
         .cloned()
         .map(|(name, tag)| {
             let images = images.clone();
-            // A task of its own: the build goes on if the client leaves.
-            tokio::spawn(async move { images.tagged(&name, &tag).await })
+            tokio::spawn(async move {
+                let image = format!("{name}:{tag}");
+                let result = images.tagged(&name, &tag).await;
+                match &result {
+                    Ok(t) => tracing::info!(%image, digest = t.digest(), "warmed"),
+                    Err(e) => tracing::warn!(%image, error = %e, "cannot warm"),
+                }
+                result
+            })
         })
-        .collect();
+        .collect()
+}
+
+pub type WarmTask = tokio::task::JoinHandle<Result<crate::images::Tagged>>;
+
+/// `NAME[:TAG]` (a tag defaults to `latest`), checked as a pull's would be.
+pub fn parse_image(text: &str) -> Result<(String, String)> {
+    let (name, tag) = text.split_once(':').unwrap_or((text, "latest"));
+    Ok((valid_name(name)?, valid_tag(tag)?))
+}
+
+pub async fn post(images: &Arc<Images>, query: Option<&str>) -> Result<Response> {
+    let (wanted, wait) = parse(query)?;
+    let tasks = start(images, &wanted);
     let names: Vec<String> = wanted.iter().map(|(n, t)| format!("{n}:{t}")).collect();
     if !wait {
         let body = serde_json::json!({ "warming": names });
@@ -48,10 +70,7 @@ fn parse(query: Option<&str>) -> Result<(Vec<(String, String)>, bool)> {
     let mut wait = false;
     for (k, v) in super::query_pairs(query) {
         match k {
-            "image" => {
-                let (name, tag) = v.split_once(':').unwrap_or((v, "latest"));
-                wanted.push((valid_name(name)?, valid_tag(tag)?));
-            }
+            "image" => wanted.push(parse_image(v)?),
             "wait" => wait = matches!(v, "1" | "true" | ""),
             _ => {}
         }
