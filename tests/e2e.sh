@@ -1375,6 +1375,18 @@ t_index_clients() {
 }
 check "index clients: skopeo --override-arch, ctr --platform, docker --platform, podman --arch; the host's platform runs" t_index_clients
 
+t_hosts_toml() {
+  local out
+  # examples/kubernetes/cluster-ip/hosts.toml, its ClusterIP replaced by this
+  # server: containerd pulls `flakeport.internal/NAME` through it.
+  mkdir -p "$W/hosts/flakeport.internal"
+  sed "s|10.96.0.50:5000|$RM|g" "$ROOT/examples/kubernetes/cluster-ip/hosts.toml" > "$W/hosts/flakeport.internal/hosts.toml"
+  ctr image pull --hosts-dir "$W/hosts" flakeport.internal/stock:v1 >/dev/null
+  out=$(ctr run --rm flakeport.internal/stock:v1 "fphosts-$$")
+  eq "$out" 'hello from nix' "ctr run flakeport.internal/stock:v1"
+}
+check "the cluster-ip example's hosts.toml: containerd pulls by the registry name it maps" t_hosts_toml
+
 t_index_failures() {
   local before after
   # A system whose build fails fails the tag, naming the system: never an
