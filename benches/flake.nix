@@ -19,6 +19,19 @@
       '';
     in
     {
+      # img192 for aarch64-linux too (built here with extra-platforms, its
+      # builder the host's busybox): an index over two platforms.
+      packages.aarch64-linux.img192 =
+        let
+          apkgs = import ./. { system = "aarch64-linux"; };
+          alib = import ./nixlib { inherit (apkgs) runCommand; system = "aarch64-linux"; };
+          arandom = name: mib: apkgs.runCommand name { } "mkdir -p $out; head -c ${toString (mib * 1048576)} /dev/urandom > $out/blob";
+        in
+        alib.streamLayeredImageConf {
+          name = "img192";
+          contents = map (i: arandom "part${toString i}-32m" 32) [ 1 2 3 4 5 6 ] ++ [ apkgs.busybox ];
+          config.Cmd = [ "/bin/sh" ];
+        };
       packages.${system} = {
         big128 = lib.streamLayeredImageConf { name = "big128"; contents = [ (random "random-128m" 128) ]; };
         small3000 = lib.streamLayeredImageConf { name = "small3000"; contents = [ manySmall ]; };
@@ -40,6 +53,15 @@
           name = "onbase-gz";
           fromImage = pkgs.archive "big-base.tar.gz" ./images/big-base.tar.gz;
           contents = [ (random "top-1m" 1) ];
+        };
+        # A second node's first pull (issue 11): 64 MiB it builds itself, or
+        # substitutes from the cache the first node pushed to.
+        node64 = lib.streamLayeredImageConf { name = "node64"; contents = [ (random "node-64m" 64) pkgs.busybox ]; };
+        # What a push webhook warms: a release of ./version (8 MiB built
+        # for each new version) on busybox.
+        release = lib.streamLayeredImageConf {
+          name = "release";
+          contents = [ pkgs.busybox (pkgs.runCommand "release-${builtins.readFile ./version}" { } "mkdir -p $out/share; head -c 8388608 /dev/urandom > $out/share/release") ];
         };
         # New for every run: cold pulls build it.
         cold = lib.streamLayeredImageConf {
