@@ -39,6 +39,7 @@ in
     else if value ? stream && isDrv value.stream && value.stream ? conf && isDrv value.stream.conf then value.stream.conf
     else value;
   mainProgram = value.meta.mainProgram or null;
+  names = images;
 }
 "#;
 
@@ -241,6 +242,18 @@ impl Nix {
     pub async fn main_program(&self, t: &BuildTarget) -> Result<Option<String>> {
         let mut args = vec!["eval".to_string(), "--json".into()];
         args.extend(expr_args(t, "mainProgram"));
+        let out = self
+            .run(Kind::Eval, &args)
+            .await
+            .map_err(|f| classify_flake(t, f, self.timeout))?;
+        serde_json::from_slice(&out).map_err(RegistryError::internal)
+    }
+
+    /// The names of `packages.<system>` that are derivations: every one is
+    /// an image (a conf, an archive, or a package served as its closure).
+    pub async fn image_names(&self, t: &BuildTarget) -> Result<Vec<String>> {
+        let mut args = vec!["eval".to_string(), "--json".into()];
+        args.extend(expr_args(t, "names"));
         let out = self
             .run(Kind::Eval, &args)
             .await

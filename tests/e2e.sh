@@ -269,6 +269,29 @@ check "tag not a ref: MANIFEST_UNKNOWN 404" expect_error GET /v2/app/manifests/v
 check "manifest digest never served: MANIFEST_UNKNOWN 404" expect_error GET "/v2/app/manifests/sha256:$(printf %064d 0)" 404 MANIFEST_UNKNOWN
 check "BLOB_UNKNOWN 404" expect_error GET "/v2/app/blobs/sha256:$(printf %064d 0)" 404 BLOB_UNKNOWN
 check "build failure: 500 UNKNOWN with the log tail" expect_error GET /v2/broken/manifests/latest 500 UNKNOWN "broken on purpose"
+t_catalog() {
+  local all walked out code
+  # The flake's outputs, sorted (the spec's lexical order).
+  all=$(curl -fsS "http://$R/v2/_catalog" | json '"\n".join(d["repositories"])')
+  has_line "$all" '^app$' "the catalog"
+  has_line "$all" '^stock$' "the catalog"
+  has_line "$all" '^plain$' "the catalog"
+  out=$(sort <<<"$all")
+  eq "$out" "$all" "catalog order"
+  # Walked 3 at a time by its Link headers (tests/catalog_walk.py checks
+  # each page), it is the same list.
+  walked=$(python3 "$ROOT/tests/catalog_walk.py" "http://$R" 3)
+  eq "$walked" "$all" "the catalog walked 3 at a time"
+  out=$(curl -fsS "http://$R/v2/_catalog?n=0" | json 'd["repositories"]')
+  eq "$out" "[]" "n=0"
+  expect_error GET '/v2/_catalog?n=x' 400 PAGINATION_NUMBER_INVALID
+  # Two systems: names of either (mislabelled is aarch64-linux's only); a
+  # package path once it was pulled.
+  out=$(curl -fsS "http://$RM/v2/_catalog" | json '"\n".join(d["repositories"])')
+  has_line "$out" '^mislabelled$' "the two-system catalog"
+  has_line "$out" '^shell/hello$' "the two-system catalog, after shell/hello was pulled"
+}
+
 t_failure_not_cached() {
   local before after
   before=$(builds "$P")
@@ -1403,6 +1426,7 @@ t_index_failures() {
   R=$RM expect_error GET /v2/mislabelled/manifests/v1 500 UNKNOWN 'for aarch64-linux: .*config is for linux/amd64, not linux/arm64/v8'
 }
 check "index failures: a failed or mislabelled system fails the tag with its name; nothing cached" t_index_failures
+check "/v2/_catalog: the flake's outputs for every served system and pulled package paths; n/last pagination with Link" t_catalog
 
 t_push_to() {
   local root out here there pushed code

@@ -3,9 +3,11 @@
 //!
 //! - `produce`: resolve -> build -> plan -> digest -> manifest, single flight;
 //! - `blobs`: digest -> what to stream, scans, the compressed cache;
-//! - `platforms`: name + tag -> one image, or an index over `--system`.
+//! - `platforms`: name + tag -> one image, or an index over `--system`;
+//! - `catalog`: the names `/v2/_catalog` lists.
 
 mod blobs;
+mod catalog;
 mod platforms;
 mod produce;
 
@@ -116,6 +118,7 @@ pub struct Images {
     pushed: moka::sync::Cache<PathBuf, ()>,
     pushes_ok: std::sync::atomic::AtomicU64,
     pushes_failed: std::sync::atomic::AtomicU64,
+    catalog: catalog::Catalog,
 }
 
 impl Images {
@@ -168,6 +171,7 @@ impl Images {
             pushed: moka::sync::Cache::new(100_000),
             pushes_ok: Default::default(),
             pushes_failed: Default::default(),
+            catalog: catalog::Catalog::new(ttl),
         })
     }
 
@@ -248,6 +252,9 @@ impl Images {
         }
         // A push may add outputs.
         self.not_outputs.invalidate_all();
+        if default {
+            self.catalog.forget_listed();
+        }
         let tag = tag.to_string();
         let stale = self.manifests.invalidate_entries_if(move |k, _| {
             !k.pinned() && (k.tag() == tag || (default && k.tag() == "latest"))

@@ -119,7 +119,9 @@ impl Images {
                 )?))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.over_systems(keys).await
+        let tagged = self.over_systems(keys).await?;
+        self.catalog.pulled(name);
+        Ok(tagged)
     }
 
     /// One image per key (one key per system), built concurrently. A

@@ -212,6 +212,7 @@ async fn dispatch(
             blobs::get(images, streams, &digest, req.headers(), head).await
         }
         Route::Tags { name } => tags::get(images, &name, req.uri().query()).await,
+        Route::Catalog => tags::catalog(images, req.uri().query()).await,
     }
 }
 

@@ -34,6 +34,8 @@ pub enum Route {
     Tags {
         name: String,
     },
+    /// `/v2/_catalog`
+    Catalog,
 }
 
 /// Parse the path below `/v2/` (without the leading `/v2/`).
@@ -44,6 +46,9 @@ pub fn parse(rest: &str) -> Result<Route> {
     let no_endpoint = || RegistryError::NoSuchEndpoint {
         path: format!("/v2/{rest}"),
     };
+    if rest == "_catalog" {
+        return Ok(Route::Catalog);
+    }
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return Ok(Route::Tags {
             name: valid_name(name)?,
