@@ -98,6 +98,15 @@ metric() { # metric PORT NAME [CURL ARGS...]: a sample of /metrics
   echo "$v"
 }
 builds() { metric "$1" flakeport_nix_builds_started_total; } # builds PORT: nix builds the server has started
+wait_for_metric() { # wait_for_metric PORT NAME WANT SECS: the metric's value once it is WANT, or its last value after SECS
+  local v
+  for _ in $(seq $(($4 * 10))); do
+    v=$(metric "$1" "$2")
+    if [ "$v" = "$3" ]; then break; fi
+    sleep 0.1
+  done
+  echo "$v"
+}
 healthy() { curl -fsS -o /dev/null "http://$R/v2/"; }
 unpack() { # unpack HOST/NAME:TAG DIR: skopeo copy to an OCI layout, umoci unpack; the rootfs is DIR/bundle/rootfs
   rm -rf "$2"
@@ -1435,11 +1444,7 @@ t_push_to() {
   eq "$code" 200 "stock:v1"
   root=$(ls "$W/state-push/gcroots")
   out=$(readlink "$W/state-push/gcroots/$root")
-  for _ in $(seq 300); do
-    pushed=$(metric "$PP" 'flakeport_pushes_total{result="ok"}')
-    if [ "$pushed" = 1 ]; then break; fi
-    sleep 0.1
-  done
+  pushed=$(wait_for_metric "$PP" 'flakeport_pushes_total{result="ok"}' 1 30)
   eq "$pushed" 1 "pushes to the cache"
   # The cache holds the output's whole closure...
   here=$(nix path-info -r "$out" | sort)
@@ -1485,11 +1490,7 @@ t_second_node() {
     curl -fsS -o /dev/null "http://127.0.0.1:$PA/v2/${image%%:*}/manifests/${image#*:}"
   done
   n=$(wc -w <<<"$NODE_IMAGES")
-  for _ in $(seq 600); do
-    pushed=$(metric "$PA" 'flakeport_pushes_total{result="ok"}')
-    if [ "$pushed" = "$n" ]; then break; fi
-    sleep 0.1
-  done
+  pushed=$(wait_for_metric "$PA" 'flakeport_pushes_total{result="ok"}' "$n" 60)
   eq "$pushed" "$n" "pushes to the binary cache"
   # B: an empty store that builds everything itself.
   start_node PB "$W/state-node-b" ""

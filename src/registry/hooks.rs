@@ -71,13 +71,12 @@ pub async fn post(
     body: &[u8],
 ) -> Result<Response> {
     let forge = verify(headers, body, &hooks.secret.get())?;
-    let delivery = read(forge, headers, body)?;
-    let Delivery::Push { tag, default } = delivery else {
-        let Delivery::Ignored(why) = delivery else {
-            unreachable!()
-        };
-        tracing::info!(?forge, why, "webhook ignored");
-        return Ok(axum::Json(serde_json::json!({ "ignored": why })).into_response());
+    let (tag, default) = match read(forge, headers, body)? {
+        Delivery::Push { tag, default } => (tag, default),
+        Delivery::Ignored(why) => {
+            tracing::info!(?forge, why, "webhook ignored");
+            return Ok(axum::Json(serde_json::json!({ "ignored": why })).into_response());
+        }
     };
     // The refs, and what was cached of the moved tag, are stale now.
     images.pushed(&tag, default).await;
