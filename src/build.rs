@@ -39,7 +39,10 @@ in
     else if value ? stream && isDrv value.stream && value.stream ? conf && isDrv value.stream.conf then value.stream.conf
     else value;
   mainProgram = value.meta.mainProgram or null;
-  names = images;
+  names = map (n:
+    let d = builtins.tryEval (packages.${n}.meta.description or null); in
+    { name = n; description = if d.success && builtins.isString d.value then d.value else null; })
+    images;
 }
 "#;
 
@@ -120,6 +123,9 @@ pub struct Nix {
 
 const LOG_TAIL_LINES: usize = 25;
 
+/// Where a build's stderr goes, line by line, while it runs.
+pub type BuildLog<'a> = &'a (dyn Fn(&str) + Sync);
+
 enum Failure {
     Exit { stderr: String },
     Timeout,
@@ -144,10 +150,10 @@ impl Nix {
     /// Build the target; the out-link in the state dir is a GC root that
     /// keeps the output (and everything it references) alive until the same
     /// name and tag is built again.
-    pub async fn build(&self, t: &BuildTarget) -> Result<PathBuf> {
+    pub async fn build(&self, t: &BuildTarget, log: BuildLog<'_>) -> Result<PathBuf> {
         let link = self.flake_root(t);
         let outs = self
-            .build_outputs(&link, expr_args(t, "target"), t, |f| {
+            .build_outputs(&link, expr_args(t, "target"), t, log, |f| {
                 classify_flake(t, f, self.timeout)
             })
             .await?;
@@ -175,7 +181,7 @@ impl Nix {
         &self.gcroots
     }
 
-    pub async fn build_packages(&self, t: &PackageTarget) -> Result<Vec<PathBuf>> {
+    pub async fn build_packages(&self, t: &PackageTarget, log: BuildLog<'_>) -> Result<Vec<PathBuf>> {
         let link = self.packages_root(t);
         let json = |v: &[String]| serde_json::to_string(v).expect("strings serialise");
         let mut args: Vec<String> = ["--impure", "--expr", PACKAGES_NIX, "all"]
@@ -193,7 +199,7 @@ impl Nix {
             args.extend(["--argstr".to_string(), k.to_string(), v]);
         }
         let mut outs = self
-            .build_outputs(&link, args, t, |f| match f {
+            .build_outputs(&link, args, t, log, |f| match f {
                 Failure::Exit { stderr } if stderr.contains("flakeport-unknown-packages ") => {
                     unknown_packages(t, &stderr)
                 }
@@ -212,19 +218,26 @@ impl Nix {
         link: &Path,
         args: Vec<String>,
         target: &(dyn std::fmt::Display + Sync),
+        log: BuildLog<'_>,
         on_failure: impl FnOnce(Failure) -> RegistryError,
     ) -> Result<Vec<PathBuf>> {
         let mut all = vec![
             "build".to_string(),
             "--json".into(),
+            // Builders' output on stderr as it comes (prefixed `name> `),
+            // for the log a watcher follows; failures keep their tail.
+            "--print-build-logs".into(),
             "--out-link".into(),
             path_str(link),
         ];
         all.extend(args);
         tracing::info!(%target, "nix build started");
         let started = std::time::Instant::now();
-        let stdout = self.run(Kind::Build, &all).await.map_err(on_failure)?;
-        tracing::info!(%target, secs = started.elapsed().as_secs_f64(), "nix build finished");
+        let stdout = self
+            .run_logged(Kind::Build, &all, Some(log))
+            .await
+            .map_err(on_failure)?;
+        tracing::debug!(%target, secs = started.elapsed().as_secs_f64(), "nix build finished");
         let built: Vec<BuildJson> = serde_json::from_slice(&stdout).map_err(|e| {
             RegistryError::internal(format!("unexpected `nix build --json` output: {e}"))
         })?;
@@ -250,15 +263,22 @@ impl Nix {
     }
 
     /// The names of `packages.<system>` that are derivations: every one is
-    /// an image (a conf, an archive, or a package served as its closure).
-    pub async fn image_names(&self, t: &BuildTarget) -> Result<Vec<String>> {
+    /// an image (a conf, an archive, or a package served as its closure);
+    /// each with its `meta.description`, if it has one.
+    pub async fn image_names(&self, t: &BuildTarget) -> Result<Vec<(String, Option<String>)>> {
+        #[derive(Deserialize)]
+        struct Named {
+            name: String,
+            description: Option<String>,
+        }
         let mut args = vec!["eval".to_string(), "--json".into()];
         args.extend(expr_args(t, "names"));
         let out = self
             .run(Kind::Eval, &args)
             .await
             .map_err(|f| classify_flake(t, f, self.timeout))?;
-        serde_json::from_slice(&out).map_err(RegistryError::internal)
+        let named: Vec<Named> = serde_json::from_slice(&out).map_err(RegistryError::internal)?;
+        Ok(named.into_iter().map(|n| (n.name, n.description)).collect())
     }
 
     /// Check that the name is an image of the flake at this tag, without building.
@@ -306,6 +326,16 @@ impl Nix {
 
     /// Run nix through the scheduler; its stdout if it succeeded.
     async fn run(&self, kind: Kind, args: &[String]) -> std::result::Result<Vec<u8>, Failure> {
+        self.run_logged(kind, args, None).await
+    }
+
+    /// [`Nix::run`], each stderr line also handed to `log` as it comes.
+    async fn run_logged(
+        &self,
+        kind: Kind,
+        args: &[String],
+        log: Option<BuildLog<'_>>,
+    ) -> std::result::Result<Vec<u8>, Failure> {
         // Works whether or not the host's nix.conf enables flakes.
         let mut all = vec![
             "--extra-experimental-features".to_string(),
@@ -318,6 +348,7 @@ impl Nix {
             args: all,
             env: vec![],
             timeout: self.timeout,
+            stderr_lines: log,
         };
         match self.scheduler.run(job).await {
             Ok(out) if out.status.success() => Ok(out.stdout),

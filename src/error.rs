@@ -76,6 +76,10 @@ pub enum RegistryError {
     Internal(String),
 }
 
+/// The OCI code of an error reply, left on the response for whoever counts.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 fn unknown_packages(unknown: &[(String, Vec<String>)], source: &str) -> String {
     if unknown.is_empty() {
         return "the image name names no packages: use NAME/PACKAGE[/PACKAGE...] or shell/PACKAGE...".into();
@@ -111,6 +115,22 @@ impl RegistryError {
         RegistryError::Unavailable {
             reason: "the server is short of resources to read this layer".into(),
             retry_after_secs: 1,
+        }
+    }
+
+    /// Why producing an image failed, as a metric label.
+    pub fn build_failure(&self) -> &'static str {
+        use RegistryError::*;
+        match self {
+            BuildFailed { .. } => "build",
+            BuildTimeout { .. } => "timeout",
+            NotAnImage { .. } => "not_an_image",
+            NameUnknown { .. } | TagUnknown { .. } | TagNotGit { .. } | PackagesUnknown { .. } => {
+                "not_found"
+            }
+            TooManyRequests { .. } | Unavailable { .. } => "busy",
+            ForSystem { source, .. } => source.build_failure(),
+            _ => "internal",
         }
     }
 
@@ -174,6 +194,8 @@ impl IntoResponse for RegistryError {
         }
         let body = serde_json::to_vec(&self.body()).expect("error JSON serialises");
         let mut resp = (status, body).into_response();
+        // For the error counter of `/metrics` (the registry's middleware).
+        resp.extensions_mut().insert(ErrorCode(code));
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,

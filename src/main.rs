@@ -166,6 +166,13 @@ struct ServeArgs {
     #[arg(long, env = "FLAKEPORT_PROTECT_METRICS")]
     protect_metrics: bool,
 
+    /// How the log is written: `text`, for a person at a terminal (one line
+    /// per pull, builds, warnings), or `json`, one object per line for a
+    /// log shipper (every field, pull lines included). FLAKEPORT_LOG sets
+    /// the level (e.g. `debug`).
+    #[arg(long, env = "FLAKEPORT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
     /// PEM certificate chain to serve https with (needs --tls-key); reloaded
     /// when the file changes.
     #[arg(long, env = "FLAKEPORT_TLS_CERT", requires = "tls_key")]
@@ -290,23 +297,69 @@ fn apply_nixery_aliases() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLAKEPORT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn")),
+/// The log on stderr. `text`: a pull is one plain line (the pull target's
+/// message alone), everything else a compact tracing line. `json`: one
+/// object per event, fields flattened, for log shippers.
+fn init_log(format: &str) {
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::fmt::format::debug_fn;
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLAKEPORT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let stderr = || flakeport::redact::RedactingStderr;
+    let is_pull = |m: &tracing::Metadata<'_>| m.target() == "flakeport::pull";
+    let registry = tracing_subscriber::registry().with(filter);
+    if format == "json" {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(stderr),
+            )
+            .init();
+        return;
+    }
+    registry
+        .with(
+            tracing_subscriber::fmt::layer()
+                .compact()
+                .with_writer(stderr)
+                .with_ansi(ansi)
+                .with_filter(filter_fn(move |m| !is_pull(m))),
         )
-        .with_writer(|| flakeport::redact::RedactingStderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(stderr)
+                .with_ansi(ansi)
+                .with_target(false)
+                .with_level(false)
+                .fmt_fields(debug_fn(|w, field, value| {
+                    if field.name() == "message" {
+                        write!(w, "{value:?}")
+                    } else {
+                        Ok(())
+                    }
+                }))
+                .with_filter(filter_fn(is_pull)),
+        )
         .init();
+}
+
+fn main() -> anyhow::Result<()> {
     // Before any thread starts: set_var is only sound single-threaded.
     apply_nixery_aliases();
     let cli = Cli::parse();
     let args = match (cli.command, cli.serve) {
         (Some(Command::Serve(a)), _) | (None, Some(a)) => a,
-        (Some(Command::Warm(w)), _) => return warm(w),
+        (Some(Command::Warm(w)), _) => {
+            init_log("text");
+            return warm(w);
+        }
         (None, None) => unreachable!("clap requires FLAKE or --packages"),
     };
+    init_log(&args.log_format);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Blocking work is short reads, scans, digests and compression:
@@ -380,6 +433,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         })
         .transpose()
         .context("opening the compressed layer cache")?;
+    let events = flakeport::events::Events::new();
     let images = images::Images::new(
         images::Settings {
             flake,
@@ -405,7 +459,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.allow_commits,
             scheduler,
         ),
+        events.clone(),
     );
+    events.start_pull_reports();
     let auth = flakeport::auth::Auth::new(
         args.htpasswd.clone(),
         args.token_file.clone(),
@@ -481,6 +537,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             protect_metrics: args.protect_metrics,
             max_streams: args.max_streams,
             hooks,
+            state_dir: state_dir.clone(),
+            web: flakeport::web::Settings { tls: tls.is_some() },
         },
     );
     let limits = flakeport::server::Limits {
@@ -490,6 +548,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     flakeport::server::serve(listener, app, tls, limits, async move {
         shutdown_signal().await;
+        events.close();
         tracing::info!(
             grace_secs = grace.as_secs(),
             "shutting down: no new connections, finishing streams and builds in flight"

@@ -41,6 +41,14 @@ impl JsonBlob {
     }
 }
 
+/// A manifest media type as a metric label: one of the four served, else "other".
+pub fn known_media_type(media_type: &str) -> &'static str {
+    [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST]
+        .into_iter()
+        .find(|m| *m == media_type)
+        .unwrap_or("other")
+}
+
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }

@@ -206,6 +206,7 @@ async fn git(
         // Never wait on a prompt for credentials.
         env: vec![("GIT_TERMINAL_PROMPT", "0"), ("GIT_ASKPASS", "true")],
         timeout: GIT_TIMEOUT,
+        stderr_lines: None,
     };
     scheduler.run(job).await.map_err(|f| match f {
         scheduler::Failure::Busy => crate::build::busy(),

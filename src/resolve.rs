@@ -45,6 +45,22 @@ pub struct BuildTarget {
 }
 
 impl BuildTarget {
+    /// The commit the tag was resolved to: the tag itself when it is one,
+    /// else the `rev` the evaluation was locked to (none for `latest`).
+    pub fn revision(&self) -> Option<String> {
+        let is_commit = |s: &str| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_commit(&self.tag) {
+            return Some(self.tag.clone());
+        }
+        let locked = self.locked_ref.as_deref()?;
+        let query = locked.split_once('?').map(|(_, q)| q).unwrap_or("");
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix("rev="))
+            .or_else(|| locked.split(['?', '/']).rev().find(|s| is_commit(s)))
+            .map(str::to_string)
+    }
+
     /// The flake URL handed to Nix.
     pub fn eval_ref(&self) -> &str {
         self.locked_ref.as_deref().unwrap_or(&self.flake_ref)
@@ -344,6 +360,20 @@ pub struct PackageTarget {
     pub shell: bool,
     pub pinned: bool,
     pub tag: String,
+}
+
+impl PackageTarget {
+    /// The name a pull of this image uses (`shell/curl/jq`), normalised,
+    /// without `arm64/`: the system says that, and `arm64/jq` is the same
+    /// image as `jq` built for aarch64-linux.
+    pub fn name(&self) -> String {
+        let mut segments = Vec::new();
+        if self.shell {
+            segments.push("shell".to_string());
+        }
+        segments.extend(self.packages.iter().cloned());
+        segments.join("/")
+    }
 }
 
 impl std::fmt::Display for PackageTarget {

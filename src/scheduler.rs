@@ -65,6 +65,8 @@ pub struct Job<'a> {
     pub args: Vec<String>,
     pub env: Vec<(&'a str, &'a str)>,
     pub timeout: Duration,
+    /// Called with each line of stderr as it comes (a build's live log).
+    pub stderr_lines: Option<&'a (dyn Fn(&str) + Sync)>,
 }
 
 #[derive(Debug)]
@@ -90,6 +92,8 @@ pub struct Scheduler {
     builds: Semaphore,
     queued: AtomicUsize,
     running_now: AtomicUsize,
+    builds_queued: AtomicUsize,
+    builds_running: AtomicUsize,
     started: [AtomicU64; 5],
     refused: AtomicU64,
     /// Process groups running now.
@@ -145,6 +149,8 @@ impl Scheduler {
             bounds,
             queued: AtomicUsize::new(0),
             running_now: AtomicUsize::new(0),
+            builds_queued: AtomicUsize::new(0),
+            builds_running: AtomicUsize::new(0),
             started: Default::default(),
             refused: AtomicU64::new(0),
             groups: Mutex::default(),
@@ -168,6 +174,14 @@ impl Scheduler {
         self.queued.load(Ordering::SeqCst)
     }
 
+    /// `nix build` processes running, and waiting for a slot.
+    pub fn builds(&self) -> (usize, usize) {
+        (
+            self.builds_running.load(Ordering::SeqCst),
+            self.builds_queued.load(Ordering::SeqCst),
+        )
+    }
+
     /// Requests refused because the queue was full.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::SeqCst)
@@ -185,6 +199,8 @@ impl Scheduler {
                 return Err(Failure::Busy);
             }
             let _waiting = Counted::new(&self.queued);
+            let _waiting_build =
+                (job.kind == Kind::Build).then(|| Counted::new(&self.builds_queued));
             // Builds take their build slot first, then a process slot: one
             // order everywhere, so no two jobs wait on each other.
             let build = match job.kind {
@@ -194,6 +210,7 @@ impl Scheduler {
             (build, self.processes.acquire().await.expect("never closed"))
         };
         let _running = Counted::new(&self.running_now);
+        let _running_build = (job.kind == Kind::Build).then(|| Counted::new(&self.builds_running));
         self.started[job.kind.index()].fetch_add(1, Ordering::SeqCst);
         self.spawn_and_wait(job).await
     }
@@ -224,7 +241,21 @@ impl Scheduler {
         let output = async {
             use tokio::io::AsyncReadExt;
             let (mut out, mut err) = (Vec::new(), Vec::new());
-            let (r1, r2) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+            let read_err = async {
+                let Some(each_line) = job.stderr_lines else {
+                    return stderr.read_to_end(&mut err).await.map(drop);
+                };
+                // Line by line, so that a watcher sees each as it comes.
+                let mut reader = tokio::io::BufReader::new(&mut stderr);
+                loop {
+                    let start = err.len();
+                    if tokio::io::AsyncBufReadExt::read_until(&mut reader, b'\n', &mut err).await? == 0 {
+                        return Ok(());
+                    }
+                    each_line(&String::from_utf8_lossy(&err[start..]));
+                }
+            };
+            let (r1, r2) = tokio::join!(stdout.read_to_end(&mut out), read_err);
             r1.and(r2)?;
             Ok::<_, std::io::Error>(std::process::Output {
                 status: child.wait().await?,
@@ -290,6 +321,7 @@ mod tests {
             args: vec![secs.to_string()],
             env: vec![],
             timeout: Duration::from_secs(30),
+            stderr_lines: None,
         }
     }
 

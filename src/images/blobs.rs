@@ -11,7 +11,13 @@ use std::sync::Arc;
 /// What a blob GET serves.
 pub enum Blob {
     Json(Arc<JsonBlob>),
-    Layer { digest: String, tar: Arc<LayerTar> },
+    Layer {
+        digest: String,
+        tar: Arc<LayerTar>,
+        /// For the bytes-served metric: none, gzip, zstd, or archive (a
+        /// member served as an image archive packed it).
+        compression: &'static str,
+    },
 }
 
 impl Images {
@@ -37,7 +43,11 @@ impl Images {
                 None => Err(unknown()),
             };
         }
+        let compression = if layer.packed.is_some() { "archive" } else { "none" };
         let source = layer.source;
+        self.events
+            .metrics
+            .cache("layer_scan", self.scanned.contains_key(digest));
         let tar = self
             .scanned
             .try_get_with(digest.to_string(), async move {
@@ -51,6 +61,7 @@ impl Images {
             Ok(tar) if tar.size() == size => Ok(Blob::Layer {
                 digest: digest.to_string(),
                 tar,
+                compression,
             }),
             Ok(tar) => {
                 tracing::error!(
@@ -84,12 +95,16 @@ impl Images {
         source: LayerSource,
     ) -> Result<Blob> {
         let (cache, want) = (cache.clone(), digest.to_string());
+        let codec = cache.codec.name();
+        let events = self.events.clone();
         // Errors carry whether they are transient (see layer::is_transient).
         let opened = tokio::task::spawn_blocking(
             move || -> std::result::Result<LayerTar, (String, bool)> {
                 let io = |e: std::io::Error| (e.to_string(), crate::layer::is_transient(&e));
                 let path = cache.path(&want);
-                let file = match cache.open_blob(&want) {
+                let kept = cache.open_blob(&want);
+                events.metrics.cache("compressed", kept.is_some());
+                let file = match kept {
                     Some(file) => file,
                     None => {
                         let tar = LayerTar::scan(&source)
@@ -114,6 +129,7 @@ impl Images {
             Ok(tar) => Ok(Blob::Layer {
                 digest: digest.to_string(),
                 tar: Arc::new(tar),
+                compression: codec,
             }),
             Err((e, true)) => {
                 tracing::warn!(digest, error = %e, "cannot serve compressed layer for now; keeping the digest");

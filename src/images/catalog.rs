@@ -7,13 +7,14 @@ use super::Images;
 use crate::error::{RegistryError, Result};
 use crate::refs::Selected;
 use crate::registry::route::valid_name;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub(super) struct Catalog {
-    /// The flake's names, for the manifest TTL (a push adds outputs).
-    listed: moka::future::Cache<(), Arc<Vec<String>>>,
+    /// The flake's names with their `meta.description`, for the manifest
+    /// TTL (a push adds outputs).
+    listed: moka::future::Cache<(), Arc<BTreeMap<String, Option<String>>>>,
     /// Package paths that gave an image.
     pulled: moka::sync::Cache<String, ()>,
 }
@@ -38,33 +39,45 @@ impl Catalog {
 impl Images {
     /// Every name the catalog lists, sorted.
     pub async fn catalog(self: &Arc<Self>) -> Result<Vec<String>> {
-        let mut names = BTreeSet::new();
-        if let Some(flake) = &self.settings.flake {
-            let listed = self
-                .catalog
+        let mut names: BTreeSet<String> = self.outputs().await?.keys().cloned().collect();
+        names.extend(self.catalog.pulled.iter().map(|(k, _)| (*k).clone()));
+        Ok(names.into_iter().collect())
+    }
+
+    /// Package paths pulled since start, sorted.
+    pub fn pulled_package_paths(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.catalog.pulled.iter().map(|(k, _)| (*k).clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// The flake's image outputs (none without a flake), each with its
+    /// `meta.description` if it has one.
+    pub async fn outputs(self: &Arc<Self>) -> Result<Arc<BTreeMap<String, Option<String>>>> {
+        let Some(flake) = &self.settings.flake else {
+            return Ok(Arc::default());
+        };
+        self.catalog
                 .listed
                 .try_get_with((), async {
-                    let mut all = BTreeSet::new();
+                    let mut all = BTreeMap::new();
                     for system in &self.settings.systems {
                         // (The attribute path is unused: only the names are read.)
                         let target =
                             flake.target("catalog", "latest", system, &Selected::Latest)?;
-                        all.extend(
-                            self.nix
-                                .image_names(&target)
-                                .await?
-                                .into_iter()
-                                // Names a pull cannot spell (capitals) are left out.
-                                .filter(|n| valid_name(n).is_ok()),
-                        );
+                        for (name, description) in self.nix.image_names(&target).await? {
+                            // Names a pull cannot spell (capitals) are left out.
+                            if valid_name(&name).is_ok() {
+                                let known = all.entry(name).or_insert(None);
+                                if known.is_none() {
+                                    *known = description;
+                                }
+                            }
+                        }
                     }
-                    Ok::<_, RegistryError>(Arc::new(all.into_iter().collect::<Vec<_>>()))
+                    Ok::<_, RegistryError>(Arc::new(all))
                 })
                 .await
-                .map_err(|e| (*e).clone())?;
-            names.extend(listed.iter().cloned());
-        }
-        names.extend(self.catalog.pulled.iter().map(|(k, _)| (*k).clone()));
-        Ok(names.into_iter().collect())
+                .map_err(|e| (*e).clone())
     }
 }

@@ -17,6 +17,7 @@ pub use platforms::Tagged;
 use crate::build::Nix;
 use crate::compressed::CompressedCache;
 use crate::error::{RegistryError, Result};
+use crate::events::{BuildKind, BuildSubject, Events, Outcome};
 use crate::index::DigestIndex;
 use crate::layer::{LayerKey, LayerTar};
 use crate::manifest::{ImageDocuments, LayerDigest};
@@ -26,6 +27,7 @@ use crate::resolve::{BuildTarget, FlakeSource, PackageSource, PackageTarget};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -62,6 +64,26 @@ impl ImageKey {
         match self {
             ImageKey::Flake(t) => &t.tag,
             ImageKey::Packages(t) => &t.tag,
+        }
+    }
+
+    /// The build as the pages and metrics name it.
+    fn subject(&self) -> BuildSubject {
+        match self {
+            ImageKey::Flake(t) => BuildSubject {
+                name: t.attr_path.join("/"),
+                tag: t.tag.clone(),
+                system: t.system.clone(),
+                kind: BuildKind::Flake,
+                revision: t.revision(),
+            },
+            ImageKey::Packages(t) => BuildSubject {
+                name: t.name(),
+                tag: t.tag.clone(),
+                system: t.system.clone(),
+                kind: BuildKind::Packages,
+                revision: (!t.rev.is_empty()).then(|| t.rev.clone()),
+            },
         }
     }
 }
@@ -119,6 +141,8 @@ pub struct Images {
     pushes_ok: std::sync::atomic::AtomicU64,
     pushes_failed: std::sync::atomic::AtomicU64,
     catalog: catalog::Catalog,
+    /// Where builds, cache lookups and digest passes are reported.
+    pub events: Arc<Events>,
 }
 
 impl Images {
@@ -128,6 +152,7 @@ impl Images {
         index: DigestIndex,
         compressed: Option<CompressedCache>,
         refs: RefGate,
+        events: Arc<Events>,
     ) -> Arc<Images> {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -172,7 +197,22 @@ impl Images {
             pushes_ok: Default::default(),
             pushes_failed: Default::default(),
             catalog: catalog::Catalog::new(ttl),
+            events,
         })
+    }
+
+    /// The served flake's URL, if a flake is served.
+    pub fn flake_url(&self) -> Option<&str> {
+        self.settings.flake.as_ref().map(|f| f.url.as_str())
+    }
+
+    /// The package set of Nixery-style names, if there is one.
+    pub fn packages_source(&self) -> Option<String> {
+        self.settings.packages.as_ref().map(|p| p.describe())
+    }
+
+    pub fn systems(&self) -> &[String] {
+        &self.settings.systems
     }
 
     /// What is served, for the startup log.
@@ -194,10 +234,20 @@ impl Images {
             .join(", ")
     }
 
-    async fn get_or_build(self: &Arc<Self>, key: ImageKey) -> Result<Arc<ImageDocuments>> {
-        let docs = match self.manifests.get(&key).await {
+    /// `waited` is set when the image was not ready (built, or being built).
+    async fn get_or_build(
+        self: &Arc<Self>,
+        key: ImageKey,
+        waited: &AtomicBool,
+    ) -> Result<Arc<ImageDocuments>> {
+        let cached = self.manifests.get(&key).await;
+        self.events.metrics.cache("manifest", cached.is_some());
+        let docs = match cached {
             Some(docs) => docs,
-            None => self.pending(key).await?,
+            None => {
+                waited.store(true, Ordering::Relaxed);
+                self.pending(key).await?
+            }
         };
         // Keeps its GC root (and documents) from retention's sweep.
         for blob in [&docs.oci, &docs.docker, &docs.config] {
@@ -302,16 +352,40 @@ impl Images {
         let this = self.clone();
         let t = target.clone();
         let task = tokio::spawn(async move {
-            let result = match this.produce(&t).await {
-                Ok((docs, outputs)) => {
+            let subject = t.subject();
+            let kind = subject.kind.name();
+            let build = this.events.builds.start(subject);
+            this.events.metrics.build_started(kind);
+            let result = match this.produce(&t, &build).await {
+                Ok(produced) => {
                     if let Some(store) = this.settings.push_to.clone() {
                         let pusher = this.clone();
+                        let outputs = produced.outputs;
                         tokio::spawn(async move { pusher.push(&store, outputs).await });
                     }
-                    Ok(Arc::new(docs))
+                    let image = Arc::new(produced.summary);
+                    this.events.builds.finish(&build, Outcome::Built { image }, true);
+                    Ok(Arc::new(produced.docs))
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    let reason = e.build_failure();
+                    let outcome = Outcome::Failed {
+                        error: e.to_string(),
+                        log_tail: build.tail(crate::events::builds::TAIL_LINES),
+                    };
+                    // A name that is no image, or a full queue, is no build.
+                    let keep = !matches!(reason, "not_found" | "busy");
+                    this.events.builds.finish(&build, outcome, keep);
+                    if keep {
+                        tracing::warn!(target = %t, error = %e, "image build failed");
+                    }
+                    Err(e)
+                }
             };
+            let failure = result.as_ref().err().map(RegistryError::build_failure);
+            this.events
+                .metrics
+                .build_finished(kind, failure, build.elapsed());
             if let Ok(docs) = &result {
                 this.manifests.insert(t.clone(), docs.clone()).await;
             }

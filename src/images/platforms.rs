@@ -8,6 +8,7 @@ use super::{ImageKey, Images};
 use crate::error::{RegistryError, Result};
 use crate::manifest::{index_documents, ImageDocuments, IndexDocuments, JsonBlob, Platform};
 use crate::refs::Selected;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// What a tag names.
@@ -62,6 +63,16 @@ impl Images {
     /// one. Concurrent pulls share one build per system, which runs in a
     /// task of its own (see `pending`).
     pub async fn tagged(self: &Arc<Self>, name: &str, tag: &str) -> Result<Tagged> {
+        self.tagged_waiting(name, tag, &AtomicBool::new(false)).await
+    }
+
+    /// [`Images::tagged`]; `waited` is set if an image was not ready.
+    pub async fn tagged_waiting(
+        self: &Arc<Self>,
+        name: &str,
+        tag: &str,
+        waited: &AtomicBool,
+    ) -> Result<Tagged> {
         if let Some(flake) = &self.settings.flake {
             let asked = (name.to_string(), tag.to_string());
             let has_packages = self.settings.packages.is_some();
@@ -81,7 +92,7 @@ impl Images {
                             .iter()
                             .map(|s| Ok(ImageKey::Flake(flake.target(name, tag, s, &selected)?)))
                             .collect::<Result<Vec<_>>>()?;
-                        match self.over_systems(keys).await {
+                        match self.over_systems(keys, waited).await {
                             // Not an output of the flake for any system: a
                             // package path, if there is a set.
                             Err(RegistryError::NameUnknown { .. }) if has_packages => {
@@ -119,21 +130,25 @@ impl Images {
                 )?))
             })
             .collect::<Result<Vec<_>>>()?;
-        let tagged = self.over_systems(keys).await?;
+        let tagged = self.over_systems(keys, waited).await?;
         self.catalog.pulled(name);
         Ok(tagged)
     }
 
     /// One image per key (one key per system), built concurrently. A
     /// system the name does not exist for is left out of the index.
-    async fn over_systems(self: &Arc<Self>, mut keys: Vec<ImageKey>) -> Result<Tagged> {
+    async fn over_systems(
+        self: &Arc<Self>,
+        mut keys: Vec<ImageKey>,
+        waited: &AtomicBool,
+    ) -> Result<Tagged> {
         let mut seen = std::collections::HashSet::new();
         keys.retain(|k| seen.insert(k.clone()));
         if let [key] = keys.as_slice() {
-            return Ok(Tagged::Image(self.get_or_build(key.clone()).await?));
+            return Ok(Tagged::Image(self.get_or_build(key.clone(), waited).await?));
         }
         let built =
-            futures_util::future::join_all(keys.iter().map(|k| self.get_or_build(k.clone()))).await;
+            futures_util::future::join_all(keys.iter().map(|k| self.get_or_build(k.clone(), waited))).await;
         let mut images = Vec::new();
         let mut unknown = None;
         for (key, result) in keys.iter().zip(built) {
@@ -170,6 +185,10 @@ impl Images {
                 self.index.put_json(blob).map_err(RegistryError::internal)?;
             }
         }
+        let subject = keys[0].subject();
+        self.events
+            .builds
+            .index_served(&subject.name, &subject.tag, &docs.oci.digest);
         Ok(Tagged::Index(Arc::new(docs)))
     }
 }

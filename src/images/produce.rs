@@ -7,25 +7,36 @@ use crate::layer::{LayerSource, LayerTar};
 use crate::manifest::{documents, ImageDocuments, LayerDigest};
 use crate::plan::{self, Closure, GraphNode, ImagePlan};
 use crate::resolve::{oci_arch, BuildTarget};
+use crate::events::{Build, ImageSummary, LayerSummary};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// What producing an image made.
+pub(super) struct Produced {
+    pub docs: ImageDocuments,
+    /// The build outputs the image was made from (for `--push-to`).
+    pub outputs: Vec<PathBuf>,
+    pub summary: ImageSummary,
+}
+
 impl Images {
-    /// The image's documents, and the build outputs they were made from.
-    pub(super) async fn produce(&self, key: &ImageKey) -> Result<(ImageDocuments, Vec<PathBuf>)> {
+    /// The image's documents, and the build outputs they were made from;
+    /// the build's log goes to `build` as it comes.
+    pub(super) async fn produce(&self, key: &ImageKey, build: &Build) -> Result<Produced> {
         let started = Instant::now();
         let built;
         let outputs;
+        let log = |line: &str| build.log_line(line);
         let plan = match key {
             ImageKey::Flake(t) => {
-                let out = self.nix.build(t).await?;
+                let out = self.nix.build(t, &log).await?;
                 built = started.elapsed();
                 outputs = vec![out.clone()];
                 self.plan_flake_output(t, &out).await?
             }
             ImageKey::Packages(t) => {
-                let outs = self.nix.build_packages(t).await?;
+                let outs = self.nix.build_packages(t, &log).await?;
                 built = started.elapsed();
                 outputs = outs.clone();
                 let graph = self.graph(&outs).await?;
@@ -57,7 +68,7 @@ impl Images {
                 &root,
             )
             .map_err(RegistryError::internal)?;
-        tracing::info!(
+        tracing::debug!(
             target = %key,
             digest = %docs.oci.digest,
             layers = layers.len(),
@@ -66,7 +77,37 @@ impl Images {
             digest_ms = (started.elapsed() - planned).as_millis() as u64,
             "image ready"
         );
-        Ok((docs, outputs))
+        let summary = ImageSummary {
+            subject: build.subject.clone(),
+            manifest_digest: docs.oci.digest.clone(),
+            docker_digest: docs.docker.digest.clone(),
+            config: serde_json::from_slice(&docs.config.bytes).unwrap_or_default(),
+            platform: match &plan.variant {
+                Some(v) => format!("{}/{}/{v}", plan.os, plan.architecture),
+                None => format!("{}/{}", plan.os, plan.architecture),
+            },
+            layers: plan
+                .layers
+                .iter()
+                .zip(&layers)
+                .map(|(planned, digest)| LayerSummary {
+                    digest: digest.digest.clone(),
+                    size: digest.size,
+                    paths: planned
+                        .source
+                        .reads()
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect(),
+                })
+                .collect(),
+            built_at: std::time::SystemTime::now(),
+        };
+        Ok(Produced {
+            docs,
+            outputs,
+            summary,
+        })
     }
 
     async fn plan_flake_output(
@@ -154,7 +195,9 @@ impl Images {
             Some(cache) => cache.codec.key(source),
             None => source.key(),
         };
-        if let Some(d) = self.index.layer_digest(&key) {
+        let cached = self.index.layer_digest(&key);
+        self.events.metrics.cache("layer_digest", cached.is_some());
+        if let Some(d) = cached {
             return Ok(d);
         }
         let src = source.clone();
@@ -166,6 +209,7 @@ impl Images {
                     .await
                     .map_err(RegistryError::internal)?;
                 let (s, compressed) = (src.clone(), self.compressed.clone());
+                let pass = Instant::now();
                 let d = tokio::task::spawn_blocking(move || -> std::io::Result<LayerDigest> {
                     let tar = LayerTar::scan(&s).map_err(std::io::Error::other)?;
                     match compressed {
@@ -189,6 +233,7 @@ impl Images {
                 .await
                 .map_err(RegistryError::internal)?
                 .map_err(|e| RegistryError::internal(format!("digest pass failed: {e}")))?;
+                self.events.metrics.digest_pass(pass.elapsed());
                 self.index
                     .record_layer(key, &src, &d)
                     .map_err(RegistryError::internal)?;

@@ -7,6 +7,7 @@
 //! memory) keeps the digest: the client retries (503 before the body starts).
 
 use crate::error::{RegistryError, Result};
+use crate::events::Events;
 use crate::images::{Blob, Images};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -31,6 +32,7 @@ pub async fn get(
     digest: &str,
     headers: &HeaderMap,
     head: bool,
+    client: Option<std::net::IpAddr>,
 ) -> Result<Response> {
     let blob = images.blob(digest).await?;
     let slot = match (&blob, head) {
@@ -64,8 +66,16 @@ pub async fn get(
         Body::empty()
     } else {
         match blob {
-            Blob::Json(j) => Body::from(j.bytes.slice(start as usize..end as usize)),
-            Blob::Layer { digest, tar } => {
+            Blob::Json(j) => {
+                let mut served = Served::new(&images.events, client, digest, "json");
+                served.sent(end - start, end == size);
+                Body::from(j.bytes.slice(start as usize..end as usize))
+            }
+            Blob::Layer {
+                digest,
+                tar,
+                compression,
+            } => {
                 // The first chunk is read before the status is sent: a layer
                 // that cannot be read at all gets an error reply, not a cut body.
                 let opened = {
@@ -84,11 +94,14 @@ pub async fn get(
                     Err(e) => return Err(unreadable(images, &digest, e).await),
                 };
                 let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
+                let served = Served::new(&images.events, client, &digest, compression);
                 let stream = Stream {
                     images: images.clone(),
                     digest,
                     verify: range.is_none(),
                     len: end - start,
+                    to_end: end == size,
+                    served,
                     _slot: slot,
                 };
                 tokio::spawn(stream.produce(reader, first, tx));
@@ -137,6 +150,9 @@ struct Stream {
     /// digest matches; a range cannot be checked.
     verify: bool,
     len: u64,
+    /// The stream ends at the blob's end (so a whole body completes a blob).
+    to_end: bool,
+    served: Served,
     /// Counts against `--max-streams` while the stream lives.
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -150,12 +166,13 @@ impl Stream {
     /// [`CHANNEL_DEPTH`] chunks plus the one hyper is writing. The last
     /// chunk goes only once the digest matches.
     async fn produce(
-        self,
+        mut self,
         reader: Box<dyn Read + Send>,
         first: Bytes,
         tx: mpsc::Sender<io::Result<Bytes>>,
     ) {
         if self.len == 0 {
+            self.served.sent(0, self.to_end);
             return; // an empty body: nothing to send or check
         }
         let mut fill = Fill {
@@ -163,7 +180,9 @@ impl Stream {
             left: self.len,
             next: Some(first),
             hasher: self.verify.then(Sha256::new),
+            sent: 0,
         };
+        let mut counted = 0;
         loop {
             // Wait for room without a thread.
             match tx.reserve().await {
@@ -184,6 +203,8 @@ impl Stream {
                 }
             };
             fill = back;
+            self.served.sent(fill.sent - counted, false);
+            counted = fill.sent;
             match outcome {
                 Filled::Full => continue,
                 Filled::Gone => return,
@@ -192,13 +213,17 @@ impl Stream {
                     return;
                 }
                 Filled::Last(last) => {
+                    let len = last.len() as u64;
                     let last = match fill.hasher.take() {
                         None => Ok(last),
                         Some(h) => self.check(h, last).await,
                     };
+                    let whole = last.is_ok();
                     // An error as the last item cuts the body short: the
                     // client's download fails instead of taking wrong bytes.
-                    let _ = tx.send(last).await;
+                    if tx.send(last).await.is_ok() && whole {
+                        self.served.sent(len, self.to_end);
+                    }
                     return;
                 }
             }
@@ -230,6 +255,57 @@ impl Stream {
     }
 }
 
+/// What one blob GET sent, for `/metrics` (as it goes) and the pull it
+/// belongs to (when it ends, however it ends).
+struct Served {
+    events: Arc<Events>,
+    client: Option<std::net::IpAddr>,
+    digest: String,
+    compression: &'static str,
+    bytes: u64,
+    complete: bool,
+}
+
+impl Served {
+    fn new(
+        events: &Arc<Events>,
+        client: Option<std::net::IpAddr>,
+        digest: &str,
+        compression: &'static str,
+    ) -> Served {
+        events.pulls.blob_started(client, digest);
+        Served {
+            events: events.clone(),
+            client,
+            digest: digest.to_string(),
+            compression,
+            bytes: 0,
+            complete: false,
+        }
+    }
+
+    /// `bytes` more went out; `complete` once the blob's last byte did.
+    fn sent(&mut self, bytes: u64, complete: bool) {
+        self.bytes += bytes;
+        self.complete |= complete;
+        if bytes > 0 {
+            self.events.metrics.blob_bytes(self.compression, bytes);
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let ended =
+            self.events
+                .pulls
+                .blob_ended(self.client, &self.digest, self.bytes, self.complete);
+        if let Some(pull) = ended {
+            self.events.pulled(&pull);
+        }
+    }
+}
+
 /// The blocking side of a stream: where it is in the layer.
 struct Fill {
     reader: Box<dyn Read + Send>,
@@ -237,6 +313,8 @@ struct Fill {
     /// A chunk read but not sent yet (the first, read before the reply).
     next: Option<Bytes>,
     hasher: Option<Sha256>,
+    /// Bytes handed to the channel.
+    sent: u64,
 }
 
 enum Filled {
@@ -278,6 +356,7 @@ impl Fill {
             if let Some(h) = &mut self.hasher {
                 h.update(&chunk);
             }
+            self.sent += chunk.len() as u64;
             permit.send(Ok(chunk));
         }
     }

@@ -15,10 +15,13 @@ pub async fn get(
     reference: &Reference,
     headers: &HeaderMap,
     head: bool,
+    client: Option<std::net::IpAddr>,
 ) -> Result<Response> {
+    let started = std::time::Instant::now();
+    let waited = std::sync::atomic::AtomicBool::new(false);
     let blob = match reference {
         Reference::Tag(tag) => {
-            let tagged = images.tagged(name, tag).await?;
+            let tagged = images.tagged_waiting(name, tag, &waited).await?;
             let accept: Vec<&str> = headers
                 .get_all(header::ACCEPT)
                 .iter()
@@ -37,9 +40,26 @@ pub async fn get(
             .clone()
         }
     };
+    let took = started.elapsed();
+    let events = &images.events;
+    let by_tag = matches!(reference, Reference::Tag(_));
+    events.metrics.manifest_served(
+        &blob.media_type,
+        by_tag.then(|| (took, waited.load(std::sync::atomic::Ordering::Relaxed))),
+    );
     let body = if head {
         Body::empty()
     } else {
+        let reference = match reference {
+            Reference::Tag(t) => t.as_str(),
+            Reference::Digest(d) => d.as_str(),
+        };
+        let finished = events
+            .pulls
+            .manifest(client, name, reference, took, blobs_named(&blob.bytes));
+        for pull in finished {
+            events.pulled(&pull);
+        }
         Body::from(blob.bytes.clone())
     };
     Response::builder()
@@ -51,4 +71,17 @@ pub async fn get(
         .header(header::VARY, HeaderValue::from_static("Accept"))
         .body(body)
         .map_err(RegistryError::internal)
+}
+
+/// The config and layer digests an image manifest names (none for an index).
+fn blobs_named(manifest: &[u8]) -> Vec<String> {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(manifest) else {
+        return vec![];
+    };
+    let config = doc.pointer("/config/digest").into_iter();
+    let layers = doc["layers"].as_array().into_iter().flatten();
+    config
+        .chain(layers.filter_map(|l| l.get("digest")))
+        .filter_map(|d| d.as_str().map(str::to_string))
+        .collect()
 }

@@ -35,13 +35,26 @@ pub struct Settings {
     /// With `--webhook-secret`: `POST /hooks/push` (outside the auth of
     /// `/v2`: a delivery proves the secret instead).
     pub hooks: Option<Arc<hooks::Hooks>>,
+    /// Measured for `/metrics`.
+    pub state_dir: std::path::PathBuf,
+    /// The web pages (behind the same auth as `/v2`).
+    pub web: crate::web::Settings,
 }
+
+/// The client's address, which the listener puts on every request (the
+/// terminal's pull lines group requests by it).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::IpAddr);
 
 /// What every handler shares.
 struct Registry {
     images: Arc<Images>,
     streams: Arc<Semaphore>,
     max_streams: usize,
+    state_dir: std::path::PathBuf,
+    /// The state dir's size and when it was measured (a walk, so not on
+    /// every scrape).
+    state_bytes: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 pub fn app(images: Arc<Images>, settings: Settings) -> Router {
@@ -83,6 +96,11 @@ pub fn app(images: Arc<Images>, settings: Settings) -> Router {
         Router::new().route("/metrics", get(metrics)),
         access.auth.clone().filter(|_| access.protect_metrics),
     );
+    let web_routes = guarded(
+        crate::web::router(images.clone(), settings.web),
+        access.auth.clone(),
+    );
+    let events = images.events.clone();
     let hooks_route = Router::new().route(
         "/hooks/push",
         any({
@@ -102,6 +120,7 @@ pub fn app(images: Arc<Images>, settings: Settings) -> Router {
         .merge(hooks_route)
         .merge(metrics_route)
         .merge(warm_route)
+        .merge(web_routes)
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|req: Request| async move {
             RegistryError::NoSuchEndpoint {
@@ -112,12 +131,23 @@ pub fn app(images: Arc<Images>, settings: Settings) -> Router {
             HeaderName::from_static("docker-distribution-api-version"),
             HeaderValue::from_static("registry/2.0"),
         ))
+        .layer(middleware::map_response(move |resp: Response| {
+            let events = events.clone();
+            async move {
+                if let Some(code) = resp.extensions().get::<crate::error::ErrorCode>() {
+                    events.metrics.error(code.0);
+                }
+                resp
+            }
+        }))
         .layer(CatchPanicLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(Arc::new(Registry {
             images,
             streams: Arc::new(Semaphore::new(settings.max_streams.max(1))),
             max_streams: settings.max_streams.max(1),
+            state_dir: settings.state_dir,
+            state_bytes: std::sync::Mutex::new(None),
         }))
 }
 
@@ -191,6 +221,7 @@ async fn dispatch(
         .trim_start_matches("/v2")
         .trim_start_matches('/');
     let route = route::parse(rest)?;
+    let client = req.extensions().get::<Peer>().map(|p| p.0);
     let head = match *req.method() {
         Method::GET => false,
         Method::HEAD => true,
@@ -206,50 +237,65 @@ async fn dispatch(
             method: req.method().to_string(),
         }),
         Route::Manifest { name, reference } => {
-            manifests::get(images, &name, &reference, req.headers(), head).await
+            manifests::get(images, &name, &reference, req.headers(), head, client).await
         }
         Route::Blob { digest, .. } => {
-            blobs::get(images, streams, &digest, req.headers(), head).await
+            blobs::get(images, streams, &digest, req.headers(), head, client).await
         }
         Route::Tags { name } => tags::get(images, &name, req.uri().query()).await,
         Route::Catalog => tags::catalog(images, req.uri().query()).await,
     }
 }
 
-async fn metrics(State(registry): State<Arc<Registry>>) -> String {
-    use std::fmt::Write;
-    let sched = &registry.images.nix.scheduler;
-    let mut m = format!(
-        "# TYPE flakeport_nix_builds_started_total counter\nflakeport_nix_builds_started_total {}\n",
-        registry.images.nix.builds_started()
-    );
-    m.push_str("# TYPE flakeport_processes_started_total counter\n");
-    for kind in crate::scheduler::Kind::ALL {
-        let _ = writeln!(
-            m,
-            "flakeport_processes_started_total{{kind=\"{}\"}} {}",
-            kind.name(),
-            sched.started(kind)
-        );
-    }
-    let (pushed, push_failed) = registry.images.pushes();
-    let _ = write!(
-        m,
-        "# TYPE flakeport_pushes_total counter\nflakeport_pushes_total{{result=\"ok\"}} {pushed}\nflakeport_pushes_total{{result=\"failed\"}} {push_failed}\n"
-    );
+/// How long a measured state dir size is reported before it is walked again.
+const STATE_BYTES_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
+    let images = &registry.images;
+    let sched = &images.nix.scheduler;
+    let (pushes_ok, pushes_failed) = images.pushes();
+    let (builds_running, builds_queued) = sched.builds();
+    let fresh = *registry
+        .state_bytes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let state_dir_bytes = match fresh {
+        Some((at, bytes)) if at.elapsed() < STATE_BYTES_FOR => bytes,
+        _ => {
+            let dir = registry.state_dir.clone();
+            let bytes = tokio::task::spawn_blocking(move || crate::retention::dir_bytes(&dir))
+                .await
+                .unwrap_or(0);
+            *registry
+                .state_bytes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), bytes));
+            bytes
+        }
+    };
     let bounds = sched.bounds();
-    let _ = write!(
-        m,
-        "# TYPE flakeport_processes_running gauge\nflakeport_processes_running {}\n\
-         # TYPE flakeport_processes_queued gauge\nflakeport_processes_queued {}\n\
-         # TYPE flakeport_processes_refused_total counter\nflakeport_processes_refused_total {}\n\
-         # TYPE flakeport_processes_max gauge\nflakeport_processes_max {}\n\
-         # TYPE flakeport_layer_streams gauge\nflakeport_layer_streams {}\n",
-        sched.running(),
-        sched.queued(),
-        sched.refused(),
-        bounds.max_processes,
-        registry.max_streams - registry.streams.available_permits(),
-    );
-    m
+    let snapshot = crate::events::Snapshot {
+        nix_builds_started: images.nix.builds_started(),
+        processes_started: crate::scheduler::Kind::ALL
+            .iter()
+            .map(|k| (k.name(), sched.started(*k)))
+            .collect(),
+        processes_running: sched.running() as u64,
+        processes_queued: sched.queued() as u64,
+        processes_refused: sched.refused(),
+        processes_max: bounds.max_processes as u64,
+        builds_running: builds_running as u64,
+        builds_queued: builds_queued as u64,
+        images_in_progress: images.events.builds.running().len() as u64,
+        pushes_ok,
+        pushes_failed,
+        layer_streams: (registry.max_streams - registry.streams.available_permits()) as u64,
+        layer_streams_max: registry.max_streams as u64,
+        state_dir_bytes,
+    };
+    (
+        [(header::CONTENT_TYPE, crate::events::metrics::CONTENT_TYPE)],
+        images.events.metrics.encode(&snapshot),
+    )
+        .into_response()
 }
