@@ -84,6 +84,7 @@ fn log_pre(b: &Build) -> Markup {
     let (lines, next) = b.lines_from(0);
     let live = b.outcome().is_none();
     html! {
+        @if lines.is_empty() && !live { p.muted { "Nix printed nothing: everything was in the store already." } }
         pre.log data-log=[live.then_some(b.id)] data-next=(next) {
             @for l in &lines { (l) "\n" }
         }
@@ -152,6 +153,55 @@ pub async fn home(web: &Web, host: &str) -> Markup {
                 }
             }
         }
+        section #running {
+            h2 { "Building now" }
+            p.muted.empty { @if running_builds.is_empty() { "Nothing is building." } }
+            @for b in &running_builds { (running(b)) }
+        }
+        section #recent {
+            h2 { "Recent builds" }
+            @if finished.is_empty() { p.muted { "None since start." } } @else {
+                table {
+                    thead { tr { th { "image" } th { "tag" } th { "revision" } th { "system" } th { "status" } th { "took" } th { "size" } th { "layers" } th { "digest" } } }
+                    tbody {
+                        @for b in &finished {
+                            @let s = &b.subject;
+                            tr {
+                                td { a href={ "/images/" (s.name) } { (s.name) } }
+                                td { (s.tag) }
+                                td { code { (s.revision.as_deref().map(|r| &r[..r.len().min(12)]).unwrap_or("")) } }
+                                td { (s.system) }
+                                td { a.build href={ "/builds/" (b.id) } { (status(b)) } }
+                                td { (duration(b.elapsed())) }
+                                @match b.outcome() {
+                                    Some((Outcome::Built { image }, _)) => {
+                                        td { (bytes(image.size())) }
+                                        td { (image.layers.len()) }
+                                        td { code { (short(&image.manifest_digest)) } }
+                                    }
+                                    _ => { td {} td {} td {} }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section #failures {
+            h2 { "Recent failures" }
+            @if failures.is_empty() { p.muted { "None since start." } }
+            @for b in &failures {
+                @if let Some((Outcome::Failed { error, log_tail }, _)) = b.outcome() {
+                    article.failure {
+                        h3 { (build_title(b)) " " span.muted { (ago(b.started_at)) } }
+                        pre.error { (error) }
+                        @if !log_tail.is_empty() {
+                            details { summary { "last lines of the log" } pre.log { @for l in log_tail { (l) "\n" } } }
+                        }
+                    }
+                }
+            }
+        }
         section #images {
             h2 { "Images" }
             @match &outputs {
@@ -183,55 +233,6 @@ pub async fn home(web: &Web, host: &str) -> Markup {
                         @for (i, p) in pulled.iter().enumerate() {
                             @if i > 0 { ", " }
                             a href={ "/images/" (p) } { (p) }
-                        }
-                    }
-                }
-            }
-        }
-        section #running {
-            h2 { "Building now" }
-            p.muted.empty { @if running_builds.is_empty() { "Nothing is building." } }
-            @for b in &running_builds { (running(b)) }
-        }
-        section #recent {
-            h2 { "Recent builds" }
-            @if finished.is_empty() { p.muted { "None since start." } } @else {
-                table {
-                    thead { tr { th { "image" } th { "tag" } th { "revision" } th { "system" } th { "status" } th { "took" } th { "size" } th { "layers" } th { "digest" } } }
-                    tbody {
-                        @for b in &finished {
-                            @let s = &b.subject;
-                            tr {
-                                td { a href={ "/images/" (s.name) } { (s.name) } }
-                                td { (s.tag) }
-                                td { code { (s.revision.as_deref().map(|r| &r[..r.len().min(12)]).unwrap_or("")) } }
-                                td { (s.system) }
-                                td { (status(b)) }
-                                td { (duration(b.elapsed())) }
-                                @match b.outcome() {
-                                    Some((Outcome::Built { image }, _)) => {
-                                        td { (bytes(image.size())) }
-                                        td { (image.layers.len()) }
-                                        td { code { (short(&image.manifest_digest)) } }
-                                    }
-                                    _ => { td {} td {} td { a href={ "/builds/" (b.id) } { "log" } } }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        section #failures {
-            h2 { "Recent failures" }
-            @if failures.is_empty() { p.muted { "None since start." } }
-            @for b in &failures {
-                @if let Some((Outcome::Failed { error, log_tail }, _)) = b.outcome() {
-                    article.failure {
-                        h3 { (build_title(b)) " " span.muted { (ago(b.started_at)) } }
-                        pre.error { (error) }
-                        @if !log_tail.is_empty() {
-                            details { summary { "last lines of the log" } pre.log { @for l in log_tail { (l) "\n" } } }
                         }
                     }
                 }
@@ -345,8 +346,8 @@ pub async fn image(web: &Web, host: &str, name: &str) -> Result<Markup> {
     let body = html! {
         h1 { (name) }
         @if let Some(d) = &description { p.description { (d) } }
-        (pull_lines(web, host, &format!("{name}:latest")))
         @if by_tag.is_empty() {
+            (pull_lines(web, host, &format!("{name}:latest")))
             p { "Not built since this server started: the first pull builds it." }
         }
         @for (i, (tag, images)) in by_tag.iter().enumerate() {
