@@ -181,7 +181,11 @@ impl Nix {
         &self.gcroots
     }
 
-    pub async fn build_packages(&self, t: &PackageTarget, log: BuildLog<'_>) -> Result<Vec<PathBuf>> {
+    pub async fn build_packages(
+        &self,
+        t: &PackageTarget,
+        log: BuildLog<'_>,
+    ) -> Result<Vec<PathBuf>> {
         let link = self.packages_root(t);
         let json = |v: &[String]| serde_json::to_string(v).expect("strings serialise");
         let mut args: Vec<String> = ["--impure", "--expr", PACKAGES_NIX, "all"]
@@ -231,13 +235,13 @@ impl Nix {
             path_str(link),
         ];
         all.extend(args);
-        tracing::info!(%target, "nix build started");
+        tracing::info!(image = %target, "nix build started");
         let started = std::time::Instant::now();
         let stdout = self
             .run_logged(Kind::Build, &all, Some(log))
             .await
             .map_err(on_failure)?;
-        tracing::debug!(%target, secs = started.elapsed().as_secs_f64(), "nix build finished");
+        tracing::debug!(image = %target, secs = started.elapsed().as_secs_f64(), "nix build finished");
         let built: Vec<BuildJson> = serde_json::from_slice(&stdout).map_err(|e| {
             RegistryError::internal(format!("unexpected `nix build --json` output: {e}"))
         })?;

@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the flake's images (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Ask a running flakeport to build images now (POST /warm), so that
     /// their first pull finds them ready.
     Warm(WarmArgs),
@@ -352,7 +352,8 @@ fn main() -> anyhow::Result<()> {
     apply_nixery_aliases();
     let cli = Cli::parse();
     let args = match (cli.command, cli.serve) {
-        (Some(Command::Serve(a)), _) | (None, Some(a)) => a,
+        (Some(Command::Serve(a)), _) => *a,
+        (None, Some(a)) => a,
         (Some(Command::Warm(w)), _) => {
             init_log("text");
             return warm(w);

@@ -249,7 +249,9 @@ impl Scheduler {
                 let mut reader = tokio::io::BufReader::new(&mut stderr);
                 loop {
                     let start = err.len();
-                    if tokio::io::AsyncBufReadExt::read_until(&mut reader, b'\n', &mut err).await? == 0 {
+                    if tokio::io::AsyncBufReadExt::read_until(&mut reader, b'\n', &mut err).await?
+                        == 0
+                    {
                         return Ok(());
                     }
                     each_line(&String::from_utf8_lossy(&err[start..]));

@@ -86,7 +86,8 @@ pub async fn serve(
         let service = TowerToHyperService::new(tower::util::MapRequest::new(
             app.clone(),
             move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(crate::registry::Peer(peer.ip()));
+                req.extensions_mut()
+                    .insert(crate::registry::Peer(peer.ip()));
                 req
             },
         ));

@@ -1637,6 +1637,169 @@ t_webhook() {
 }
 check "push webhooks (GitHub, GitLab, Gitea): HMAC-checked; a push warms the --warm images at its ref; forged or unsigned ones change nothing" t_webhook
 
+# ------------------------------------------------ what the registry is doing
+# Screenshots of every page are kept here for review.
+ARTIFACTS=${FLAKEPORT_ARTIFACTS:-$ROOT/target/e2e-artifacts}
+web_check() { /usr/bin/python3 "$ROOT/tests/web_check.py" "$@"; } # Debian's python3 has python3-selenium
+wait_for_page() { # wait_for_page URL TEXT SECS: until the page shows TEXT
+  local page
+  for _ in $(seq $(($3 * 10))); do
+    page=$(curl -fsS "$1")
+    if grep -qF -- "$2" <<<"$page"; then return 0; fi
+    sleep 0.1
+  done
+  echo "$1 did not show '$2' within $3 s"; return 1
+}
+
+t_web() {
+  local base go chatty digest out code shots=$ARTIFACTS/web
+  start_server PW "$W/state-web" --packages "$W/repo"
+  base=http://127.0.0.1:$PW
+  rm -rf "$shots"
+  unpack "127.0.0.1:$PW/app:latest" "$W/web-app"
+  digest=$(curl -fsS -o /dev/null -D - -H 'Accept: application/vnd.oci.image.manifest.v1+json' "$base/v2/app/manifests/latest" | tr -d '\r' | awk 'tolower($1) == "docker-content-digest:" {print $2}')
+  has_line "$digest" '^sha256:[0-9a-f]{64}$' "app's manifest digest"
+  # chatty prints a line, then waits for $go before its second.
+  go=/tmp/flakeport-chatty-$(cat "$W/repo/nonce")
+  rm -f "$go"
+  echo "$go" >> "$W/made-dirs"
+  skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$PW/chatty:latest" "oci:$W/web-chatty:x" > "$W/web-chatty.log" 2>&1 &
+  chatty=$!
+  echo "$chatty" >> "$W/pids"
+  wait_for_page "$base/" "chatty: first line" 60
+  # In Chromium: the log so far without JavaScript; with it, the second
+  # line arrives in the open page while the build still runs.
+  web_check live "$base" "$go" "$shots"
+  wait "$chatty"
+  code=$(status "$base/v2/failing/manifests/latest")
+  eq "$code" 500 "a pull of failing"
+  # The home page: images, builds, the failure and its log, markup as text.
+  web_check home "$base" "$shots"
+  web_check image "$base" app "$digest" "$shots"
+  web_check build "$base" chatty "$shots"
+  # A package path has its page too.
+  unpack "127.0.0.1:$PW/shell/hello:latest" "$W/web-pkg"
+  out=$(curl -fsS "$base/images/shell/hello")
+  has_line "$out" 'Tag <code>latest</code>' "the page of shell/hello"
+  # Only our script runs, and a hostile Host header is never echoed.
+  curl -fsS -D "$W/web.h" -o /dev/null "$base/"
+  has_header "$W/web.h" "content-security-policy: default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+  out=$(curl -fsS -H 'Host: <script>alert(1)</script>' "$base/")
+  has_line "$out" 'docker pull HOST:5000/' "pull lines under a hostile Host header"
+  if grep -qF '<script>alert' <<<"$out"; then echo "the Host header was echoed as markup"; return 1; fi
+  # A name that is no name: the error page shows it escaped, with its status.
+  out=$(curl -s -w '\n%{http_code}' "$base/images/%3Cscript%3E")
+  code=$(tail -1 <<<"$out")
+  eq "$code" 400 "the page of an invalid name"
+  has_line "$out" '&lt;script&gt;' "the invalid name, escaped"
+  # (Here any other name may be a package path; the flake-only server knows.)
+  code=$(status "http://$R/images/nosuchimage")
+  eq "$code" 404 "the page of an unknown name"
+  code=$(status "$base/builds/999999")
+  eq "$code" 404 "the page of an unknown build"
+  ls "$shots"/home.png "$shots"/home-live-build.png "$shots"/home-no-javascript.png "$shots"/image-app.png "$shots"/build.png
+}
+check "web page: builds' logs live in Chromium (and without JavaScript), recent builds and failures, image and build pages; markup in names, logs and descriptions shown as text" t_web
+
+atleast() { # atleast GOT MIN WHAT
+  if ! [[ "$1" =~ ^[0-9]+$ ]] || (( $1 < $2 )); then echo "$3: got '$1', want at least $2"; return 1; fi
+}
+
+t_metrics() {
+  local m sizes none json got prom_port prom_pid log line
+  start_server PX "$W/state-metrics" --packages "$W/repo"
+  m=$PX
+  # One pull of stock with skopeo into an empty layout fetches every blob once.
+  unpack "127.0.0.1:$m/stock:latest" "$W/metrics-stock"
+  sizes=$(curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://127.0.0.1:$m/v2/stock/manifests/latest" | json 'sum(l["size"] for l in d["layers"]) + d["config"]["size"]')
+  none=$(metric "$m" 'flakeport_blob_bytes_served_total{compression="none"}')
+  json=$(metric "$m" 'flakeport_blob_bytes_served_total{compression="json"}')
+  eq "$((none + json))" "$sizes" "blob bytes served for one pull of stock"
+  got=$(metric "$m" 'flakeport_builds_started_total{kind="flake"}')
+  eq "$got" 1 "builds started"
+  got=$(metric "$m" 'flakeport_builds_succeeded_total{kind="flake"}')
+  eq "$got" 1 "builds succeeded"
+  got=$(metric "$m" 'flakeport_build_duration_seconds_count{kind="flake"}')
+  eq "$got" 1 "build durations observed"
+  got=$(metric "$m" 'flakeport_cache_lookups_total{cache="manifest",result="miss"}')
+  atleast "$got" 1 "manifest cache misses"
+  got=$(metric "$m" 'flakeport_digest_pass_duration_seconds_count')
+  atleast "$got" 1 "digest passes"
+  got=$(metric "$m" 'flakeport_manifests_served_total{media_type="application/vnd.oci.image.manifest.v1+json"}')
+  atleast "$got" 2 "OCI manifests served"
+  # The second pull finds the manifest cached.
+  unpack "127.0.0.1:$m/stock:latest" "$W/metrics-stock"
+  got=$(metric "$m" 'flakeport_cache_lookups_total{cache="manifest",result="hit"}')
+  atleast "$got" 1 "manifest cache hits"
+  got=$(metric "$m" 'flakeport_builds_started_total{kind="flake"}')
+  eq "$got" 1 "builds started after a second pull"
+  # Failures by reason, errors by code; a package path is its own kind.
+  code=$(status "http://127.0.0.1:$m/v2/failing/manifests/latest")
+  eq "$code" 500 "a pull of failing"
+  got=$(metric "$m" 'flakeport_builds_failed_total{kind="flake",reason="build"}')
+  eq "$got" 1 "failed builds"
+  got=$(metric "$m" 'flakeport_errors_total{code="UNKNOWN"}')
+  eq "$got" 1 "UNKNOWN errors"
+  code=$(status "http://127.0.0.1:$m/v2/no/such/image/manifests/latest")
+  eq "$code" 404 "a pull of an unknown package path"
+  got=$(metric "$m" 'flakeport_errors_total{code="MANIFEST_UNKNOWN"}')
+  eq "$got" 1 "MANIFEST_UNKNOWN errors (an unknown package path)"
+  code=$(status "http://127.0.0.1:$m/v2/shell/hello/manifests/latest")
+  eq "$code" 200 "a pull of shell/hello"
+  got=$(metric "$m" 'flakeport_builds_succeeded_total{kind="packages"}')
+  eq "$got" 1 "package-path builds"
+  got=$(metric "$m" 'flakeport_state_dir_bytes')
+  atleast "$got" 1 "the state dir's size"
+  got=$(metric "$m" 'flakeport_builds_running')
+  eq "$got" 0 "builds running"
+  got=$(metric "$m" 'flakeport_images_in_progress')
+  eq "$got" 0 "images in progress"
+  # The terminal: one line per pull, with its time to manifest and bytes.
+  log=$(cat "$W/server-$m.log")
+  has_line "$log" "^[^ ]+ +pulled stock:latest by 127\.0\.0\.1: manifest in [0-9.]+ m?s, [0-9]+ of [0-9]+ blobs, [0-9.]+ [KM]iB in " "a pull line"
+  line=$(grep -cE "pulled stock:latest by 127\\.0\\.0\\.1: manifest in [^,]+, ([1-9][0-9]*) of \\1 blobs" <<<"$log")
+  eq "$line" 2 "pull lines for two pulls of stock"
+  # A real Prometheus scrapes it; the Grafana dashboard's queries and the
+  # alert rules run there.
+  prom_port=$(free_port)
+  mkdir -p "$W/prom"
+  cp "$ROOT/examples/prometheus/alerts.yaml" "$W/prom/alerts.yaml"
+  printf 'global: {scrape_interval: 1s, evaluation_interval: 1s}\nrule_files: [alerts.yaml]\nscrape_configs:\n  - job_name: flakeport\n    static_configs: [{targets: ["127.0.0.1:%s"]}]\n' "$m" > "$W/prom/prometheus.yml"
+  promtool check config "$W/prom/prometheus.yml"
+  prometheus --config.file="$W/prom/prometheus.yml" --storage.tsdb.path="$W/prom/data" --web.listen-address="127.0.0.1:$prom_port" > "$W/prom/log" 2>&1 &
+  prom_pid=$!
+  echo "$prom_pid" >> "$W/pids"
+  for _ in $(seq 100); do
+    if curl -fsS -o /dev/null "http://127.0.0.1:$prom_port/-/ready"; then break; fi
+    sleep 0.1
+  done
+  python3 "$ROOT/tests/prometheus_check.py" "http://127.0.0.1:$prom_port" "http://127.0.0.1:$m/metrics" "$ROOT/examples/grafana/flakeport.json" "$W/prom/alerts.yaml"
+  kill "$prom_pid"
+}
+check "metrics after real pulls (bytes by compression, builds by kind and reason, caches, errors by code), read by a real Prometheus with the Grafana dashboard's queries and the alert rules; one terminal line per pull" t_metrics
+
+t_log_json() {
+  local log
+  start_server PJ "$W/state-json" --log-format json
+  unpack "127.0.0.1:$PJ/app:latest" "$W/json-app"
+  sleep 0.5
+  log="$W/server-$PJ.log"
+  # Every line is one JSON object; the pull's has its fields.
+  python3 - "$log" <<'PY'
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+assert lines, "no log"
+events = [json.loads(l) for l in lines]
+pulls = [e for e in events if e.get("target") == "flakeport::pull"]
+assert len(pulls) == 1, pulls
+p = pulls[0]
+assert p["message"].startswith("pulled app:latest by 127.0.0.1: manifest in "), p
+assert p["name"] == "app" and p["reference"] == "latest" and p["client"] == "127.0.0.1", p
+assert p["bytes"] > 0 and p["blobs_sent"] == p["blobs"] > 0, p
+PY
+}
+check "--log-format json: every log line is a JSON object; a pull's has its name, client, blobs and bytes" t_log_json
+
 echo
 echo "e2e: $PASSED passed, ${#FAILED[@]} failed"
 if [ "${#FAILED[@]}" -gt 0 ]; then

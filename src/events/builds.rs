@@ -76,8 +76,13 @@ impl ImageSummary {
 
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Built { image: Arc<ImageSummary> },
-    Failed { error: String, log_tail: Vec<String> },
+    Built {
+        image: Arc<ImageSummary>,
+    },
+    Failed {
+        error: String,
+        log_tail: Vec<String>,
+    },
 }
 
 /// A log kept while its build runs: the last [`LOG_LINES`] lines.
@@ -312,7 +317,10 @@ impl State {
             let oldest = self
                 .images
                 .iter()
-                .flat_map(|(n, m)| m.iter().map(move |(k, v)| (v.built_at, n.clone(), k.clone())))
+                .flat_map(|(n, m)| {
+                    m.iter()
+                        .map(move |(k, v)| (v.built_at, n.clone(), k.clone()))
+                })
                 .min();
             let Some((_, name, key)) = oldest else { break };
             if let Some(m) = self.images.get_mut(&name) {

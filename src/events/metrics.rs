@@ -142,12 +142,22 @@ pub struct Snapshot {
 
 impl Metrics {
     pub fn build_started(&self, kind: &'static str) {
-        self.builds_started.get_or_create(&vec![("kind", kind)]).inc();
+        self.builds_started
+            .get_or_create(&vec![("kind", kind)])
+            .inc();
     }
 
-    pub fn build_finished(&self, kind: &'static str, failure: Option<&'static str>, took: Duration) {
+    pub fn build_finished(
+        &self,
+        kind: &'static str,
+        failure: Option<&'static str>,
+        took: Duration,
+    ) {
         match failure {
-            None => self.builds_succeeded.get_or_create(&vec![("kind", kind)]).inc(),
+            None => self
+                .builds_succeeded
+                .get_or_create(&vec![("kind", kind)])
+                .inc(),
             Some(reason) => self
                 .builds_failed
                 .get_or_create(&vec![("kind", kind), ("reason", reason)])
@@ -224,7 +234,9 @@ impl Metrics {
             started,
         );
         let pushes = Family::<Labels, Counter>::default();
-        pushes.get_or_create(&vec![("result", "ok")]).inc_by(s.pushes_ok);
+        pushes
+            .get_or_create(&vec![("result", "ok")])
+            .inc_by(s.pushes_ok);
         pushes
             .get_or_create(&vec![("result", "failed")])
             .inc_by(s.pushes_failed);
@@ -235,15 +247,39 @@ impl Metrics {
             counter(s.processes_refused),
         );
         for (name, help, v) in [
-            ("processes_running", "External processes running", s.processes_running),
-            ("processes_queued", "External processes waiting for a slot", s.processes_queued),
+            (
+                "processes_running",
+                "External processes running",
+                s.processes_running,
+            ),
+            (
+                "processes_queued",
+                "External processes waiting for a slot",
+                s.processes_queued,
+            ),
             ("processes_max", "--max-processes", s.processes_max),
-            ("builds_running", "nix build processes running", s.builds_running),
-            ("builds_queued", "nix build processes waiting for a slot (--max-builds)", s.builds_queued),
-            ("images_in_progress", "Images being produced (built, planned, digested) now", s.images_in_progress),
+            (
+                "builds_running",
+                "nix build processes running",
+                s.builds_running,
+            ),
+            (
+                "builds_queued",
+                "nix build processes waiting for a slot (--max-builds)",
+                s.builds_queued,
+            ),
+            (
+                "images_in_progress",
+                "Images being produced (built, planned, digested) now",
+                s.images_in_progress,
+            ),
             ("layer_streams", "Layer streams in flight", s.layer_streams),
             ("layer_streams_max", "--max-streams", s.layer_streams_max),
-            ("state_dir_bytes", "Bytes in the state dir (GC roots not followed)", s.state_dir_bytes),
+            (
+                "state_dir_bytes",
+                "Bytes in the state dir (GC roots not followed)",
+                s.state_dir_bytes,
+            ),
         ] {
             now.register(name, help, gauge(v));
         }

@@ -56,7 +56,9 @@ impl Events {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 every.tick().await;
-                let Some(events) = events.upgrade() else { return };
+                let Some(events) = events.upgrade() else {
+                    return;
+                };
                 for pull in events.pulls.quiet() {
                     events.pulled(&pull);
                 }

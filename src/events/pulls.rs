@@ -37,7 +37,11 @@ pub struct Pull {
 
 impl std::fmt::Display for Pull {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sep = if self.reference.starts_with("sha256:") { '@' } else { ':' };
+        let sep = if self.reference.starts_with("sha256:") {
+            '@'
+        } else {
+            ':'
+        };
         write!(f, "pulled {}{sep}{}", self.name, self.reference)?;
         if let Some(c) = self.client {
             write!(f, " by {c}")?;
@@ -111,27 +115,32 @@ impl Pulls {
         let mut open = lock(&self.open);
         let mut done = Vec::new();
         if open.len() >= MAX_OPEN {
-            let oldest = open.iter().min_by_key(|(_, o)| o.last).map(|(k, _)| k.clone());
+            let oldest = open
+                .iter()
+                .min_by_key(|(_, o)| o.last)
+                .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
                 done.extend(open.remove(&k).map(|o| o.pull));
             }
         }
-        let entry = open.entry((client, name.to_string())).or_insert_with(|| Open {
-            pull: Pull {
-                name: name.to_string(),
-                reference: reference.to_string(),
-                client,
-                to_manifest: took,
-                blobs: 0,
-                blobs_sent: 0,
-                bytes: 0,
-                took: Duration::ZERO,
-            },
-            started: now - took,
-            last: now,
-            wanted: HashSet::new(),
-            streaming: 0,
-        });
+        let entry = open
+            .entry((client, name.to_string()))
+            .or_insert_with(|| Open {
+                pull: Pull {
+                    name: name.to_string(),
+                    reference: reference.to_string(),
+                    client,
+                    to_manifest: took,
+                    blobs: 0,
+                    blobs_sent: 0,
+                    bytes: 0,
+                    took: Duration::ZERO,
+                },
+                started: now - took,
+                last: now,
+                wanted: HashSet::new(),
+                streaming: 0,
+            });
         entry.last = now;
         for b in blobs {
             if entry.wanted.insert(b) {
@@ -225,14 +234,25 @@ mod tests {
         assert_eq!(pull.reference, "v1");
         assert_eq!((pull.blobs, pull.blobs_sent, pull.bytes), (2, 2, 2148));
         let line = pull.to_string();
-        assert!(line.starts_with("pulled app:v1 by 10.0.0.7: manifest in 20 ms, 2 of 2 blobs, 2.1 KiB in "), "{line}");
+        assert!(
+            line.starts_with(
+                "pulled app:v1 by 10.0.0.7: manifest in 20 ms, 2 of 2 blobs, 2.1 KiB in "
+            ),
+            "{line}"
+        );
         assert!(p.quiet().is_empty());
     }
 
     #[test]
     fn a_pull_of_a_client_that_had_the_layers_ends_when_quiet() {
         let p = Pulls::default();
-        p.manifest(None, "app", "latest", Duration::ZERO, vec!["c".into(), "l".into()]);
+        p.manifest(
+            None,
+            "app",
+            "latest",
+            Duration::ZERO,
+            vec!["c".into(), "l".into()],
+        );
         assert!(p.quiet().is_empty());
         {
             let mut open = lock(&p.open);

@@ -43,7 +43,11 @@ impl Images {
                 None => Err(unknown()),
             };
         }
-        let compression = if layer.packed.is_some() { "archive" } else { "none" };
+        let compression = if layer.packed.is_some() {
+            "archive"
+        } else {
+            "none"
+        };
         let source = layer.source;
         self.events
             .metrics

@@ -46,7 +46,12 @@ impl Images {
 
     /// Package paths pulled since start, sorted.
     pub fn pulled_package_paths(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.catalog.pulled.iter().map(|(k, _)| (*k).clone()).collect();
+        let mut names: Vec<String> = self
+            .catalog
+            .pulled
+            .iter()
+            .map(|(k, _)| (*k).clone())
+            .collect();
         names.sort();
         names
     }
@@ -58,26 +63,25 @@ impl Images {
             return Ok(Arc::default());
         };
         self.catalog
-                .listed
-                .try_get_with((), async {
-                    let mut all = BTreeMap::new();
-                    for system in &self.settings.systems {
-                        // (The attribute path is unused: only the names are read.)
-                        let target =
-                            flake.target("catalog", "latest", system, &Selected::Latest)?;
-                        for (name, description) in self.nix.image_names(&target).await? {
-                            // Names a pull cannot spell (capitals) are left out.
-                            if valid_name(&name).is_ok() {
-                                let known = all.entry(name).or_insert(None);
-                                if known.is_none() {
-                                    *known = description;
-                                }
+            .listed
+            .try_get_with((), async {
+                let mut all = BTreeMap::new();
+                for system in &self.settings.systems {
+                    // (The attribute path is unused: only the names are read.)
+                    let target = flake.target("catalog", "latest", system, &Selected::Latest)?;
+                    for (name, description) in self.nix.image_names(&target).await? {
+                        // Names a pull cannot spell (capitals) are left out.
+                        if valid_name(&name).is_ok() {
+                            let known = all.entry(name).or_insert(None);
+                            if known.is_none() {
+                                *known = description;
                             }
                         }
                     }
-                    Ok::<_, RegistryError>(Arc::new(all))
-                })
-                .await
-                .map_err(|e| (*e).clone())
+                }
+                Ok::<_, RegistryError>(Arc::new(all))
+            })
+            .await
+            .map_err(|e| (*e).clone())
     }
 }

@@ -364,7 +364,9 @@ impl Images {
                         tokio::spawn(async move { pusher.push(&store, outputs).await });
                     }
                     let image = Arc::new(produced.summary);
-                    this.events.builds.finish(&build, Outcome::Built { image }, true);
+                    this.events
+                        .builds
+                        .finish(&build, Outcome::Built { image }, true);
                     Ok(Arc::new(produced.docs))
                 }
                 Err(e) => {
@@ -377,7 +379,7 @@ impl Images {
                     let keep = !matches!(reason, "not_found" | "busy");
                     this.events.builds.finish(&build, outcome, keep);
                     if keep {
-                        tracing::warn!(target = %t, error = %e, "image build failed");
+                        tracing::warn!(image = %t, error = %e, "image build failed");
                     }
                     Err(e)
                 }

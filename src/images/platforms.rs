@@ -63,7 +63,8 @@ impl Images {
     /// one. Concurrent pulls share one build per system, which runs in a
     /// task of its own (see `pending`).
     pub async fn tagged(self: &Arc<Self>, name: &str, tag: &str) -> Result<Tagged> {
-        self.tagged_waiting(name, tag, &AtomicBool::new(false)).await
+        self.tagged_waiting(name, tag, &AtomicBool::new(false))
+            .await
     }
 
     /// [`Images::tagged`]; `waited` is set if an image was not ready.
@@ -147,8 +148,10 @@ impl Images {
         if let [key] = keys.as_slice() {
             return Ok(Tagged::Image(self.get_or_build(key.clone(), waited).await?));
         }
-        let built =
-            futures_util::future::join_all(keys.iter().map(|k| self.get_or_build(k.clone(), waited))).await;
+        let built = futures_util::future::join_all(
+            keys.iter().map(|k| self.get_or_build(k.clone(), waited)),
+        )
+        .await;
         let mut images = Vec::new();
         let mut unknown = None;
         for (key, result) in keys.iter().zip(built) {

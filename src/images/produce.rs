@@ -3,11 +3,11 @@
 use super::{ImageKey, Images};
 use crate::build::PathInfo;
 use crate::error::{RegistryError, Result};
+use crate::events::{Build, ImageSummary, LayerSummary};
 use crate::layer::{LayerSource, LayerTar};
 use crate::manifest::{documents, ImageDocuments, LayerDigest};
 use crate::plan::{self, Closure, GraphNode, ImagePlan};
 use crate::resolve::{oci_arch, BuildTarget};
-use crate::events::{Build, ImageSummary, LayerSummary};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,7 +69,7 @@ impl Images {
             )
             .map_err(RegistryError::internal)?;
         tracing::debug!(
-            target = %key,
+            image = %key,
             digest = %docs.oci.digest,
             layers = layers.len(),
             build_ms = built.as_millis() as u64,

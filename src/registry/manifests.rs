@@ -54,9 +54,10 @@ pub async fn get(
             Reference::Tag(t) => t.as_str(),
             Reference::Digest(d) => d.as_str(),
         };
-        let finished = events
-            .pulls
-            .manifest(client, name, reference, took, blobs_named(&blob.bytes));
+        let finished =
+            events
+                .pulls
+                .manifest(client, name, reference, took, blobs_named(&blob.bytes));
         for pull in finished {
             events.pulled(&pull);
         }

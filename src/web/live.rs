@@ -67,7 +67,11 @@ pub async fn log(
             if let Some((outcome, took)) = build.outcome() {
                 let said = match outcome {
                     Outcome::Built { image } => {
-                        format!("built in {:.1} s: {}", took.as_secs_f64(), image.manifest_digest)
+                        format!(
+                            "built in {:.1} s: {}",
+                            took.as_secs_f64(),
+                            image.manifest_digest
+                        )
                     }
                     Outcome::Failed { .. } => format!("failed after {:.1} s", took.as_secs_f64()),
                 };

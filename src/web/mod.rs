@@ -37,7 +37,10 @@ struct Web {
 }
 
 /// The pages' routes, for any state of the router they join.
-pub fn router<S: Clone + Send + Sync + 'static>(images: Arc<Images>, settings: Settings) -> Router<S> {
+pub fn router<S: Clone + Send + Sync + 'static>(
+    images: Arc<Images>,
+    settings: Settings,
+) -> Router<S> {
     let web = Web {
         events: images.events.clone(),
         images,
@@ -51,7 +54,12 @@ pub fn router<S: Clone + Send + Sync + 'static>(images: Arc<Images>, settings: S
         .route("/builds/{id}/log", get(live::log))
         .route(
             "/static/flakeport.js",
-            get(|| async { asset("text/javascript; charset=utf-8", include_str!("flakeport.js")) }),
+            get(|| async {
+                asset(
+                    "text/javascript; charset=utf-8",
+                    include_str!("flakeport.js"),
+                )
+            }),
         )
         .route(
             "/static/flakeport.css",

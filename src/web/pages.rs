@@ -95,7 +95,9 @@ fn status(b: &Build) -> Markup {
     match b.outcome() {
         None => html! { span.running id={ "status-" (b.id) } { "running" } },
         Some((Outcome::Built { .. }, _)) => html! { span.ok id={ "status-" (b.id) } { "built" } },
-        Some((Outcome::Failed { .. }, _)) => html! { span.failed id={ "status-" (b.id) } { "failed" } },
+        Some((Outcome::Failed { .. }, _)) => {
+            html! { span.failed id={ "status-" (b.id) } { "failed" } }
+        }
     }
 }
 
@@ -265,7 +267,11 @@ fn config_rows(config: &serde_json::Value) -> Markup {
         match v.as_array() {
             Some(a) => a
                 .iter()
-                .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| x.to_string())
+                })
                 .collect::<Vec<_>>()
                 .join(" "),
             None => String::new(),
