@@ -335,7 +335,11 @@ impl Images {
                     self.manifests.invalidate_all();
                     self.scanned.invalidate_all();
                 }
-                tracing::info!(?r, "state dir swept");
+                if r.roots_removed + r.layers_dropped + r.documents_removed + r.mirrors_removed > 0 {
+                    tracing::info!(?r, "state dir swept");
+                } else {
+                    tracing::debug!(?r, "state dir swept");
+                }
             }
             Err(e) => tracing::error!(error = %e, "state sweep failed"),
         }
@@ -377,10 +381,8 @@ impl Images {
                     };
                     // A name that is no image, or a full queue, is no build.
                     let keep = !matches!(reason, "not_found" | "busy");
+                    // (The error reply, or the warm task, logs it.)
                     this.events.builds.finish(&build, outcome, keep);
-                    if keep {
-                        tracing::warn!(image = %t, error = %e, "image build failed");
-                    }
                     Err(e)
                 }
             };

@@ -68,7 +68,7 @@ impl Images {
                 &root,
             )
             .map_err(RegistryError::internal)?;
-        tracing::debug!(
+        tracing::info!(
             image = %key,
             digest = %docs.oci.digest,
             layers = layers.len(),

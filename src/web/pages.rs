@@ -56,6 +56,9 @@ fn duration(d: Duration) -> String {
 
 fn ago(t: SystemTime) -> String {
     let d = SystemTime::now().duration_since(t).unwrap_or_default();
+    if d < Duration::from_secs(1) {
+        return "just now".to_string();
+    }
     format!("{} ago", duration(Duration::from_secs(d.as_secs())))
 }
 
