@@ -335,7 +335,8 @@ impl Images {
                     self.manifests.invalidate_all();
                     self.scanned.invalidate_all();
                 }
-                if r.roots_removed + r.layers_dropped + r.documents_removed + r.mirrors_removed > 0 {
+                if r.roots_removed + r.layers_dropped + r.documents_removed + r.mirrors_removed > 0
+                {
                     tracing::info!(?r, "state dir swept");
                 } else {
                     tracing::debug!(?r, "state dir swept");
