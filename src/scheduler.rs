@@ -375,6 +375,37 @@ mod tests {
         assert_eq!(s.running(), 0);
     }
 
+    /// Each stderr line reaches the watcher as it is written (the second
+    /// comes a while after the first), and the output still has them all.
+    #[tokio::test]
+    async fn stderr_lines_arrive_as_they_come() {
+        let s = Scheduler::new(Bounds {
+            max_processes: 1,
+            max_builds: 1,
+            max_queued: 1,
+        });
+        let seen = Mutex::new(Vec::<(String, std::time::Instant)>::new());
+        let record = |l: &str| lock(&seen).push((l.to_string(), std::time::Instant::now()));
+        let job = Job {
+            kind: Kind::Build,
+            program: "sh",
+            args: vec![
+                "-c".into(),
+                "echo one >&2; sleep 0.5; printf two >&2; echo out".into(),
+            ],
+            env: vec![],
+            timeout: Duration::from_secs(30),
+            stderr_lines: Some(&record),
+        };
+        let out = s.run(job).await.unwrap();
+        assert_eq!(out.stderr, b"one\ntwo");
+        assert_eq!(out.stdout, b"out\n");
+        let seen = lock(&seen);
+        let lines: Vec<&str> = seen.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(lines, ["one\n", "two"]);
+        assert!(seen[1].1 - seen[0].1 >= Duration::from_millis(400));
+    }
+
     #[tokio::test]
     async fn timeout_stops_the_process() {
         let s = Scheduler::new(Bounds {
