@@ -152,6 +152,12 @@ struct ServeArgs {
     #[arg(long, env = "FLAKEPORT_COMPRESSED_CACHE_MIB", default_value_t = 10240)]
     compressed_cache_mib: u64,
 
+    /// Most MiB of memory for the bytes of small layers (up to 16 MiB each)
+    /// already verified, served from memory while their store files are
+    /// unchanged; 0 turns it off.
+    #[arg(long, env = "FLAKEPORT_HOT_LAYERS_MIB", default_value_t = 128)]
+    hot_layers_mib: u64,
+
     /// htpasswd file of bcrypt entries (`htpasswd -B`): pulls need HTTP Basic
     /// credentials of one of its users. Read again when it changes.
     #[arg(long, env = "FLAKEPORT_HTPASSWD")]
@@ -450,6 +456,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             manifest_ttl: Duration::from_secs(args.manifest_ttl),
             push_to: args.push_to.clone(),
+            hot_layer_bytes: args.hot_layers_mib * 1024 * 1024,
         },
         nix,
         index,

@@ -950,21 +950,43 @@ check "SIGTERM: stops accepting, finishes the stream in flight, exits" t_sigterm
 
 # ------------------------------------------------- after the client tests: these change the repo and the store
 t_digest_mismatch() {
-  local m m2 layers bad="" f err got
+  local m m2 layers bad="" f err got hits port
+  # $R keeps small verified layers in memory; PV (--hot-layers-mib 0)
+  # streams them from the store without hashing once verified.
+  start_server PV "$W/state-verified" --hot-layers-mib 0
   m=$(curl -fsS "http://$R/v2/corrupt/manifests/latest")
+  curl -fsS -o /dev/null "http://127.0.0.1:$PV/v2/corrupt/manifests/latest"
   layers=$(layer_digests "$m")
   for layer in $layers; do
     curl -fsS -o "$W/corrupt.blob" "http://$R/v2/corrupt/blobs/$layer"
     if grep -aq original-content "$W/corrupt.blob"; then bad=$layer; fi
   done
   if [ -z "$bad" ]; then echo "no layer holds the data file"; return 1; fi
+  # Verified once (hashed) on each server, then served by the shortcuts:
+  # from memory on $R, unhashed on PV.
+  curl -fsS -o /dev/null "http://127.0.0.1:$PV/v2/corrupt/blobs/$bad"
+  hits=$(metric "$P" 'flakeport_cache_lookups_total{cache="hot_layer",result="hit"}')
+  got=$(blob_sha "http://$R/v2/corrupt/blobs/$bad")
+  eq "$got" "$bad" "the layer from memory"
+  got=$(metric "$P" 'flakeport_cache_lookups_total{cache="hot_layer",result="hit"}')
+  eq "$got" "$((hits + 1))" "layers served from memory"
+  got=$(blob_sha "http://127.0.0.1:$PV/v2/corrupt/blobs/$bad")
+  eq "$got" "$bad" "the trusted layer, unhashed"
+  got=$(metric "$PV" 'flakeport_cache_lookups_total{cache="verified_layer",result="hit"}')
+  eq "$got" 1 "layers streamed on trust"
   f=$(ls -d /nix/store/*-corruptible-"$(cat "$W/repo/nonce")")/share/data
   chmod u+w "$(dirname "$f")" "$f"
   printf 'altered-content!\n' > "$f"   # same size, other bytes: only the hash can tell
-  # The stream is cut short (curl sees a truncated body), the digest dropped...
-  if curl -fsS -o /dev/null "http://$R/v2/corrupt/blobs/$bad" 2>"$W/curl.err"; then echo "served altered bytes"; return 1; fi
-  cat "$W/curl.err"
+  touch -h -d @1 "$f"                   # and the store's mtime back: only the ctime moved
+  # On both servers the stream is cut short (curl sees a truncated body),
+  # the digest dropped...
+  for port in "$P" "$PV"; do
+    if curl -fsS -o /dev/null "http://127.0.0.1:$port/v2/corrupt/blobs/$bad" 2>"$W/curl.err"; then echo "served altered bytes on port $port"; return 1; fi
+    cat "$W/curl.err"
+  done
   expect_error GET "/v2/corrupt/blobs/$bad" 404 BLOB_UNKNOWN
+  got=$(status "http://127.0.0.1:$PV/v2/corrupt/blobs/$bad")
+  eq "$got" 404 "the altered layer on PV"
   # ...and the next pull digests the new bytes: a new, correct manifest.
   m2=$(curl -fsS "http://$R/v2/corrupt/manifests/latest")
   ne "$m2" "$m" "manifest after the store changed"

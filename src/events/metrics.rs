@@ -93,7 +93,7 @@ impl Default for Metrics {
         );
         registry.register(
             "cache_lookups",
-            "Cache lookups by cache (manifest, layer_digest, layer_scan, compressed) and result (hit, miss)",
+            "Cache lookups by cache (manifest, layer_digest, layer_scan, compressed; verified_layer: a full GET of a layer whose files are as when it was hashed; hot_layer: its bytes in memory) and result (hit, miss)",
             m.cache_lookups.clone(),
         );
         registry.register(
@@ -116,9 +116,36 @@ impl Default for Metrics {
             "Pulls seen (a client's manifest and blob requests for one image)",
             m.pulls.clone(),
         );
+        // Series a dashboard or alert expects exist from the start, at 0.
+        for kind in ["flake", "packages"] {
+            let _ = m.builds_started.get_or_create(&vec![("kind", kind)]);
+            let _ = m.builds_succeeded.get_or_create(&vec![("kind", kind)]);
+        }
+        for compression in ["none", "gzip", "zstd", "archive", "json"] {
+            let _ = m
+                .blob_bytes
+                .get_or_create(&vec![("compression", compression)]);
+        }
+        for cache in CACHES {
+            for result in ["hit", "miss"] {
+                let _ = m
+                    .cache_lookups
+                    .get_or_create(&vec![("cache", cache), ("result", result)]);
+            }
+        }
         Metrics { registry, ..m }
     }
 }
+
+/// The caches `cache_lookups` counts.
+pub const CACHES: [&str; 6] = [
+    "manifest",
+    "layer_digest",
+    "layer_scan",
+    "compressed",
+    "verified_layer",
+    "hot_layer",
+];
 
 /// The gauges and counters owned by other parts, read at scrape time.
 #[derive(Debug, Default, Clone)]
@@ -179,6 +206,7 @@ impl Metrics {
     }
 
     pub fn cache(&self, cache: &'static str, hit: bool) {
+        debug_assert!(CACHES.contains(&cache), "{cache}");
         let result = if hit { "hit" } else { "miss" };
         self.cache_lookups
             .get_or_create(&vec![("cache", cache), ("result", result)])

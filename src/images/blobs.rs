@@ -151,6 +151,7 @@ impl Images {
 
     /// Served bytes did not hash to the digest: drop every cached trace of it.
     pub async fn layer_is_corrupt(&self, digest: &str) {
+        self.distrust_layer(digest);
         if let Some(key) = self.index.forget_layer(digest) {
             self.digesting.invalidate(&key).await;
         }

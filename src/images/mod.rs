@@ -4,15 +4,19 @@
 //! - `produce`: resolve -> build -> plan -> digest -> manifest, single flight;
 //! - `blobs`: digest -> what to stream, scans, the compressed cache;
 //! - `platforms`: name + tag -> one image, or an index over `--system`;
-//! - `catalog`: the names `/v2/_catalog` lists.
+//! - `catalog`: the names `/v2/_catalog` lists;
+//! - `trusted`: layers verified once, streamed without hashing (small ones
+//!   from memory) while their files are unchanged.
 
 mod blobs;
 mod catalog;
 mod platforms;
 mod produce;
+mod trusted;
 
 pub use blobs::Blob;
 pub use platforms::Tagged;
+pub use trusted::HOT_MAX_LAYER;
 
 use crate::build::Nix;
 use crate::compressed::CompressedCache;
@@ -43,6 +47,8 @@ pub struct Settings {
     pub manifest_ttl: Duration,
     /// `--push-to`: a Nix store URL every built closure is copied to.
     pub push_to: Option<String>,
+    /// `--hot-layers-mib`: memory for the bytes of small verified layers.
+    pub hot_layer_bytes: u64,
 }
 
 /// What one image is built from.
@@ -141,6 +147,7 @@ pub struct Images {
     pushes_ok: std::sync::atomic::AtomicU64,
     pushes_failed: std::sync::atomic::AtomicU64,
     catalog: catalog::Catalog,
+    trusted: trusted::TrustedLayers,
     /// Where builds, cache lookups and digest passes are reported.
     pub events: Arc<Events>,
 }
@@ -158,7 +165,9 @@ impl Images {
             .map(|n| n.get())
             .unwrap_or(2);
         let ttl = settings.manifest_ttl;
+        let trusted = trusted::TrustedLayers::new(settings.hot_layer_bytes);
         Arc::new(Images {
+            trusted,
             settings,
             inflight: Mutex::new(HashMap::new()),
             not_outputs: moka::sync::Cache::builder()

@@ -223,6 +223,16 @@ impl Entry {
     }
 }
 
+/// The files a layer reads, as the filesystem describes them: device,
+/// inode, size, mtime and ctime of each, hashed together. Any write to a
+/// file moves its ctime (which no call can set back, unlike mtime), and a
+/// file replaced by another is another inode: while a layer's identity is
+/// the one it had when its bytes were last read and hashed, they are the
+/// same bytes. A blob GET uses it to skip hashing a layer it already
+/// verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity([u8; 32]);
+
 /// A scanned layer: its exact size is known, its bytes can be generated.
 #[derive(Debug)]
 pub enum LayerTar {
@@ -525,6 +535,38 @@ impl LayerTar {
             pos: start,
             end,
         }))
+    }
+
+    /// What the files this layer reads are now, as the filesystem says
+    /// (see [`Identity`]). One `stat` per file; nothing is read.
+    pub fn identity(&self) -> io::Result<Identity> {
+        let mut h = Sha256::new();
+        let mut add = |m: std::fs::Metadata| {
+            for v in [
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime() as u64,
+                m.mtime_nsec() as u64,
+                m.ctime() as u64,
+                m.ctime_nsec() as u64,
+            ] {
+                h.update(v.to_le_bytes());
+            }
+        };
+        match self {
+            LayerTar::Generated { entries, .. } => {
+                for e in entries {
+                    if let EntryKind::File { source, .. } = &e.kind {
+                        add(std::fs::metadata(source)?);
+                    }
+                }
+            }
+            LayerTar::File { path, .. } => add(std::fs::metadata(path)?),
+            LayerTar::Member { archive, .. } => add(std::fs::metadata(archive)?),
+            LayerTar::Opened { file, .. } => add(file.metadata()?),
+        }
+        Ok(Identity(h.finalize().into()))
     }
 
     /// Stream the whole layer through sha256. Returns `sha256:<hex>`.

@@ -431,6 +431,42 @@ fn a_file_that_changes_size_fails_the_stream() {
     }
 }
 
+/// A layer's identity holds while nothing is written; a write of the same
+/// size with the mtime set back (what a careful tamperer does) changes it,
+/// and so does a file replaced by a copy.
+#[test]
+fn identity_changes_with_any_write_and_only_then() {
+    let t = awkward_tree();
+    let src = store_source(vec![t.path().join("abc-pkg")]);
+    let l = LayerTar::scan(&src).unwrap();
+    let first = l.identity().unwrap();
+    assert_eq!(l.identity().unwrap(), first, "nothing changed");
+    let f = t.path().join("abc-pkg/bin/tool");
+    let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(
+        &f,
+        b"#!/bin/sh
+echo HI
+",
+    )
+    .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let written = l.identity().unwrap();
+    assert_ne!(written, first, "same size, same mtime, new bytes");
+    let copy = t.path().join("copy");
+    std::fs::copy(&f, &copy).unwrap();
+    std::fs::rename(&copy, &f).unwrap();
+    assert_ne!(l.identity().unwrap(), written, "replaced by a copy");
+    std::fs::remove_file(&f).unwrap();
+    assert!(l.identity().is_err(), "a file gone");
+}
+
 /// The pull reader gives the same bytes as `write_range` for every kind of
 /// layer, read in uneven pieces, and fails (never comes up short) when a
 /// file shrank after the scan.

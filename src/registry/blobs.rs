@@ -76,6 +76,42 @@ pub async fn get(
                 tar,
                 compression,
             } => {
+                // A full GET is checked against the digest: by hashing it,
+                // or, if it was hashed before and its files are unchanged
+                // since (same identity), by comparing the identity again at
+                // its end. A small layer verified before comes from memory.
+                let full = range.is_none();
+                let identity = if full {
+                    let t = tar.clone();
+                    match tokio::task::spawn_blocking(move || t.identity())
+                        .await
+                        .map_err(RegistryError::internal)?
+                    {
+                        Ok(i) => Some(i),
+                        Err(e) => return Err(unreadable(images, &digest, e).await),
+                    }
+                } else {
+                    None
+                };
+                let trusted = identity.is_some_and(|i| images.layer_trusted(&digest, i));
+                if full {
+                    images.events.metrics.cache("verified_layer", trusted);
+                }
+                if trusted {
+                    if let Some(chunks) = images.hot_layer(&digest) {
+                        let mut served = Served::new(&images.events, client, &digest, compression);
+                        served.sent(size, true);
+                        let chunks = chunks.as_ref().clone();
+                        let body = futures_util::stream::iter(chunks.into_iter().map(move |c| {
+                            // Held until the body is dropped.
+                            let _counted = (&slot, &served);
+                            Ok::<_, io::Error>(c)
+                        }));
+                        return resp
+                            .body(Body::from_stream(body))
+                            .map_err(RegistryError::internal);
+                    }
+                }
                 // The first chunk is read before the status is sent: a layer
                 // that cannot be read at all gets an error reply, not a cut body.
                 let opened = {
@@ -95,10 +131,14 @@ pub async fn get(
                 };
                 let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
                 let served = Served::new(&images.events, client, &digest, compression);
+                let keep = full && images.wants_hot(&digest, size);
                 let stream = Stream {
                     images: images.clone(),
                     digest,
-                    verify: range.is_none(),
+                    verify: full && !trusted,
+                    identity,
+                    keep,
+                    tar,
                     len: end - start,
                     to_end: end == size,
                     served,
@@ -149,6 +189,13 @@ struct Stream {
     /// A full-body stream is hashed and its last chunk held back until the
     /// digest matches; a range cannot be checked.
     verify: bool,
+    /// A full body's files as they were before it was read: equal after
+    /// it, and hashed right, the layer is trusted; a trusted layer whose
+    /// identity changed while it streamed is cut short.
+    identity: Option<crate::layer::Identity>,
+    /// Keep the chunks, to serve this small layer from memory once verified.
+    keep: bool,
+    tar: Arc<crate::layer::LayerTar>,
     len: u64,
     /// The stream ends at the blob's end (so a whole body completes a blob).
     to_end: bool,
@@ -181,6 +228,7 @@ impl Stream {
             next: Some(first),
             hasher: self.verify.then(Sha256::new),
             sent: 0,
+            kept: self.keep.then(Vec::new),
         };
         let mut counted = 0;
         loop {
@@ -214,9 +262,14 @@ impl Stream {
                 }
                 Filled::Last(last) => {
                     let len = last.len() as u64;
+                    let kept = fill.kept.take();
                     let last = match fill.hasher.take() {
                         None => Ok(last),
                         Some(h) => self.check(h, last).await,
+                    };
+                    let last = match last {
+                        Ok(last) => self.unchanged(last, kept).await,
+                        Err(e) => Err(e),
                     };
                     let whole = last.is_ok();
                     // An error as the last item cuts the body short: the
@@ -247,6 +300,34 @@ impl Stream {
         Err(io::Error::other(
             "layer bytes changed since they were digested",
         ))
+    }
+
+    /// A full body that hashed right (or was trusted): its files must be
+    /// as they were before it was read. Then the layer is trusted (and kept
+    /// in memory if small); if they changed, a trusted stream is cut short
+    /// and the next GET hashes the layer again.
+    async fn unchanged(&self, last: Bytes, kept: Option<Vec<Bytes>>) -> io::Result<Bytes> {
+        let Some(before) = self.identity else {
+            return Ok(last);
+        };
+        let tar = self.tar.clone();
+        let after = tokio::task::spawn_blocking(move || tar.identity())
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        if after.as_ref().ok() != Some(&before) {
+            self.images.distrust_layer(&self.digest);
+            if !self.verify {
+                tracing::warn!(digest = %self.digest, "layer files changed while streaming; cut short, the next GET verifies");
+                return Err(io::Error::other("layer files changed while they were sent"));
+            }
+            return Ok(last);
+        }
+        self.images.layer_verified(&self.digest, before);
+        if let Some(mut chunks) = kept {
+            chunks.push(last.clone());
+            self.images.keep_hot(&self.digest, chunks);
+        }
+        Ok(last)
     }
 
     async fn failed(&self, e: io::Error) -> io::Result<Bytes> {
@@ -315,6 +396,8 @@ struct Fill {
     hasher: Option<Sha256>,
     /// Bytes handed to the channel.
     sent: u64,
+    /// The chunks sent, when the layer is to be kept in memory.
+    kept: Option<Vec<Bytes>>,
 }
 
 enum Filled {
@@ -357,6 +440,9 @@ impl Fill {
                 h.update(&chunk);
             }
             self.sent += chunk.len() as u64;
+            if let Some(kept) = &mut self.kept {
+                kept.push(chunk.clone());
+            }
             permit.send(Ok(chunk));
         }
     }

@@ -1,0 +1,81 @@
+//! Layers whose bytes a full GET has hashed to their digest, and what their
+//! files were then ([`Identity`]): while the identity holds, a GET streams
+//! them without hashing again, and the small ones from memory. Any write to
+//! a file the layer reads changes the identity, and the next GET verifies.
+
+use crate::layer::Identity;
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// Layers up to this size are kept in memory once verified.
+pub const HOT_MAX_LAYER: u64 = 16 * 1024 * 1024;
+
+pub(super) struct TrustedLayers {
+    identities: moka::sync::Cache<String, Identity>,
+    /// The bytes of small verified layers, as the chunks they were sent in.
+    hot: Option<moka::sync::Cache<String, Arc<Vec<Bytes>>>>,
+}
+
+impl TrustedLayers {
+    /// `hot_bytes`: the memory the bytes of small layers may take (0: none).
+    pub(super) fn new(hot_bytes: u64) -> TrustedLayers {
+        TrustedLayers {
+            identities: moka::sync::Cache::new(100_000),
+            hot: (hot_bytes > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .weigher(|_, chunks: &Arc<Vec<Bytes>>| {
+                        let bytes: usize = chunks.iter().map(Bytes::len).sum();
+                        // In KiB, so that the weight fits a u32.
+                        u32::try_from(bytes / 1024 + 1).unwrap_or(u32::MAX)
+                    })
+                    .max_capacity(hot_bytes / 1024)
+                    .build()
+            }),
+        }
+    }
+}
+
+impl super::Images {
+    /// Whether `digest`'s files are as they were when its bytes last hashed
+    /// to it.
+    pub fn layer_trusted(&self, digest: &str, now: Identity) -> bool {
+        self.trusted.identities.get(digest) == Some(now)
+    }
+
+    /// A full GET hashed the layer to its digest, and its files had
+    /// `identity` before and after.
+    pub fn layer_verified(&self, digest: &str, identity: Identity) {
+        self.trusted.identities.insert(digest.to_string(), identity);
+    }
+
+    /// The layer's files changed: the next GET hashes it again.
+    pub fn distrust_layer(&self, digest: &str) {
+        self.trusted.identities.invalidate(digest);
+        if let Some(hot) = &self.trusted.hot {
+            hot.invalidate(digest);
+        }
+    }
+
+    /// Whether a verified layer of `size` bytes would be kept in memory.
+    pub fn wants_hot(&self, digest: &str, size: u64) -> bool {
+        size <= HOT_MAX_LAYER
+            && self
+                .trusted
+                .hot
+                .as_ref()
+                .is_some_and(|h| !h.contains_key(digest))
+    }
+
+    pub fn keep_hot(&self, digest: &str, chunks: Vec<Bytes>) {
+        if let Some(hot) = &self.trusted.hot {
+            hot.insert(digest.to_string(), Arc::new(chunks));
+        }
+    }
+
+    /// The bytes of a small verified layer, if they are in memory.
+    pub fn hot_layer(&self, digest: &str) -> Option<Arc<Vec<Bytes>>> {
+        let hit = self.trusted.hot.as_ref()?.get(digest);
+        self.events.metrics.cache("hot_layer", hit.is_some());
+        hit
+    }
+}
