@@ -5,15 +5,19 @@
 
 use crate::layer::Identity;
 use bytes::Bytes;
-use std::sync::Arc;
 
-/// Layers up to this size are kept in memory once verified.
+/// Layers up to this size are kept in memory once verified...
 pub const HOT_MAX_LAYER: u64 = 16 * 1024 * 1024;
+/// ... if they hold at least this many files: one open and read per file
+/// is what a GET of them costs, while a layer of a few large files streams
+/// from the page cache at about the machine's speed anyway.
+pub const HOT_MIN_FILES: usize = 32;
 
 pub(super) struct TrustedLayers {
     identities: moka::sync::Cache<String, Identity>,
-    /// The bytes of small verified layers, as the chunks they were sent in.
-    hot: Option<moka::sync::Cache<String, Arc<Vec<Bytes>>>>,
+    /// The bytes of small verified layers, in one piece (one write to the
+    /// socket rather than one per chunk).
+    hot: Option<moka::sync::Cache<String, Bytes>>,
 }
 
 impl TrustedLayers {
@@ -23,10 +27,9 @@ impl TrustedLayers {
             identities: moka::sync::Cache::new(100_000),
             hot: (hot_bytes > 0).then(|| {
                 moka::sync::Cache::builder()
-                    .weigher(|_, chunks: &Arc<Vec<Bytes>>| {
-                        let bytes: usize = chunks.iter().map(Bytes::len).sum();
-                        // In KiB, so that the weight fits a u32.
-                        u32::try_from(bytes / 1024 + 1).unwrap_or(u32::MAX)
+                    // In KiB, so that the weight fits a u32.
+                    .weigher(|_, bytes: &Bytes| {
+                        u32::try_from(bytes.len() / 1024 + 1).unwrap_or(u32::MAX)
                     })
                     .max_capacity(hot_bytes / 1024)
                     .build()
@@ -56,9 +59,11 @@ impl super::Images {
         }
     }
 
-    /// Whether a verified layer of `size` bytes would be kept in memory.
-    pub fn wants_hot(&self, digest: &str, size: u64) -> bool {
+    /// Whether a verified layer of `size` bytes and `files` files would be
+    /// kept in memory.
+    pub fn wants_hot(&self, digest: &str, size: u64, files: usize) -> bool {
         size <= HOT_MAX_LAYER
+            && files >= HOT_MIN_FILES
             && self
                 .trusted
                 .hot
@@ -68,12 +73,16 @@ impl super::Images {
 
     pub fn keep_hot(&self, digest: &str, chunks: Vec<Bytes>) {
         if let Some(hot) = &self.trusted.hot {
-            hot.insert(digest.to_string(), Arc::new(chunks));
+            let mut whole = bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for c in &chunks {
+                whole.extend_from_slice(c);
+            }
+            hot.insert(digest.to_string(), whole.freeze());
         }
     }
 
     /// The bytes of a small verified layer, if they are in memory.
-    pub fn hot_layer(&self, digest: &str) -> Option<Arc<Vec<Bytes>>> {
+    pub fn hot_layer(&self, digest: &str) -> Option<Bytes> {
         let hit = self.trusted.hot.as_ref()?.get(digest);
         self.events.metrics.cache("hot_layer", hit.is_some());
         hit

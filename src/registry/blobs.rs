@@ -98,17 +98,11 @@ pub async fn get(
                     images.events.metrics.cache("verified_layer", trusted);
                 }
                 if trusted {
-                    if let Some(chunks) = images.hot_layer(&digest) {
+                    if let Some(bytes) = images.hot_layer(&digest) {
                         let mut served = Served::new(&images.events, client, &digest, compression);
                         served.sent(size, true);
-                        let chunks = chunks.as_ref().clone();
-                        let body = futures_util::stream::iter(chunks.into_iter().map(move |c| {
-                            // Held until the body is dropped.
-                            let _counted = (&slot, &served);
-                            Ok::<_, io::Error>(c)
-                        }));
                         return resp
-                            .body(Body::from_stream(body))
+                            .body(Body::from(bytes))
                             .map_err(RegistryError::internal);
                     }
                 }
@@ -131,7 +125,7 @@ pub async fn get(
                 };
                 let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
                 let served = Served::new(&images.events, client, &digest, compression);
-                let keep = full && images.wants_hot(&digest, size);
+                let keep = full && images.wants_hot(&digest, size, tar.entry_count());
                 let stream = Stream {
                     images: images.clone(),
                     digest,
