@@ -35,6 +35,11 @@
       packages.${system} = {
         big128 = lib.streamLayeredImageConf { name = "big128"; contents = [ (random "random-128m" 128) ]; };
         small3000 = lib.streamLayeredImageConf { name = "small3000"; contents = [ manySmall ]; };
+        # 1 GiB in 100 store paths of 10 MiB: about 100 layers.
+        img1g = lib.streamLayeredImageConf {
+          name = "img1g";
+          contents = builtins.genList (i: random "p${toString i}-10m" 10) 100;
+        };
         # 192 MiB in six layers, so the digest pass can use both cores.
         img192 = lib.streamLayeredImageConf {
           name = "img192";
