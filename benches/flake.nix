@@ -35,6 +35,11 @@
       packages.${system} = {
         big128 = lib.streamLayeredImageConf { name = "big128"; contents = [ (random "random-128m" 128) ]; };
         small3000 = lib.streamLayeredImageConf { name = "small3000"; contents = [ manySmall ]; };
+        # 64 layers of 128 MiB: 64 clients each stream a different one.
+        wide64 = lib.streamLayeredImageConf {
+          name = "wide64";
+          contents = builtins.genList (i: random "w${toString i}-128m" 128) 64;
+        };
         # 1 GiB in 100 store paths of 10 MiB: about 100 layers.
         img1g = lib.streamLayeredImageConf {
           name = "img1g";

@@ -60,6 +60,9 @@ check() { # check NAME FUNCTION [ARGS...]; E2E_ONLY=REGEX runs only matching FUN
 eq() { # eq GOT WANT WHAT
   if [ "$1" != "$2" ]; then echo "$3: got '$1', want '$2'"; return 1; fi
 }
+atleast() { # atleast GOT MIN WHAT
+  if ! [[ "$1" =~ ^[0-9]+$ ]] || (( $1 < $2 )); then echo "$3: got '$1', want at least $2"; return 1; fi
+}
 ne() { # ne GOT UNWANTED WHAT
   if [ "$1" = "$2" ]; then echo "$3: got '$1' both times"; return 1; fi
 }
@@ -970,6 +973,10 @@ t_digest_mismatch() {
   eq "$got" "$bad" "the layer from memory"
   got=$(metric "$P" 'flakeport_cache_lookups_total{cache="hot_layer",result="hit"}')
   eq "$got" "$((hits + 1))" "layers served from memory"
+  got=$(metric "$P" flakeport_hot_layer_bytes)
+  atleast "$got" 1 "bytes of layers in memory"
+  got=$(metric "$PV" flakeport_hot_layer_bytes)
+  eq "$got" 0 "bytes of layers in memory with --hot-layers-mib 0"
   got=$(blob_sha "http://127.0.0.1:$PV/v2/corrupt/blobs/$bad")
   eq "$got" "$bad" "the trusted layer, unhashed"
   got=$(metric "$PV" 'flakeport_cache_lookups_total{cache="verified_layer",result="hit"}')
@@ -1723,9 +1730,6 @@ t_web() {
 }
 check "web page: builds' logs live in Chromium (and without JavaScript), recent builds and failures, image and build pages; markup in names, logs and descriptions shown as text" t_web
 
-atleast() { # atleast GOT MIN WHAT
-  if ! [[ "$1" =~ ^[0-9]+$ ]] || (( $1 < $2 )); then echo "$3: got '$1', want at least $2"; return 1; fi
-}
 
 t_metrics() {
   local m sizes none json got prom_port prom_pid log line

@@ -165,6 +165,7 @@ pub struct Snapshot {
     pub layer_streams: u64,
     pub layer_streams_max: u64,
     pub state_dir_bytes: u64,
+    pub hot_layer_bytes: u64,
 }
 
 impl Metrics {
@@ -307,6 +308,11 @@ impl Metrics {
                 "state_dir_bytes",
                 "Bytes in the state dir (GC roots not followed)",
                 s.state_dir_bytes,
+            ),
+            (
+                "hot_layer_bytes",
+                "Bytes of small verified layers held in memory (--hot-layers-mib)",
+                s.hot_layer_bytes,
             ),
         ] {
             now.register(name, help, gauge(v));

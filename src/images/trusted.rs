@@ -81,6 +81,14 @@ impl super::Images {
         }
     }
 
+    /// Bytes of layers held in memory now.
+    pub fn hot_layer_bytes(&self) -> u64 {
+        self.trusted.hot.as_ref().map_or(0, |h| {
+            h.run_pending_tasks();
+            h.iter().map(|(_, b)| b.len() as u64).sum()
+        })
+    }
+
     /// The bytes of a small verified layer, if they are in memory.
     pub fn hot_layer(&self, digest: &str) -> Option<Bytes> {
         let hit = self.trusted.hot.as_ref()?.get(digest);
