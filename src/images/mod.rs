@@ -16,7 +16,7 @@ mod trusted;
 
 pub use blobs::Blob;
 pub use platforms::Tagged;
-pub use trusted::HOT_MAX_LAYER;
+pub use trusted::{HotClaim, HOT_MAX_LAYER};
 
 use crate::build::Nix;
 use crate::compressed::CompressedCache;

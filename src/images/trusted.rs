@@ -5,6 +5,8 @@
 
 use crate::layer::Identity;
 use bytes::Bytes;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 /// Layers up to this size are kept in memory once verified...
 pub const HOT_MAX_LAYER: u64 = 16 * 1024 * 1024;
@@ -18,6 +20,33 @@ pub(super) struct TrustedLayers {
     /// The bytes of small verified layers, in one piece (one write to the
     /// socket rather than one per chunk).
     hot: Option<moka::sync::Cache<String, Bytes>>,
+    hot_bytes: u64,
+    /// Streams collecting a layer's bytes to keep: one per layer, within the
+    /// hot budget. Without this, 16 clients pulling one new small layer at
+    /// once each held a copy of it until verified (16 x 7 MiB measured).
+    collecting: Arc<Mutex<Collecting>>,
+}
+
+#[derive(Default)]
+struct Collecting {
+    digests: HashSet<String>,
+    bytes: u64,
+}
+
+/// One stream's right to collect a layer's bytes for memory; released when
+/// dropped, whether or not the layer was kept.
+pub struct HotClaim {
+    collecting: Arc<Mutex<Collecting>>,
+    digest: String,
+    size: u64,
+}
+
+impl Drop for HotClaim {
+    fn drop(&mut self) {
+        let mut c = self.collecting.lock().unwrap_or_else(|e| e.into_inner());
+        c.digests.remove(&self.digest);
+        c.bytes -= self.size;
+    }
 }
 
 impl TrustedLayers {
@@ -34,6 +63,8 @@ impl TrustedLayers {
                     .max_capacity(hot_bytes / 1024)
                     .build()
             }),
+            hot_bytes,
+            collecting: Arc::default(),
         }
     }
 }
@@ -59,19 +90,29 @@ impl super::Images {
         }
     }
 
-    /// Whether a verified layer of `size` bytes and `files` files would be
-    /// kept in memory.
-    pub fn wants_hot(&self, digest: &str, size: u64, files: usize) -> bool {
-        size <= HOT_MAX_LAYER
-            && files >= HOT_MIN_FILES
-            && self
-                .trusted
-                .hot
-                .as_ref()
-                .is_some_and(|h| !h.contains_key(digest))
+    /// A claim to collect the bytes of a layer of `size` bytes and `files`
+    /// files as it streams, to keep them in memory once verified: for a
+    /// small layer of many files not in memory yet, when no other stream
+    /// collects it and the bytes being collected stay within the budget.
+    pub fn claim_hot(&self, digest: &str, size: u64, files: usize) -> Option<HotClaim> {
+        let t = &self.trusted;
+        if size > HOT_MAX_LAYER || files < HOT_MIN_FILES || t.hot.as_ref()?.contains_key(digest) {
+            return None;
+        }
+        let mut c = t.collecting.lock().unwrap_or_else(|e| e.into_inner());
+        if c.bytes + size > t.hot_bytes || !c.digests.insert(digest.to_string()) {
+            return None;
+        }
+        c.bytes += size;
+        Some(HotClaim {
+            collecting: t.collecting.clone(),
+            digest: digest.to_string(),
+            size,
+        })
     }
 
-    pub fn keep_hot(&self, digest: &str, chunks: Vec<Bytes>) {
+    pub fn keep_hot(&self, claim: HotClaim, chunks: Vec<Bytes>) {
+        let digest = &claim.digest;
         if let Some(hot) = &self.trusted.hot {
             let mut whole = bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
             for c in &chunks {

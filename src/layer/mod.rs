@@ -534,6 +534,7 @@ impl LayerTar {
             tar: self,
             pos: start,
             end,
+            open: None,
         }))
     }
 
@@ -584,11 +585,58 @@ impl LayerTar {
     }
 }
 
-/// A generated layer read a window at a time through [`LayerTar::write_range`].
+/// A generated layer read a window at a time through [`LayerTar::write_range`],
+/// except inside a large file's bytes: those are read straight into the
+/// caller's buffer from a file kept open across reads. One `pread` per
+/// chunk instead of open, stat, seek, read into a buffer of its own, copy
+/// and close: at 64 streams of 128 MiB files, fewer syscalls and no
+/// allocation per chunk.
 struct GeneratedReader {
     tar: Arc<LayerTar>,
     pos: u64,
     end: u64,
+    /// The large file being read: its entry's index and the open file.
+    open: Option<(usize, std::fs::File)>,
+}
+
+impl GeneratedReader {
+    /// Reads into `buf` from the large file whose bytes `pos` falls in;
+    /// `None` when `pos` is in a header, padding or a small file.
+    fn read_in_file(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let LayerTar::Generated {
+            entries, starts, ..
+        } = &*self.tar
+        else {
+            return None;
+        };
+        let at = starts.partition_point(|&s| s <= self.pos).checked_sub(1)?;
+        let entry = &entries[at];
+        let EntryKind::File { source, size } = &entry.kind else {
+            return None;
+        };
+        let data = starts[at] + entry.header.len() as u64;
+        if *size <= SMALL_FILE || self.pos < data || self.pos >= data + size {
+            return None;
+        }
+        let n = (buf.len() as u64).min(data + size - self.pos).min(self.end - self.pos) as usize;
+        Some((|| {
+            if self.open.as_ref().map(|(i, _)| *i) != Some(at) {
+                let f = std::fs::File::open(source)?;
+                check_unchanged(source, f.metadata()?.len(), *size)?;
+                self.open = Some((at, f));
+            }
+            let (_, f) = self.open.as_ref().expect("opened above");
+            let got = std::os::unix::fs::FileExt::read_at(f, &mut buf[..n], self.pos - data)?;
+            if got == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} is shorter than when it was scanned", source.display()),
+                ));
+            }
+            self.pos += got as u64;
+            Ok(got)
+        })())
+    }
 }
 
 impl Read for GeneratedReader {
@@ -596,6 +644,9 @@ impl Read for GeneratedReader {
         let n = (buf.len() as u64).min(self.end - self.pos);
         if n == 0 {
             return Ok(0);
+        }
+        if let Some(direct) = self.read_in_file(buf) {
+            return direct;
         }
         let mut out = io::Cursor::new(&mut buf[..n as usize]);
         self.tar.write_range(self.pos, self.pos + n, &mut out)?;

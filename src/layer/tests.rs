@@ -525,6 +525,22 @@ fn readers_match_write_range_for_every_kind() {
     }
     std::fs::write(&file_path, &whole[..100]).unwrap();
     assert!(file.clone().reader(0, size).is_err(), "shrunk tar file");
+    // A large file is read straight from a descriptor kept open across
+    // reads: shrinking it mid-stream is an error there too.
+    let big = t.path().join("abc-pkg/big");
+    let content = std::fs::read(&big).unwrap();
+    let at = whole
+        .windows(content.len())
+        .position(|w| w == content.as_slice())
+        .unwrap();
+    let mut r = generated.clone().reader(0, size).unwrap();
+    let mut head = vec![0u8; at + 100_000];
+    r.read_exact(&mut head).unwrap();
+    // Truncated in place: the open descriptor sees it.
+    std::fs::OpenOptions::new().write(true).open(&big).unwrap().set_len(5).unwrap();
+    let mut rest = Vec::new();
+    let err = r.read_to_end(&mut rest).unwrap_err();
+    assert!(err.to_string().contains("big"), "{err}");
 }
 
 #[test]

@@ -125,7 +125,11 @@ pub async fn get(
                 };
                 let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
                 let served = Served::new(&images.events, client, &digest, compression);
-                let keep = full && images.wants_hot(&digest, size, tar.entry_count());
+                let keep = if full {
+                    images.claim_hot(&digest, size, tar.entry_count())
+                } else {
+                    None
+                };
                 let stream = Stream {
                     images: images.clone(),
                     digest,
@@ -188,7 +192,7 @@ struct Stream {
     /// identity changed while it streamed is cut short.
     identity: Option<crate::layer::Identity>,
     /// Keep the chunks, to serve this small layer from memory once verified.
-    keep: bool,
+    keep: Option<crate::images::HotClaim>,
     tar: Arc<crate::layer::LayerTar>,
     len: u64,
     /// The stream ends at the blob's end (so a whole body completes a blob).
@@ -222,7 +226,7 @@ impl Stream {
             next: Some(first),
             hasher: self.verify.then(Sha256::new),
             sent: 0,
-            kept: self.keep.then(Vec::new),
+            kept: self.keep.is_some().then(Vec::new),
         };
         let mut counted = 0;
         loop {
@@ -300,7 +304,7 @@ impl Stream {
     /// as they were before it was read. Then the layer is trusted (and kept
     /// in memory if small); if they changed, a trusted stream is cut short
     /// and the next GET hashes the layer again.
-    async fn unchanged(&self, last: Bytes, kept: Option<Vec<Bytes>>) -> io::Result<Bytes> {
+    async fn unchanged(&mut self, last: Bytes, kept: Option<Vec<Bytes>>) -> io::Result<Bytes> {
         let Some(before) = self.identity else {
             return Ok(last);
         };
@@ -317,9 +321,9 @@ impl Stream {
             return Ok(last);
         }
         self.images.layer_verified(&self.digest, before);
-        if let Some(mut chunks) = kept {
+        if let (Some(mut chunks), Some(claim)) = (kept, self.keep.take()) {
             chunks.push(last.clone());
-            self.images.keep_hot(&self.digest, chunks);
+            self.images.keep_hot(claim, chunks);
         }
         Ok(last)
     }
