@@ -69,6 +69,28 @@ impl TrustedLayers {
     }
 }
 
+impl TrustedLayers {
+    /// For a small layer of many files not in memory yet, when no other
+    /// stream collects it and the bytes being collected stay within the
+    /// budget.
+    fn claim(&self, digest: &str, size: u64, files: usize) -> Option<HotClaim> {
+        if size > HOT_MAX_LAYER || files < HOT_MIN_FILES || self.hot.as_ref()?.contains_key(digest)
+        {
+            return None;
+        }
+        let mut c = self.collecting.lock().unwrap_or_else(|e| e.into_inner());
+        if c.bytes + size > self.hot_bytes || !c.digests.insert(digest.to_string()) {
+            return None;
+        }
+        c.bytes += size;
+        Some(HotClaim {
+            collecting: self.collecting.clone(),
+            digest: digest.to_string(),
+            size,
+        })
+    }
+}
+
 impl super::Images {
     /// Whether `digest`'s files are as they were when its bytes last hashed
     /// to it.
@@ -91,24 +113,9 @@ impl super::Images {
     }
 
     /// A claim to collect the bytes of a layer of `size` bytes and `files`
-    /// files as it streams, to keep them in memory once verified: for a
-    /// small layer of many files not in memory yet, when no other stream
-    /// collects it and the bytes being collected stay within the budget.
+    /// files as it streams, to keep them in memory once verified.
     pub fn claim_hot(&self, digest: &str, size: u64, files: usize) -> Option<HotClaim> {
-        let t = &self.trusted;
-        if size > HOT_MAX_LAYER || files < HOT_MIN_FILES || t.hot.as_ref()?.contains_key(digest) {
-            return None;
-        }
-        let mut c = t.collecting.lock().unwrap_or_else(|e| e.into_inner());
-        if c.bytes + size > t.hot_bytes || !c.digests.insert(digest.to_string()) {
-            return None;
-        }
-        c.bytes += size;
-        Some(HotClaim {
-            collecting: t.collecting.clone(),
-            digest: digest.to_string(),
-            size,
-        })
+        self.trusted.claim(digest, size, files)
     }
 
     pub fn keep_hot(&self, claim: HotClaim, chunks: Vec<Bytes>) {
@@ -135,5 +142,34 @@ impl super::Images {
         let hit = self.trusted.hot.as_ref()?.get(digest);
         self.events.metrics.cache("hot_layer", hit.is_some());
         hit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn one_stream_collects_a_layer_within_the_budget() {
+        let t = TrustedLayers::new(10 * MIB);
+        let a = t
+            .claim("a", 6 * MIB, 100)
+            .expect("small layer of many files");
+        assert!(t.claim("a", 6 * MIB, 100).is_none(), "a second stream of a");
+        assert!(t.claim("b", 6 * MIB, 100).is_none(), "over the budget");
+        assert!(t.claim("c", MIB, 100).is_some(), "within it");
+        drop(a);
+        assert!(
+            t.claim("a", 6 * MIB, 100).is_some(),
+            "released when dropped"
+        );
+        assert!(t.claim("d", MIB, HOT_MIN_FILES - 1).is_none(), "few files");
+        assert!(t.claim("e", HOT_MAX_LAYER + 1, 100).is_none(), "too large");
+        assert!(
+            TrustedLayers::new(0).claim("a", MIB, 100).is_none(),
+            "no hot layers"
+        );
     }
 }

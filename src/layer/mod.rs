@@ -618,7 +618,9 @@ impl GeneratedReader {
         if *size <= SMALL_FILE || self.pos < data || self.pos >= data + size {
             return None;
         }
-        let n = (buf.len() as u64).min(data + size - self.pos).min(self.end - self.pos) as usize;
+        let n = (buf.len() as u64)
+            .min(data + size - self.pos)
+            .min(self.end - self.pos) as usize;
         Some((|| {
             if self.open.as_ref().map(|(i, _)| *i) != Some(at) {
                 let f = std::fs::File::open(source)?;
