@@ -39,6 +39,10 @@ in
     else if value ? stream && isDrv value.stream && value.stream ? conf && isDrv value.stream.conf then value.stream.conf
     else value;
   mainProgram = value.meta.mainProgram or null;
+  source = {
+    narHash = flake.sourceInfo.narHash or null;
+    rev = flake.sourceInfo.rev or null;
+  };
   names = map (n:
     let d = builtins.tryEval (packages.${n}.meta.description or null); in
     { name = n; description = if d.success && builtins.isString d.value then d.value else null; })
@@ -112,6 +116,18 @@ pub struct PathInfo {
     pub nar_size: u64,
     #[serde(default)]
     pub references: Vec<PathBuf>,
+    #[serde(rename = "narHash", default)]
+    pub nar_hash: String,
+    #[serde(default)]
+    pub deriver: Option<PathBuf>,
+}
+
+/// The flake source as Nix locked it for an evaluation.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FlakeLock {
+    #[serde(rename = "narHash")]
+    pub nar_hash: Option<String>,
+    pub rev: Option<String>,
 }
 
 pub struct Nix {
@@ -259,6 +275,18 @@ impl Nix {
     pub async fn main_program(&self, t: &BuildTarget) -> Result<Option<String>> {
         let mut args = vec!["eval".to_string(), "--json".into()];
         args.extend(expr_args(t, "mainProgram"));
+        let out = self
+            .run(Kind::Eval, &args)
+            .await
+            .map_err(|f| classify_flake(t, f, self.timeout))?;
+        serde_json::from_slice(&out).map_err(RegistryError::internal)
+    }
+
+    /// The flake source's narHash and commit, as the build's evaluation
+    /// locks them (for provenance).
+    pub async fn flake_lock(&self, t: &BuildTarget) -> Result<FlakeLock> {
+        let mut args = vec!["eval".to_string(), "--json".into()];
+        args.extend(expr_args(t, "source"));
         let out = self
             .run(Kind::Eval, &args)
             .await

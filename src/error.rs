@@ -45,6 +45,8 @@ pub enum RegistryError {
     ReadOnly { method: String },
     #[error("no such endpoint: {path}")]
     NoSuchEndpoint { path: String },
+    #[error("this registry signs nothing: start it with --signing-key to sign manifests")]
+    NotSigning,
     #[error("invalid pagination: {reason}")]
     PaginationInvalid { reason: String },
     #[error("invalid warm request: {reason}")]
@@ -152,6 +154,7 @@ impl RegistryError {
             BuildTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UNKNOWN"),
             ReadOnly { .. } => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             NoSuchEndpoint { .. } => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
+            NotSigning => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
             PaginationInvalid { .. } => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
             WarmInvalid { .. } | WebhookInvalid { .. } => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             WebhookDenied { .. } => (StatusCode::FORBIDDEN, "DENIED"),

@@ -6,7 +6,8 @@
 //! (which tags may be built) -> [`resolve`] (name + tag -> target) ->
 //! [`build`] (which nix commands) -> [`scheduler`] (runs every nix and git
 //! process, bounded) -> [`plan`] (layers) -> [`layer`] (tar bytes) ->
-//! [`manifest`] (JSON); [`images`] ties them together, [`index`] remembers
+//! [`manifest`] (JSON); [`provenance`] (SBOMs, build provenance and
+//! signatures attached to manifests); [`images`] ties them together, [`index`] remembers
 //! digests, [`retention`] bounds the state dir, [`watched`] reloads files
 //! that change (TLS pair, credentials), [`error`] maps failures to
 //! OCI JSON, [`redact`] keeps credentials out of replies and logs.
@@ -22,6 +23,7 @@ pub mod index;
 pub mod layer;
 pub mod manifest;
 pub mod plan;
+pub mod provenance;
 pub mod redact;
 pub mod refs;
 pub mod registry;

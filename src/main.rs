@@ -158,6 +158,13 @@ struct ServeArgs {
     #[arg(long, env = "FLAKEPORT_HOT_LAYERS_MIB", default_value_t = 128)]
     hot_layers_mib: u64,
 
+    /// ECDSA P-256 private key (PEM, PKCS#8 or SEC1) to sign every served
+    /// manifest with, cosign-compatible: signatures are referrers of the
+    /// manifest and `sha256-<hex>.sig` tags; the public key is at
+    /// /.well-known/flakeport/cosign.pub. Without it nothing is signed.
+    #[arg(long, env = "FLAKEPORT_SIGNING_KEY", value_name = "FILE")]
+    signing_key: Option<PathBuf>,
+
     /// htpasswd file of bcrypt entries (`htpasswd -B`): pulls need HTTP Basic
     /// credentials of one of its users. Read again when it changes.
     #[arg(long, env = "FLAKEPORT_HTPASSWD")]
@@ -441,6 +448,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .transpose()
         .context("opening the compressed layer cache")?;
     let events = flakeport::events::Events::new();
+    let signer = match &args.signing_key {
+        Some(path) => Some(
+            flakeport::provenance::Signer::from_file(path)
+                .map_err(anyhow::Error::msg)
+                .context("--signing-key")?,
+        ),
+        None => None,
+    };
+    let provenance = std::sync::Arc::new(
+        flakeport::provenance::Provenance::open(&state_dir, signer)
+            .context("opening the provenance records")?,
+    );
     let images = images::Images::new(
         images::Settings {
             flake,
@@ -468,6 +487,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             scheduler,
         ),
         events.clone(),
+        provenance,
     );
     events.start_pull_reports();
     let auth = flakeport::auth::Auth::new(

@@ -31,6 +31,15 @@ pub struct JsonBlob {
 }
 
 impl JsonBlob {
+    /// Bytes as they are (a document written elsewhere, pretty or not).
+    pub fn from_bytes(media_type: &str, bytes: Vec<u8>) -> JsonBlob {
+        JsonBlob {
+            digest: sha256_digest(&bytes),
+            media_type: media_type.to_string(),
+            bytes: Bytes::from(bytes),
+        }
+    }
+
     pub fn new(media_type: &str, value: &Value) -> JsonBlob {
         let bytes = serde_json::to_vec(value).expect("JSON values serialise");
         JsonBlob {

@@ -21,10 +21,17 @@ pub enum Blob {
 }
 
 impl Images {
+    /// A manifest or index served before (not a config or other blob).
     pub fn manifest_by_digest(&self, digest: &str) -> Option<Arc<JsonBlob>> {
         self.index
             .get_json(digest)
-            .filter(|b| b.media_type != crate::manifest::OCI_CONFIG)
+            .filter(|b| crate::manifest::known_media_type(&b.media_type) != "other")
+    }
+
+    /// A provenance document, fetchable by digest like the image's own
+    /// (see [`crate::registry`]'s referrers).
+    pub fn keep_document(&self, blob: &JsonBlob) -> std::io::Result<()> {
+        self.index.put_json(blob)
     }
 
     pub async fn blob(&self, digest: &str) -> Result<Blob> {

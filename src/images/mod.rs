@@ -150,6 +150,9 @@ pub struct Images {
     trusted: trusted::TrustedLayers,
     /// Where builds, cache lookups and digest passes are reported.
     pub events: Arc<Events>,
+    /// What each produced image was made of: its SBOMs, provenance and
+    /// signatures (see [`crate::provenance`]).
+    pub provenance: Arc<crate::provenance::Provenance>,
 }
 
 impl Images {
@@ -160,6 +163,7 @@ impl Images {
         compressed: Option<CompressedCache>,
         refs: RefGate,
         events: Arc<Events>,
+        provenance: Arc<crate::provenance::Provenance>,
     ) -> Arc<Images> {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -207,6 +211,7 @@ impl Images {
             pushes_failed: Default::default(),
             catalog: catalog::Catalog::new(ttl),
             events,
+            provenance,
         })
     }
 

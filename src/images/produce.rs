@@ -27,19 +27,31 @@ impl Images {
         let started = Instant::now();
         let built;
         let outputs;
+        let closure;
+        let mut lock = None;
         let log = |line: &str| build.log_line(line);
         let plan = match key {
             ImageKey::Flake(t) => {
-                let out = self.nix.build(t, &log).await?;
+                // The source's narHash for provenance, read beside the build
+                // (an evaluation of its own), so the manifest does not wait.
+                let (out, locked) = tokio::join!(self.nix.build(t, &log), self.nix.flake_lock(t));
+                let out = out?;
+                lock = locked
+                    .inspect_err(|e| tracing::warn!(image = %key, error = %e, "cannot read the flake's lock for provenance"))
+                    .ok();
                 built = started.elapsed();
                 outputs = vec![out.clone()];
-                self.plan_flake_output(t, &out).await?
+                let (plan, infos) = self.plan_flake_output(t, &out).await?;
+                closure = infos;
+                plan
             }
             ImageKey::Packages(t) => {
                 let outs = self.nix.build_packages(t, &log).await?;
                 built = started.elapsed();
                 outputs = outs.clone();
-                let graph = self.graph(&outs).await?;
+                let infos = self.nix.closure(&outs).await?;
+                closure = infos.clone();
+                let graph = graph_of(infos);
                 let (shell, arch) = (t.shell, oci_arch(&t.system).to_string());
                 tokio::task::spawn_blocking(move || plan::plan_packages(&outs, graph, shell, &arch))
                     .await
@@ -103,6 +115,10 @@ impl Images {
                 .collect(),
             built_at: std::time::SystemTime::now(),
         };
+        let record = record(key, &plan, &docs, &summary, &outputs, &closure, lock);
+        if let Err(e) = self.provenance.remember(record) {
+            tracing::warn!(image = %key, error = %e, "cannot keep the image's provenance record");
+        }
         Ok(Produced {
             docs,
             outputs,
@@ -110,11 +126,12 @@ impl Images {
         })
     }
 
+    /// The output's plan, and its closure (with narHashs, for provenance).
     async fn plan_flake_output(
         &self,
         target: &BuildTarget,
         out: &std::path::Path,
-    ) -> Result<ImagePlan> {
+    ) -> Result<(ImagePlan, Vec<PathInfo>)> {
         let arch = oci_arch(&target.system).to_string();
         let not_image = |reason: String| RegistryError::NotAnImage {
             target: target.to_string(),
@@ -139,12 +156,8 @@ impl Images {
             .map_err(|e| not_image(e.to_string()))?;
         let Some(plan) = planned else {
             let main_program = self.nix.main_program(target).await?;
-            return Ok(plan::plan_package(
-                out,
-                graph_of(infos),
-                main_program,
-                &arch,
-            ));
+            let plan = plan::plan_package(out, graph_of(infos.clone()), main_program, &arch);
+            return Ok((plan, infos));
         };
         for layer in &plan.layers {
             for path in layer.source.reads() {
@@ -158,11 +171,7 @@ impl Images {
                     .map_err(|e| not_image(e.to_string()))?;
             }
         }
-        Ok(plan)
-    }
-
-    async fn graph(&self, outs: &[PathBuf]) -> Result<Vec<GraphNode>> {
-        Ok(graph_of(self.nix.closure(outs).await?))
+        Ok((plan, infos))
     }
 
     /// One streaming pass per layer not digested before, in parallel.
@@ -254,4 +263,107 @@ fn graph_of(closure: Vec<PathInfo>) -> Vec<GraphNode> {
             references: p.references,
         })
         .collect()
+}
+
+/// What the provenance documents of this image say: the store paths its
+/// layers read (with their closure within the image), where it came from,
+/// the manifests it is served as.
+fn record(
+    key: &ImageKey,
+    plan: &ImagePlan,
+    docs: &ImageDocuments,
+    summary: &ImageSummary,
+    outputs: &[PathBuf],
+    closure: &[PathInfo],
+    lock: Option<crate::build::FlakeLock>,
+) -> crate::provenance::Record {
+    use crate::provenance::{record::store_path_of, Component, Described, Record, Source};
+    use crate::redact::redact;
+    use std::collections::BTreeSet;
+    // The store paths the image holds under /nix/store: the conf or stream
+    // script it came from is in the output's closure but not in the image,
+    // and a tree copied to / (a customisation layer) is no package.
+    let in_image: BTreeSet<PathBuf> = plan
+        .layers
+        .iter()
+        .flat_map(|l| l.source.store_paths())
+        .filter_map(store_path_of)
+        .collect();
+    let by_path: std::collections::HashMap<&std::path::Path, &PathInfo> =
+        closure.iter().map(|p| (p.path.as_path(), p)).collect();
+    // An image holds the closure of what it reads (the layers of a conf
+    // are closures); follow references to be sure none is left out.
+    let mut all = in_image.clone();
+    let mut todo: Vec<PathBuf> = in_image.into_iter().collect();
+    while let Some(p) = todo.pop() {
+        if let Some(info) = by_path.get(p.as_path()) {
+            for r in &info.references {
+                if all.insert(r.clone()) {
+                    todo.push(r.clone());
+                }
+            }
+        }
+    }
+    let components = all
+        .iter()
+        .filter_map(|p| by_path.get(p.as_path()))
+        .map(|info| Component {
+            path: info.path.display().to_string(),
+            nar_hash: info.nar_hash.clone(),
+            nar_size: info.nar_size,
+            references: info
+                .references
+                .iter()
+                .filter(|r| **r != info.path)
+                .map(|r| r.display().to_string())
+                .collect(),
+            deriver: info.deriver.as_ref().map(|d| d.display().to_string()),
+            licenses: vec![],
+        })
+        .collect();
+    let derivations = outputs
+        .iter()
+        .filter_map(|o| by_path.get(o.as_path())?.deriver.as_ref())
+        .map(|d| d.display().to_string())
+        .collect();
+    let source = match key {
+        ImageKey::Flake(t) => {
+            let lock = lock.unwrap_or_default();
+            Source::Flake {
+                url: redact(&t.flake_ref).into_owned(),
+                evaluated: redact(t.eval_ref()).into_owned(),
+                attribute: t.attr_path.join("."),
+                revision: lock.rev.or_else(|| t.revision()),
+                nar_hash: lock.nar_hash,
+            }
+        }
+        ImageKey::Packages(t) => Source::Packages {
+            set: redact(&t.location).into_owned(),
+            packages: t.packages.clone(),
+            revision: (!t.rev.is_empty()).then(|| t.rev.clone()),
+        },
+    };
+    let described = |b: &crate::manifest::JsonBlob| Described {
+        media_type: b.media_type.clone(),
+        digest: b.digest.clone(),
+        size: b.bytes.len() as u64,
+    };
+    Record {
+        name: summary.subject.name.clone(),
+        tag: summary.subject.tag.clone(),
+        system: key.system().to_string(),
+        platform: summary.platform.clone(),
+        oci: described(&docs.oci),
+        docker: described(&docs.docker),
+        created: summary
+            .config
+            .get("created")
+            .and_then(|c| c.as_str())
+            .unwrap_or("1970-01-01T00:00:00Z")
+            .to_string(),
+        source,
+        outputs: outputs.iter().map(|o| o.display().to_string()).collect(),
+        derivations,
+        components,
+    }
 }

@@ -137,9 +137,12 @@ fn dump(name: &str, bytes: &[u8]) {
     }
 }
 
+/// Name, mode, uid, gid, link target and size of one member.
+type Listed = (Vec<u8>, u32, u64, u64, Option<Vec<u8>>, u64);
+
 /// Names as the `tar` crate reads them back (PAX applied), with modes,
 /// ids and link targets.
-fn listing(bytes: &[u8]) -> Vec<(Vec<u8>, u32, u64, u64, Option<Vec<u8>>, u64)> {
+fn listing(bytes: &[u8]) -> Vec<Listed> {
     let mut a = ::tar::Archive::new(bytes);
     let mut out = Vec::new();
     for e in a.entries().unwrap() {

@@ -169,6 +169,21 @@ impl LayerSource {
         }
     }
 
+    /// The store paths this layer holds as store paths (under `/nix/store`
+    /// in the image): not trees copied to `/`, not archives unpacked.
+    pub fn store_paths(&self) -> Vec<&Path> {
+        match self {
+            LayerSource::StorePaths { paths, .. } => paths.iter().map(PathBuf::as_path).collect(),
+            LayerSource::Parts { parts } => {
+                parts.iter().flat_map(LayerSource::store_paths).collect()
+            }
+            LayerSource::RootTree { .. }
+            | LayerSource::TarFile { .. }
+            | LayerSource::ArchiveMember { .. }
+            | LayerSource::Links { .. } => vec![],
+        }
+    }
+
     /// What this layer opens through symlinks (a tar, an archive, a tree's
     /// top): each must really lie inside the closure, not just by name.
     pub fn opens(&self) -> Vec<&Path> {

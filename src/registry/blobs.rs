@@ -81,6 +81,13 @@ pub async fn get(
                 // since (same identity), by comparing the identity again at
                 // its end. A small layer verified before comes from memory.
                 let full = range.is_none();
+                if full {
+                    if let Some(bytes) = images.hot_layer(&digest) {
+                        let served = Served::new(&images.events, client, &digest, compression);
+                        let body = from_memory(images.clone(), digest, tar, bytes, served, slot);
+                        return resp.body(body).map_err(RegistryError::internal);
+                    }
+                }
                 let identity = if full {
                     let t = tar.clone();
                     match tokio::task::spawn_blocking(move || t.identity())
@@ -96,15 +103,6 @@ pub async fn get(
                 let trusted = identity.is_some_and(|i| images.layer_trusted(&digest, i));
                 if full {
                     images.events.metrics.cache("verified_layer", trusted);
-                }
-                if trusted {
-                    if let Some(bytes) = images.hot_layer(&digest) {
-                        let mut served = Served::new(&images.events, client, &digest, compression);
-                        served.sent(size, true);
-                        return resp
-                            .body(Body::from(bytes))
-                            .map_err(RegistryError::internal);
-                    }
                 }
                 // The first chunk is read before the status is sent: a layer
                 // that cannot be read at all gets an error reply, not a cut body.
@@ -148,6 +146,69 @@ pub async fn get(
         }
     };
     resp.body(body).map_err(RegistryError::internal)
+}
+
+/// A small layer verified before, from memory. Its files' identity is
+/// taken while the bytes go out, and the last chunk waits for it: taken
+/// first, the 3000 stats of a layer of 3000 files cost as much as sending
+/// its 7 MiB. If the files changed, the store's bytes are hashed at once:
+/// when they no longer match, the body is cut short and the digest dropped,
+/// as a streamed layer's would be; when they still match (only touched),
+/// the body completes and the next GET verifies afresh.
+fn from_memory(
+    images: Arc<Images>,
+    digest: String,
+    tar: Arc<crate::layer::LayerTar>,
+    bytes: Bytes,
+    mut served: Served,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Body {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(2);
+    let mut head = bytes;
+    let tail = head.split_off(head.len().saturating_sub(CHUNK));
+    tokio::spawn(async move {
+        let _slot = slot;
+        let checked = {
+            let tar = tar.clone();
+            tokio::task::spawn_blocking(move || tar.identity())
+        };
+        let head_len = head.len() as u64;
+        if head_len > 0 {
+            if tx.send(Ok(head)).await.is_err() {
+                return;
+            }
+            served.sent(head_len, false);
+        }
+        let now = checked.await.map_err(|e| io::Error::other(e.to_string()));
+        let trusted = matches!(&now, Ok(Ok(i)) if images.layer_trusted(&digest, *i));
+        images.events.metrics.cache("verified_layer", trusted);
+        let last = if trusted {
+            Ok(tail)
+        } else {
+            images.distrust_layer(&digest);
+            match tokio::task::spawn_blocking(move || tar.digest()).await {
+                Ok(Ok(d)) if d == digest => Ok(tail),
+                Ok(Ok(d)) => {
+                    tracing::error!(%digest, got = %d, "a layer in memory no longer matches the store; dropping its digest");
+                    images.layer_is_corrupt(&digest).await;
+                    Err(io::Error::other(
+                        "layer bytes changed since they were digested",
+                    ))
+                }
+                Ok(Err(e)) => {
+                    read_failed(&images, &digest, &e).await;
+                    Err(e)
+                }
+                Err(e) => Err(io::Error::other(e.to_string())),
+            }
+        };
+        let len = last.as_ref().map_or(0, |b| b.len() as u64);
+        let whole = last.is_ok();
+        if tx.send(last).await.is_ok() && whole {
+            served.sent(len, true);
+        }
+    });
+    Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// A single `bytes=` range, end exclusive. Multiple or malformed ranges get

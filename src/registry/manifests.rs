@@ -1,6 +1,6 @@
 //! GET/HEAD `/v2/<name>/manifests/<tag|digest>`.
 
-use super::route::Reference;
+use super::route::{digest_tag, Reference};
 use crate::error::{RegistryError, Result};
 use crate::images::Images;
 use crate::manifest::Accepts;
@@ -20,6 +20,10 @@ pub async fn get(
     let started = std::time::Instant::now();
     let waited = std::sync::atomic::AtomicBool::new(false);
     let blob = match reference {
+        Reference::Tag(tag) if digest_tag(tag).is_some() => {
+            let (digest, signature) = digest_tag(tag).expect("checked above");
+            super::referrers::tagged(images, name, &digest, signature, headers)?
+        }
         Reference::Tag(tag) => {
             let tagged = images.tagged_waiting(name, tag, &waited).await?;
             let accept: Vec<&str> = headers

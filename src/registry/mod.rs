@@ -4,6 +4,7 @@
 mod blobs;
 pub mod hooks;
 mod manifests;
+mod referrers;
 pub mod route;
 mod tags;
 pub mod warm;
@@ -122,6 +123,20 @@ pub fn app(images: Arc<Images>, settings: Settings) -> Router {
         .merge(warm_route)
         .merge(web_routes)
         .route("/healthz", get(|| async { "ok\n" }))
+        // Public by nature, so outside the auth: what verifiers need first.
+        .route(
+            "/.well-known/flakeport/cosign.pub",
+            get(|State(registry): State<Arc<Registry>>| async move {
+                match registry.images.provenance.signer() {
+                    Some(s) => (
+                        [(axum::http::header::CONTENT_TYPE, "application/x-pem-file")],
+                        s.public_key_pem().to_string(),
+                    )
+                        .into_response(),
+                    None => RegistryError::NotSigning.into_response(),
+                }
+            }),
+        )
         .fallback(|req: Request| async move {
             RegistryError::NoSuchEndpoint {
                 path: req.uri().path().to_string(),
@@ -243,6 +258,14 @@ async fn dispatch(
             blobs::get(images, streams, &digest, req.headers(), head, client).await
         }
         Route::Tags { name } => tags::get(images, &name, req.uri().query()).await,
+        Route::Referrers { name, digest } => referrers::get(
+            images,
+            &name,
+            &digest,
+            req.uri().query(),
+            req.headers(),
+            head,
+        ),
         Route::Catalog => tags::catalog(images, req.uri().query()).await,
     }
 }

@@ -34,6 +34,11 @@ pub enum Route {
     Tags {
         name: String,
     },
+    /// `/v2/<name>/referrers/<digest>`
+    Referrers {
+        name: String,
+        digest: String,
+    },
     /// `/v2/_catalog`
     Catalog,
 }
@@ -67,6 +72,12 @@ pub fn parse(rest: &str) -> Result<Route> {
         };
         return Ok(Route::Manifest { name, reference });
     }
+    if let Some((name, digest)) = rest.rsplit_once("/referrers/") {
+        return Ok(Route::Referrers {
+            name: valid_name(name)?,
+            digest: valid_digest(digest)?,
+        });
+    }
     if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
         let name = valid_name(name)?;
         return Ok(Route::Blob {
@@ -75,6 +86,36 @@ pub fn parse(rest: &str) -> Result<Route> {
         });
     }
     Err(no_endpoint())
+}
+
+/// The Host header, if it looks like a host (and port): what a client
+/// reached this server by, for pull lines and signed references.
+pub fn client_host(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let given = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())?;
+    let plausible = !given.is_empty()
+        && given.len() <= 255
+        && given
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
+    plausible.then_some(given)
+}
+
+/// `sha256-<hex>` (the referrers tag schema) and `sha256-<hex>.sig`
+/// (cosign's signature tag): the manifest digest they name, and whether it
+/// is the signature.
+pub fn digest_tag(tag: &str) -> Option<(String, bool)> {
+    let (hex, sig) = match tag.strip_suffix(".sig") {
+        Some(h) => (h, true),
+        None => (tag, false),
+    };
+    let hex = hex.strip_prefix("sha256-")?;
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then(|| (format!("sha256:{hex}"), sig))
 }
 
 /// Repository names as the distribution spec defines them:
@@ -198,6 +239,28 @@ mod tests {
             parse("a/tags/list").unwrap(),
             Route::Tags { name: "a".into() }
         );
+        assert_eq!(
+            parse(&format!("a/b/referrers/{D}")).unwrap(),
+            Route::Referrers {
+                name: "a/b".into(),
+                digest: D.into()
+            }
+        );
+        let h = "a".repeat(64);
+        assert_eq!(
+            digest_tag(&format!("sha256-{h}")),
+            Some((format!("sha256:{h}"), false))
+        );
+        assert_eq!(
+            digest_tag(&format!("sha256-{h}.sig")),
+            Some((format!("sha256:{h}"), true))
+        );
+        assert_eq!(digest_tag("sha256-abc"), None);
+        assert_eq!(digest_tag("v1.2"), None);
+        assert_eq!(
+            parse("a/tags/list").unwrap(),
+            Route::Tags { name: "a".into() }
+        );
         assert_eq!(parse("a/blobs/uploads/").unwrap(), Route::Upload);
         // A repository may itself be called "manifests" or "blobs".
         assert_eq!(
@@ -218,6 +281,7 @@ mod tests {
         assert_eq!(code("-a/manifests/latest"), "NAME_INVALID");
         assert_eq!(code("a/manifests/.hidden"), "TAG_INVALID");
         assert_eq!(code("a/manifests/sha256:abc"), "DIGEST_INVALID");
+        assert_eq!(code("a/referrers/sha256:abc"), "DIGEST_INVALID");
         assert_eq!(code("a/blobs/md5:abc"), "DIGEST_INVALID");
         assert_eq!(code("a/whatever"), "UNSUPPORTED");
         assert!(valid_name(&"a".repeat(256)).is_err());

@@ -104,21 +104,9 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// The host a client reached this server by, for pull lines: the request's
 /// Host header if it looks like a host (and port), else a placeholder.
 fn host(req: &Request) -> String {
-    let given = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let plausible = !given.is_empty()
-        && given.len() <= 255
-        && given
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
-    if plausible {
-        given.to_string()
-    } else {
-        "HOST:5000".to_string()
-    }
+    crate::registry::route::client_host(req.headers())
+        .unwrap_or("HOST:5000")
+        .to_string()
 }
 
 async fn home(State(web): State<Web>, req: Request) -> Response {
