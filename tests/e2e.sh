@@ -1848,6 +1848,19 @@ t_provenance() {
   for d in "$oci" "$docker"; do
     "$TOOLS_PY" "$ROOT/tests/provenance_check.py" "http://127.0.0.1:$PS" app "$d" "$W/prov-closure" "$W/cosign.pub"
   done
+  # The image page links each document.
+  curl -fsS -o "$W/prov-page.html" "http://127.0.0.1:$PS/images/app"
+  python3 - "$W/prov-page.html" "http://127.0.0.1:$PS" <<'PY'
+import json, re, sys, urllib.request
+page, base = open(sys.argv[1]).read(), sys.argv[2]
+links = dict((label, href) for href, label in re.findall(r'<a href="(/v2/app/[^"]+)">([^<]+)</a>', page))
+want = {"SBOM (CycloneDX)": "bomFormat", "SBOM (SPDX)": "spdxVersion", "Build provenance (SLSA)": "predicateType", "Signature payload (cosign)": "critical"}
+for label, key in want.items():
+    assert label in links, (label, links)
+    doc = json.load(urllib.request.urlopen(base + links[label]))
+    assert key in doc, (label, doc)
+assert "referrers" in links and json.load(urllib.request.urlopen(base + links["referrers"]))["manifests"], links
+PY
   # Clients pull the image as before: the same manifest as a server that
   # signs nothing, and containerd runs it.
   d=$(curl -fsS -o /dev/null -w '%header{docker-content-digest}' -H "Accept: $OCI_M" "http://$R/v2/app/manifests/latest")
@@ -1874,7 +1887,7 @@ t_provenance() {
   if "$BIN" serve "$W/repo" --listen 127.0.0.1:1 --state-dir "$W/state-ed" --signing-key "$W/ed.pem" > "$W/ed.log" 2>&1; then echo "started with an ed25519 key"; return 1; fi
   grep -q -- '--signing-key' "$W/ed.log"
 }
-check "provenance: referrers API and tag schema; CycloneDX and SPDX valid per their schemas and equal to nix path-info -r of the image's store paths; SLSA statement; cosign signature verified by openssl; deterministic across a restart; pulls unchanged" t_provenance
+check "provenance: referrers API and tag schema; the image page links each document; CycloneDX and SPDX valid per their schemas and equal to nix path-info -r of the image's store paths; SLSA statement; cosign signature verified by openssl; deterministic across a restart; pulls unchanged" t_provenance
 
 echo
 echo "e2e: $PASSED passed, ${#FAILED[@]} failed"

@@ -4,7 +4,7 @@
 mod blobs;
 pub mod hooks;
 mod manifests;
-mod referrers;
+pub mod referrers;
 pub mod route;
 mod tags;
 pub mod warm;

@@ -307,6 +307,7 @@ fn built_image(web: &Web, host: &str, name: &str, img: &ImageSummary, open: bool
             p.muted { "Docker flavour " code { (img.docker_digest) } }
             @if let Some(r) = &img.subject.revision { p { "Revision " code { (r) } } }
             (pull_lines(web, host, &format!("{name}@{}", img.manifest_digest)))
+            (provenance(web, host, name, &img.manifest_digest))
             h4 { "Layers" }
             table.layers {
                 thead { tr { th { "#" } th { "digest" } th { "size" } th { "contents" } } }
@@ -326,6 +327,26 @@ fn built_image(web: &Web, host: &str, name: &str, img: &ImageSummary, open: bool
             }
             h4 { "Config" }
             (config_rows(&img.config))
+        }
+    }
+}
+
+/// Links to the image's SBOMs, build provenance and signature, and to its
+/// referrers list (what `oras discover` and `cosign` read).
+fn provenance(web: &Web, host: &str, name: &str, digest: &str) -> Markup {
+    let documents = crate::registry::referrers::documents(&web.images, name, digest, host);
+    let label = |t: &str| match t {
+        crate::provenance::sbom::CYCLONEDX => "SBOM (CycloneDX)",
+        crate::provenance::sbom::SPDX => "SBOM (SPDX)",
+        crate::provenance::slsa::IN_TOTO => "Build provenance (SLSA)",
+        _ => "Signature payload (cosign)",
+    };
+    html! {
+        p.provenance {
+            @for (t, blob) in &documents {
+                a href=(format!("/v2/{name}/blobs/{blob}")) { (label(t)) } " · "
+            }
+            a href=(format!("/v2/{name}/referrers/{digest}")) { "referrers" }
         }
     }
 }
