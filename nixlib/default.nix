@@ -171,6 +171,13 @@ in
           perms = allPerms;
           rootLayer = root;
           roots = closureRoots;
+          # For SBOMs: each content's meta.license as SPDX identifiers
+          # (a license without one by its short name).
+          licenses = map (p: {
+            path = "${p}";
+            licenses = map (l: if builtins.isString l then l else l.spdxId or l.shortName or "NOASSERTION")
+              (toList (p.meta.license or [ ]));
+          }) (if includeStorePaths then contentsList else [ ]);
           layers = if includeStorePaths then map toList layers else [ ];
         }
         // (if includeStorePaths then { exportReferencesGraph.graph = closureRoots ++ [ root ]; } else { })

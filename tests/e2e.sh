@@ -1846,7 +1846,7 @@ t_provenance() {
   docker=$(curl -fsS -o /dev/null -w '%header{docker-content-digest}' -H "Accept: $DOCKER_M" "http://127.0.0.1:$PS/v2/app/manifests/latest")
   ne "$oci" "$docker" "OCI and Docker manifest digests"
   for d in "$oci" "$docker"; do
-    "$TOOLS_PY" "$ROOT/tests/provenance_check.py" "http://127.0.0.1:$PS" app "$d" "$W/prov-closure" "$W/cosign.pub"
+    LICENSES=greeter=MIT "$TOOLS_PY" "$ROOT/tests/provenance_check.py" "http://127.0.0.1:$PS" app "$d" "$W/prov-closure" "$W/cosign.pub"
   done
   # The image page links each document.
   curl -fsS -o "$W/prov-page.html" "http://127.0.0.1:$PS/images/app"
@@ -1879,7 +1879,7 @@ PY
   cmp "$W/prov-before" "$W/prov-after"
   grep -q 'cosign.artifact.sig' "$W/prov-after"
   # Without a key: SBOMs and provenance, no signature, nothing pretends.
-  "$TOOLS_PY" "$ROOT/tests/provenance_check.py" "http://$R" app "$oci" "$W/prov-closure"
+  LICENSES=greeter=MIT "$TOOLS_PY" "$ROOT/tests/provenance_check.py" "http://$R" app "$oci" "$W/prov-closure"
   expect_error GET "/v2/app/manifests/sha256-${oci#sha256:}.sig" 404 MANIFEST_UNKNOWN
   expect_error GET /.well-known/flakeport/cosign.pub 404 UNSUPPORTED "--signing-key"
   # A key that is no P-256 private key stops the server at start, named.

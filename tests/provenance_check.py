@@ -148,6 +148,12 @@ deps = {d["ref"]: set(d["dependsOn"]) for d in cdx["dependencies"]}
 for p in paths:
     check(deps[p] == set(info[p]["references"]) - {p}, f"{p}: dependencies are its references")
 check(cdx["metadata"]["component"]["bom-ref"] == DIGEST, "the BOM describes the image")
+# LICENSES="name=SPDX-ID,...": components whose meta.license the build read.
+import os
+licensed = dict(kv.split("=", 1) for kv in os.environ.get("LICENSES", "").split(",") if kv)
+for p, c in components.items():
+    want = [{"license": {"id": licensed[c["name"]]}}] if c["name"] in licensed else None
+    check(c.get("licenses") == want, f"{p}: licenses {c.get('licenses')} (want {want})")
 
 with tempfile.NamedTemporaryFile(suffix=".spdx.json") as f:
     f.write(spdx_bytes)
@@ -159,6 +165,9 @@ with tempfile.NamedTemporaryFile(suffix=".spdx.json") as f:
     messages = validate_full_spdx_document(doc)
     check(not messages, f"SPDX 2.3: {[m.validation_message for m in messages]}")
 spdx = json.loads(spdx_bytes)
+for p in spdx["packages"]:
+    if p["SPDXID"] != "SPDXRef-Image":
+        check(p["licenseDeclared"] == licensed.get(p["name"], "NOASSERTION"), f"SPDX {p['name']}: licenseDeclared {p['licenseDeclared']}")
 spdx_paths = sorted(p["sourceInfo"].removeprefix("store path ") for p in spdx["packages"] if p["SPDXID"] != "SPDXRef-Image")
 check(spdx_paths == paths, "SPDX packages are the closure")
 depends = sum(1 for r in spdx["relationships"] if r["relationshipType"] == "DEPENDS_ON")

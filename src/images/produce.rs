@@ -318,7 +318,7 @@ fn record(
                 .map(|r| r.display().to_string())
                 .collect(),
             deriver: info.deriver.as_ref().map(|d| d.display().to_string()),
-            licenses: vec![],
+            licenses: plan.licenses.get(&info.path).cloned().unwrap_or_default(),
         })
         .collect();
     let derivations = outputs

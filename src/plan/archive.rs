@@ -124,6 +124,7 @@ pub fn read(path: &Path, arch: &str) -> Result<ImagePlan, PlanError> {
         layers: planned,
         base_history: config["history"].as_array().cloned().unwrap_or_default(),
         variant: config["variant"].as_str().map(str::to_string),
+        licenses: Default::default(),
     })
 }
 

@@ -54,6 +54,9 @@ pub struct ImagePlan {
     /// The platform variant (`v8` for arm64, `v7` for armv7l): what an index
     /// entry and the config say beside the architecture.
     pub variant: Option<String>,
+    /// SPDX license identifiers by store path, where the input says them
+    /// (a nixlib conf reads its contents' `meta.license`): for SBOMs.
+    pub licenses: std::collections::BTreeMap<PathBuf, Vec<String>>,
 }
 
 impl ImagePlan {
@@ -369,9 +372,12 @@ pub fn merge_env(base: &Value, own: &Value) -> Option<Value> {
 fn on_base(base: ImagePlan, mut own: ImagePlan) -> ImagePlan {
     let mut layers = base.layers;
     layers.append(&mut own.layers);
+    let mut licenses = base.licenses;
+    licenses.append(&mut own.licenses);
     ImagePlan {
         layers,
         base_history: base.base_history,
+        licenses,
         ..own
     }
 }

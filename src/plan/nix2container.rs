@@ -114,6 +114,7 @@ pub fn plan(image: Image, system_arch: &str, closure: &Closure) -> Result<ImageP
         created,
         layers,
         base_history: vec![],
+        licenses: Default::default(),
         variant: None,
     })
 }

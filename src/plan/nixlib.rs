@@ -48,6 +48,16 @@ pub struct ConfV1 {
     /// `rootLayer`'s tree.
     #[serde(default)]
     root_layer_tar: Option<PathBuf>,
+    /// `meta.license` of each of `contents`, as SPDX identifiers.
+    #[serde(default)]
+    licenses: Vec<LicensedV1>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LicensedV1 {
+    path: PathBuf,
+    #[serde(default)]
+    licenses: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +156,12 @@ pub fn plan(
         created: created(conf.created),
         layers,
         base_history: vec![],
+        licenses: conf
+            .licenses
+            .into_iter()
+            .filter(|l| !l.licenses.is_empty())
+            .map(|l| (l.path, l.licenses))
+            .collect(),
         variant: None,
     };
     Ok(match base {

@@ -77,6 +77,7 @@ pub fn plan(
         created: created(conf.created),
         layers,
         base_history: vec![],
+        licenses: Default::default(),
         variant: None,
     };
     Ok(match base {

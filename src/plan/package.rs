@@ -48,6 +48,7 @@ pub fn plan_package(
         created: DEFAULT_CREATED.into(),
         layers,
         base_history: vec![],
+        licenses: Default::default(),
         variant: None,
     }
 }
@@ -105,6 +106,7 @@ pub fn plan_packages(
         created: DEFAULT_CREATED.into(),
         layers,
         base_history: vec![],
+        licenses: Default::default(),
         variant: None,
     }
 }
