@@ -105,11 +105,18 @@ fn artifacts(
 
 /// The document of each artifact of `digest` (artifact type, blob digest),
 /// fetchable at `/v2/<name>/blobs/<digest>`: for the web page's links.
-pub fn documents(images: &Arc<Images>, name: &str, digest: &str, host: &str) -> Vec<(&'static str, String)> {
+pub fn documents(
+    images: &Arc<Images>,
+    name: &str,
+    digest: &str,
+    host: &str,
+) -> Vec<(&'static str, String)> {
     let Some(subject) = images.manifest_by_digest(digest) else {
         return vec![];
     };
-    let artifacts = images.provenance.artifacts(&subject, &format!("{host}/{name}"));
+    let artifacts = images
+        .provenance
+        .artifacts(&subject, &format!("{host}/{name}"));
     if keep(images, &artifacts).is_err() {
         return vec![];
     }
