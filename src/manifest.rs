@@ -290,6 +290,7 @@ mod tests {
                 known: None,
             }],
             base_history: vec![],
+            licenses: Default::default(),
             variant: None,
         }
     }
