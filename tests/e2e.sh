@@ -1882,12 +1882,20 @@ PY
   LICENSES=greeter=MIT "$TOOLS_PY" "$ROOT/tests/provenance_check.py" "http://$R" app "$oci" "$W/prov-closure"
   expect_error GET "/v2/app/manifests/sha256-${oci#sha256:}.sig" 404 MANIFEST_UNKNOWN
   expect_error GET /.well-known/flakeport/cosign.pub 404 UNSUPPORTED "--signing-key"
+  # cosign's own key file (scrypt N=32768 as cosign writes it) opens with
+  # COSIGN_PASSWORD: the same public key.
+  "$TOOLS_PY" "$ROOT/tests/cosign_key.py" "$W/signing.pem" 'pass word' 32768 > "$W/cosign.key"
+  COSIGN_PASSWORD='pass word' start_server PS3 "$W/state-cosign-key" --signing-key "$W/cosign.key"
+  curl -fsS -o "$W/cosign3.pub" "http://127.0.0.1:$PS3/.well-known/flakeport/cosign.pub"
+  cmp "$W/cosign.pub" "$W/cosign3.pub"
+  if COSIGN_PASSWORD=wrong "$BIN" serve "$W/repo" --listen 127.0.0.1:1 --state-dir "$W/state-ck" --signing-key "$W/cosign.key" > "$W/ck.log" 2>&1; then echo "started with a wrong password"; return 1; fi
+  grep -q 'wrong COSIGN_PASSWORD' "$W/ck.log"
   # A key that is no P-256 private key stops the server at start, named.
   openssl genpkey -algorithm ed25519 -out "$W/ed.pem" 2>/dev/null
   if "$BIN" serve "$W/repo" --listen 127.0.0.1:1 --state-dir "$W/state-ed" --signing-key "$W/ed.pem" > "$W/ed.log" 2>&1; then echo "started with an ed25519 key"; return 1; fi
   grep -q -- '--signing-key' "$W/ed.log"
 }
-check "provenance: referrers API and tag schema; the image page links each document; CycloneDX and SPDX valid per their schemas and equal to nix path-info -r of the image's store paths; SLSA statement; cosign signature verified by openssl; deterministic across a restart; pulls unchanged" t_provenance
+check "provenance: referrers API and tag schema; the image page links each document; CycloneDX and SPDX valid per their schemas and equal to nix path-info -r of the image's store paths; SLSA statement; cosign signature verified by openssl, cosign key files opened; deterministic across a restart; pulls unchanged" t_provenance
 
 echo
 echo "e2e: $PASSED passed, ${#FAILED[@]} failed"
