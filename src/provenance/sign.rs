@@ -138,18 +138,16 @@ fn decrypt_cosign(body: &str, password: &str) -> Result<Vec<u8>, String> {
     let mut key = [0u8; 32];
     scrypt::scrypt(password.as_bytes(), &salt, &params, &mut key)
         .map_err(|e| bad(&e.to_string()))?;
-    let nonce = b64.decode(&sealed.cipher.nonce).map_err(|_| bad("nonce"))?;
-    if nonce.len() != 24 {
-        return Err(bad("the nonce is not 24 bytes"));
-    }
+    let nonce: [u8; 24] = b64
+        .decode(&sealed.cipher.nonce)
+        .map_err(|_| bad("nonce"))?
+        .try_into()
+        .map_err(|_| bad("the nonce is not 24 bytes"))?;
     let ciphertext = b64
         .decode(&sealed.ciphertext)
         .map_err(|_| bad("ciphertext"))?;
     crypto_secretbox::XSalsa20Poly1305::new(&key.into())
-        .decrypt(
-            crypto_secretbox::Nonce::from_slice(&nonce),
-            ciphertext.as_slice(),
-        )
+        .decrypt(&nonce.into(), ciphertext.as_slice())
         .map_err(|_| "cannot decrypt the cosign key: wrong COSIGN_PASSWORD?".to_string())
 }
 
