@@ -135,6 +135,9 @@ pub struct Nix {
     timeout: Duration,
     /// Runs every nix process, within the bounds for all processes.
     pub scheduler: Arc<Scheduler>,
+    /// Locks of sources evaluated at a commit: they never change, so one
+    /// evaluation serves every image built from the same commit.
+    locks: moka::future::Cache<String, FlakeLock>,
 }
 
 const LOG_TAIL_LINES: usize = 25;
@@ -160,6 +163,7 @@ impl Nix {
             gcroots,
             timeout,
             scheduler,
+            locks: moka::future::Cache::new(10_000),
         })
     }
 
@@ -285,13 +289,23 @@ impl Nix {
     /// The flake source's narHash and commit, as the build's evaluation
     /// locks them (for provenance).
     pub async fn flake_lock(&self, t: &BuildTarget) -> Result<FlakeLock> {
-        let mut args = vec!["eval".to_string(), "--json".into()];
-        args.extend(expr_args(t, "source"));
-        let out = self
-            .run(Kind::Eval, &args)
+        let eval = || async {
+            let mut args = vec!["eval".to_string(), "--json".into()];
+            args.extend(expr_args(t, "source"));
+            let out = self
+                .run(Kind::Eval, &args)
+                .await
+                .map_err(|f| classify_flake(t, f, self.timeout))?;
+            serde_json::from_slice(&out).map_err(RegistryError::internal)
+        };
+        // `latest` of a work tree can change between two builds.
+        if t.locked_ref.is_none() {
+            return eval().await;
+        }
+        self.locks
+            .try_get_with(t.eval_ref().to_string(), eval())
             .await
-            .map_err(|f| classify_flake(t, f, self.timeout))?;
-        serde_json::from_slice(&out).map_err(RegistryError::internal)
+            .map_err(|e: Arc<RegistryError>| (*e).clone())
     }
 
     /// The names of `packages.<system>` that are derivations: every one is

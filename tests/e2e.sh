@@ -1863,11 +1863,12 @@ assert "referrers" in links and json.load(urllib.request.urlopen(base + links["r
 PY
   # Clients pull the image as before: the same manifest as a server that
   # signs nothing, and containerd runs it.
-  d=$(curl -fsS -o /dev/null -w '%header{docker-content-digest}' -H "Accept: $OCI_M" "http://$R/v2/app/manifests/latest")
+  start_server PN "$W/state-unsigned"
+  d=$(curl -fsS -o /dev/null -w '%header{docker-content-digest}' -H "Accept: $OCI_M" "http://127.0.0.1:$PN/v2/app/manifests/latest")
   eq "$d" "$oci" "app's digest on a server without a key"
   ctr image pull --plain-http "127.0.0.1:$PS/app:latest" >/dev/null
   out=$(ctr run --rm "127.0.0.1:$PS/app:latest" "fpp-$$")
-  eq "$out" 'greetings v2 as 1000' "ctr run app from the signing server"
+  eq "$out" "greetings $(cat "$W/repo/version") as 1000" "ctr run app from the signing server"
   ctr image rm "127.0.0.1:$PS/app:latest" >/dev/null
   # A restart builds nothing and answers the same: the record was kept,
   # the documents and signatures are deterministic (the signed reference
@@ -1879,7 +1880,8 @@ PY
   cmp "$W/prov-before" "$W/prov-after"
   grep -q 'cosign.artifact.sig' "$W/prov-after"
   # Without a key: SBOMs and provenance, no signature, nothing pretends.
-  LICENSES=greeter=MIT "$TOOLS_PY" "$ROOT/tests/provenance_check.py" "http://$R" app "$oci" "$W/prov-closure"
+  LICENSES=greeter=MIT "$TOOLS_PY" "$ROOT/tests/provenance_check.py" "http://127.0.0.1:$PN" app "$oci" "$W/prov-closure"
+  local R=127.0.0.1:$PN
   expect_error GET "/v2/app/manifests/sha256-${oci#sha256:}.sig" 404 MANIFEST_UNKNOWN
   expect_error GET /.well-known/flakeport/cosign.pub 404 UNSUPPORTED "--signing-key"
   # cosign's own key file (scrypt N=32768 as cosign writes it) opens with

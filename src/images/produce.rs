@@ -32,16 +32,18 @@ impl Images {
         let log = |line: &str| build.log_line(line);
         let plan = match key {
             ImageKey::Flake(t) => {
-                // The source's narHash for provenance, read beside the build
-                // (an evaluation of its own), so the manifest does not wait.
-                let (out, locked) = tokio::join!(self.nix.build(t, &log), self.nix.flake_lock(t));
-                let out = out?;
+                let out = self.nix.build(t, &log).await?;
+                built = started.elapsed();
+                outputs = vec![out.clone()];
+                // The source's narHash for provenance: an evaluation of its
+                // own (once per commit), beside the planning, and only for
+                // a build that succeeded.
+                let (planned, locked) =
+                    tokio::join!(self.plan_flake_output(t, &out), self.nix.flake_lock(t));
                 lock = locked
                     .inspect_err(|e| tracing::warn!(image = %key, error = %e, "cannot read the flake's lock for provenance"))
                     .ok();
-                built = started.elapsed();
-                outputs = vec![out.clone()];
-                let (plan, infos) = self.plan_flake_output(t, &out).await?;
+                let (plan, infos) = planned?;
                 closure = infos;
                 plan
             }
