@@ -363,6 +363,7 @@ fn init_log(format: &str) {
 fn main() -> anyhow::Result<()> {
     // Before any thread starts: set_var is only sound single-threaded.
     apply_nixery_aliases();
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let args = match (cli.command, cli.serve) {
         (Some(Command::Serve(a)), _) => *a,
@@ -381,6 +382,24 @@ fn main() -> anyhow::Result<()> {
         .max_blocking_threads(128)
         .build()?
         .block_on(serve(args))
+}
+
+/// glibc gives each thread that allocates its own arena, up to 8 per core,
+/// and keeps what each arena freed. Layer chunks are allocated on blocking
+/// threads and freed on the runtime's, so after a burst of streams every
+/// arena holds its high-water mark. Two arenas: peak RSS with 64 clients
+/// on 64 layers went from 71-76 MiB to 59-61 MiB, at the same throughput
+/// (wide64, after 16 clients pulled img192, small3000 and big128). `MALLOC_ARENA_MAX`
+/// in the environment still decides, as glibc documents.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before
+        // any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
 }
 
 fn warm(w: WarmArgs) -> anyhow::Result<()> {
