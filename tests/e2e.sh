@@ -84,7 +84,7 @@ status() { # status URL [CURL ARGS...]: the HTTP status code; fails if nothing a
 }
 sha_file() { # sha_file FILE: sha256:<hex>
   local sum
-  sum=$(sha256sum < "$1")
+  sum=$(sha256sum < "$1") || return 1
   echo "sha256:${sum%% *}"
 }
 blob_sha() { # blob_sha URL: download (failing on any HTTP error) and hash

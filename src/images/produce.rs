@@ -25,49 +25,26 @@ impl Images {
     /// the build's log goes to `build` as it comes.
     pub(super) async fn produce(&self, key: &ImageKey, build: &Build) -> Result<Produced> {
         let started = Instant::now();
-        let built;
-        let outputs;
-        let closure;
-        let mut lock = None;
         let log = |line: &str| build.log_line(line);
-        let plan = match key {
-            ImageKey::Flake(t) => {
-                let out = self.nix.build(t, &log).await?;
-                built = started.elapsed();
-                outputs = vec![out.clone()];
-                // The source's narHash for provenance: an evaluation of its
-                // own (once per commit), beside the planning, and only for
-                // a build that succeeded.
-                let (planned, locked) =
-                    tokio::join!(self.plan_flake_output(t, &out), self.nix.flake_lock(t));
-                lock = locked
-                    .inspect_err(|e| tracing::warn!(image = %key, error = %e, "cannot read the flake's lock for provenance"))
-                    .ok();
-                let (plan, infos) = planned?;
-                closure = infos;
-                plan
-            }
-            ImageKey::Packages(t) => {
-                let outs = self.nix.build_packages(t, &log).await?;
-                built = started.elapsed();
-                outputs = outs.clone();
-                let infos = self.nix.closure(&outs).await?;
-                closure = infos.clone();
-                let graph = graph_of(infos);
-                let (shell, arch) = (t.shell, oci_arch(&t.system).to_string());
-                tokio::task::spawn_blocking(move || plan::plan_packages(&outs, graph, shell, &arch))
-                    .await
-                    .map_err(RegistryError::internal)?
-            }
+        let outputs = match key {
+            ImageKey::Flake(t) => vec![self.nix.build(t, &log).await?],
+            ImageKey::Packages(t) => self.nix.build_packages(t, &log).await?,
         };
-        let mut plan = plan;
-        // The system's variant (arm64 -> v8), unless the input said its own.
-        let platform = crate::manifest::Platform::of_system(key.system());
-        if plan.variant.is_none() && plan.architecture == platform.architecture {
-            plan.variant = platform.variant;
-        }
-        let planned = started.elapsed();
-        let layers = self.digest_layers(&plan).await?;
+        let built = started.elapsed();
+        // The source's narHash for provenance: an evaluation of its own
+        // (once per commit), only for a build that succeeded, and beside
+        // the planning and the digest pass rather than before them.
+        let lock_eval = async {
+            let ImageKey::Flake(t) = key else { return None };
+            self.nix
+                .flake_lock(t)
+                .await
+                .inspect_err(|e| tracing::warn!(image = %key, error = %e, "cannot read the flake's lock for provenance"))
+                .ok()
+        };
+        let (digested, lock) = tokio::join!(self.plan_and_digest(key, &outputs), lock_eval);
+        let (plan, closure, layers, [planned, digested]) = digested?;
+        let (planned, digested) = (planned - started, digested - started);
         let docs = documents(&plan, &layers, self.compressed.as_ref().map(|c| c.codec));
         for blob in [&docs.config, &docs.oci, &docs.docker] {
             self.index.put_json(blob).map_err(RegistryError::internal)?;
@@ -88,7 +65,7 @@ impl Images {
             layers = layers.len(),
             build_ms = built.as_millis() as u64,
             plan_ms = (planned - built).as_millis() as u64,
-            digest_ms = (started.elapsed() - planned).as_millis() as u64,
+            digest_ms = (digested - planned).as_millis() as u64,
             "image ready"
         );
         let summary = ImageSummary {
@@ -128,6 +105,38 @@ impl Images {
         })
     }
 
+    /// The image's plan, its closure, its layers' digests, and when the
+    /// plan and the digests were done.
+    async fn plan_and_digest(
+        &self,
+        key: &ImageKey,
+        outputs: &[PathBuf],
+    ) -> Result<(ImagePlan, Vec<PathInfo>, Vec<LayerDigest>, [Instant; 2])> {
+        let (mut plan, closure) = match key {
+            ImageKey::Flake(t) => self.plan_flake_output(t, &outputs[0]).await?,
+            ImageKey::Packages(t) => {
+                let infos = self.nix.closure(outputs).await?;
+                let graph = graph_of(infos.clone());
+                let (outs, shell, arch) =
+                    (outputs.to_vec(), t.shell, oci_arch(&t.system).to_string());
+                let plan = tokio::task::spawn_blocking(move || {
+                    plan::plan_packages(&outs, graph, shell, &arch)
+                })
+                .await
+                .map_err(RegistryError::internal)?;
+                (plan, infos)
+            }
+        };
+        // The system's variant (arm64 -> v8), unless the input said its own.
+        let platform = crate::manifest::Platform::of_system(key.system());
+        if plan.variant.is_none() && plan.architecture == platform.architecture {
+            plan.variant = platform.variant;
+        }
+        let planned = Instant::now();
+        let layers = self.digest_layers(&plan).await?;
+        Ok((plan, closure, layers, [planned, Instant::now()]))
+    }
+
     /// The output's plan, and its closure (with narHashs, for provenance).
     async fn plan_flake_output(
         &self,
@@ -140,19 +149,31 @@ impl Images {
             reason,
         };
         // Everything the image holds must come from the output's closure:
-        // a conf may name any path, and only what Nix built is read.
-        let infos = self
-            .nix
-            .closure(std::slice::from_ref(&out.to_path_buf()))
-            .await?;
-        let closure = Arc::new(Closure::new(out, infos.iter().map(|p| p.path.clone())));
+        // a conf may name any path, and only what Nix built is read. The
+        // planner reads the conf while `nix path-info` runs; a check of a
+        // path other than the output waits for the closure.
+        let closure = Arc::new(Closure::pending(out));
+        let unfilled = FillOnDrop(closure.clone());
         let (planner, path, a, c) = (
             self.planner.clone(),
             out.to_path_buf(),
             arch.clone(),
             closure.clone(),
         );
-        let planned = tokio::task::spawn_blocking(move || planner.plan_output(&path, &a, &c))
+        let planning = tokio::task::spawn_blocking(move || planner.plan_output(&path, &a, &c));
+        let infos = self
+            .nix
+            .closure(std::slice::from_ref(&out.to_path_buf()))
+            .await;
+        closure.fill(
+            infos
+                .as_ref()
+                .ok()
+                .map(|infos| infos.iter().map(|p| p.path.clone()).collect()),
+        );
+        drop(unfilled);
+        let infos = infos?;
+        let planned = planning
             .await
             .map_err(RegistryError::internal)?
             .map_err(|e| not_image(e.to_string()))?;
@@ -367,5 +388,15 @@ fn record(
         outputs: outputs.iter().map(|o| o.display().to_string()).collect(),
         derivations,
         components,
+    }
+}
+
+/// Fills a pending closure with nothing if its query never came back (the
+/// pull was dropped mid-way), so a planner waiting on it goes on and ends.
+struct FillOnDrop(Arc<Closure>);
+
+impl Drop for FillOnDrop {
+    fn drop(&mut self) {
+        self.0.fill(None);
     }
 }

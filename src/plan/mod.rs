@@ -25,6 +25,7 @@ use crate::layer::{LayerSource, Owner, PermRule};
 use crate::manifest::LayerDigest;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -118,20 +119,55 @@ pub enum PlanError {
 /// store path of the closure or lie lexically inside one; a file or tree
 /// the server opens (a tar, an archive, a root tree) must, with every
 /// symlink resolved, too. Not one byte from outside is read or served.
+///
+/// The set may still be coming (`nix path-info` runs while the planner
+/// reads the conf): a check of any path outside the output itself waits
+/// for it.
 #[derive(Debug, Default)]
 pub struct Closure {
     out: PathBuf,
-    paths: std::collections::HashSet<PathBuf>,
+    /// `None` once filled: the query failed, and nothing but the output
+    /// passes.
+    paths: std::sync::OnceLock<Option<HashSet<PathBuf>>>,
+    filled: (std::sync::Mutex<()>, std::sync::Condvar),
     /// Off only in unit tests, whose confs live in temp dirs.
     confined: bool,
 }
 
 impl Closure {
     pub fn new(out: &Path, paths: impl IntoIterator<Item = PathBuf>) -> Closure {
+        let closure = Closure::pending(out);
+        closure.fill(Some(paths.into_iter().collect()));
+        closure
+    }
+
+    /// A closure whose paths [`Closure::fill`] gives later.
+    pub fn pending(out: &Path) -> Closure {
         Closure {
             out: out.to_path_buf(),
-            paths: paths.into_iter().collect(),
             confined: true,
+            ..Closure::default()
+        }
+    }
+
+    /// The paths, or `None` if they cannot be had: every check waiting
+    /// goes on. Only the first fill counts.
+    pub fn fill(&self, paths: Option<HashSet<PathBuf>>) {
+        let _ = self.paths.set(paths);
+        let _guard = self.filled.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.filled.1.notify_all();
+    }
+
+    fn holds(&self, store_path: &Path) -> bool {
+        if store_path == self.out {
+            return true;
+        }
+        let mut guard = self.filled.0.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(paths) = self.paths.get() {
+                return paths.as_ref().is_some_and(|p| p.contains(store_path));
+            }
+            guard = self.filled.1.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -161,7 +197,7 @@ impl Closure {
             return Ok(());
         }
         match store_path_of(path) {
-            Some(p) if self.paths.contains(&p) => Ok(()),
+            Some(p) if self.holds(&p) => Ok(()),
             _ => Err(self.outside(path, None)),
         }
     }
@@ -175,7 +211,7 @@ impl Closure {
         })?;
         match store_path_of(&real) {
             _ if !self.confined => Ok(real),
-            Some(p) if self.paths.contains(&p) => Ok(real),
+            Some(p) if self.holds(&p) => Ok(real),
             _ => Err(self.outside(path, Some(&real))),
         }
     }
@@ -495,6 +531,46 @@ pub(crate) fn time_or_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The planner runs while `nix path-info` does: the output passes at
+    /// once, any other path waits for the closure, and a query that failed
+    /// lets nothing else through.
+    #[test]
+    fn a_pending_closure_makes_checks_wait() {
+        let out = Path::new("/nix/store/aaa-out");
+        let dep = Path::new("/nix/store/bbb-dep/bin/sh");
+        let closure = Arc::new(Closure::pending(out));
+        assert!(closure
+            .check_walked(Path::new("/nix/store/aaa-out/conf.json"))
+            .is_ok());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = {
+            let closure = closure.clone();
+            std::thread::spawn(move || tx.send(closure.check_walked(dep).is_ok()).unwrap())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            rx.try_recv().is_err(),
+            "a check answered before the closure came"
+        );
+        closure.fill(Some(
+            [out, Path::new("/nix/store/bbb-dep")]
+                .map(PathBuf::from)
+                .into(),
+        ));
+        assert!(rx.recv().unwrap());
+        waiting.join().unwrap();
+        // Only the first fill counts.
+        closure.fill(None);
+        assert!(closure.check_walked(dep).is_ok());
+
+        let failed = Closure::pending(out);
+        failed.fill(None);
+        assert!(failed.check_walked(dep).is_err());
+        assert!(failed
+            .check_walked(Path::new("/nix/store/aaa-out/x"))
+            .is_ok());
+    }
 
     #[test]
     fn only_paths_inside_the_closure_pass() {
