@@ -467,6 +467,95 @@ echo HI
     assert!(l.identity().is_err(), "a file gone");
 }
 
+/// A layer's bytes rebuilt from its pieces, the files' ranges read as a
+/// sender's `sendfile` would.
+fn from_pieces(l: &LayerTar, start: u64, end: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    for piece in l.pieces(start, end) {
+        match piece {
+            Piece::Generated { start, end } => l.write_range(start, end, &mut out).unwrap(),
+            Piece::File {
+                path,
+                opened,
+                offset,
+                len,
+                file_size,
+            } => {
+                let file = match opened {
+                    Some(f) => f.try_clone().unwrap(),
+                    None => std::fs::File::open(path).unwrap(),
+                };
+                assert_eq!(
+                    file.metadata().unwrap().len(),
+                    file_size,
+                    "{}",
+                    path.display()
+                );
+                let mut buf = vec![0u8; len as usize];
+                file.read_exact_at(&mut buf, offset).unwrap();
+                out.extend_from_slice(&buf);
+            }
+        }
+    }
+    out
+}
+
+/// Pieces cover exactly the bytes `write_range` gives, for every kind of
+/// layer and any range; a generated layer's large files are file pieces
+/// (what `sendfile` sends), its headers and small files generated.
+#[test]
+fn pieces_rebuild_write_range_for_every_kind() {
+    let t = awkward_tree();
+    let generated = LayerTar::scan(&store_source(vec![t.path().join("abc-pkg")])).unwrap();
+    let whole = generate(&generated);
+    let size = whole.len() as u64;
+    let pieces = generated.pieces(0, size);
+    let files = pieces
+        .iter()
+        .filter(|p| matches!(p, Piece::File { .. }))
+        .count();
+    assert!(files >= 1, "the large file is a file piece: {pieces:?}");
+    assert!(
+        pieces
+            .windows(2)
+            .all(|w| !matches!(w, [Piece::Generated { .. }, Piece::Generated { .. }])),
+        "adjacent generated pieces are merged: {pieces:?}"
+    );
+    let file_path = t.path().join("layer.tar");
+    std::fs::write(&file_path, &whole).unwrap();
+    let mut archive = b"prefix-bytes".to_vec();
+    archive.extend_from_slice(&whole);
+    let archive_path = t.path().join("archive.tar");
+    std::fs::write(&archive_path, &archive).unwrap();
+    let file = LayerTar::scan(&LayerSource::TarFile { path: file_path }).unwrap();
+    let member = LayerTar::scan(&LayerSource::ArchiveMember {
+        archive: archive_path,
+        offset: 12,
+        size,
+        gzip: false,
+    })
+    .unwrap();
+    let mut cuts: Vec<(u64, u64)> = vec![
+        (0, size),
+        (1, size - 1),
+        (511, 513),
+        (size - 1, size),
+        (7, 7),
+        (size - 1024, size + 5),
+    ];
+    for i in 1..40u64 {
+        let a = size * i / 41;
+        cuts.push((a, (a + 70_001 * i).min(size)));
+    }
+    for tar in [&generated, &file, &member] {
+        for &(start, end) in &cuts {
+            let want = &whole[start as usize..end.min(size) as usize];
+            assert!(from_pieces(tar, start, end) == want, "{start}..{end}");
+        }
+    }
+}
+
 /// The pull reader gives the same bytes as `write_range` for every kind of
 /// layer, read in uneven pieces, and fails (never comes up short) when a
 /// file shrank after the scan.
