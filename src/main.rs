@@ -195,6 +195,13 @@ struct ServeArgs {
     #[arg(long, env = "FLAKEPORT_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
+    /// A second plain-HTTP address (e.g. 0.0.0.0:5001) from which large
+    /// verified layers are sent with sendfile(2): a full GET of one on
+    /// --listen answers 307 to a signed URL there, at the host name the
+    /// client used. Not with --tls-cert (it would send the layer in clear).
+    #[arg(long, env = "FLAKEPORT_DIRECT_LISTEN", conflicts_with = "tls_cert")]
+    direct_listen: Option<SocketAddr>,
+
     /// Seconds a client has to send a request's headers (and to finish a
     /// TLS handshake); also how long an idle keep-alive connection stays.
     #[arg(long, env = "FLAKEPORT_HEADER_TIMEOUT", default_value_t = 30)]
@@ -575,6 +582,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             sweeper.sweep_state(policy.clone()).await;
         }
     });
+    let limits = flakeport::server::Limits {
+        header_read: Duration::from_secs(args.header_timeout.max(1)),
+        idle_write: Duration::from_secs(args.idle_timeout.max(1)),
+        max_connections: args.max_connections,
+    };
+    let streams = std::sync::Arc::new(tokio::sync::Semaphore::new(args.max_streams.max(1)));
+    let direct = match args.direct_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --direct-listen {addr}"))?;
+            let bound = listener.local_addr()?;
+            let direct = std::sync::Arc::new(
+                registry::direct::Direct::new(bound.port()).context("making a signing key")?,
+            );
+            tracing::info!(direct_listen = %bound, "large verified layers are sent from here with sendfile");
+            let shared = std::sync::Arc::new(registry::direct::Shared {
+                images: images.clone(),
+                streams: streams.clone(),
+                direct: direct.clone(),
+                limits,
+            });
+            tokio::spawn(registry::direct::serve(listener, shared));
+            Some(direct)
+        }
+        None => None,
+    };
     let grace = Duration::from_secs(args.shutdown_grace);
     let at_exit = images.clone();
     let app = registry::app(
@@ -583,16 +617,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             auth,
             protect_metrics: args.protect_metrics,
             max_streams: args.max_streams,
+            streams,
+            direct,
             hooks,
             state_dir: state_dir.clone(),
             web: flakeport::web::Settings { tls: tls.is_some() },
         },
     );
-    let limits = flakeport::server::Limits {
-        header_read: Duration::from_secs(args.header_timeout.max(1)),
-        idle_write: Duration::from_secs(args.idle_timeout.max(1)),
-        max_connections: args.max_connections,
-    };
     flakeport::server::serve(listener, app, tls, limits, async move {
         shutdown_signal().await;
         events.close();

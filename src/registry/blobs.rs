@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, Semaphore};
 /// hyper is writing (320 KiB). Measured on 2 cores, 12 MiB layer, 600
 /// stalled clients: 64 KiB x 1 gave 468 MiB/s and 91 MiB; 64 KiB x 4 678
 /// MiB/s and 229 MiB; 256 KiB x 1 730 MiB/s and 335 MiB.
-const CHUNK: usize = 64 * 1024;
+pub(super) const CHUNK: usize = 64 * 1024;
 const CHANNEL_DEPTH: usize = 4;
 /// A stream that filled the channel borrows a thread again only once this
 /// many chunks went out, not after each one: a thread hand-off per chunk
@@ -38,6 +38,7 @@ pub async fn get(
     headers: &HeaderMap,
     head: bool,
     client: Option<std::net::IpAddr>,
+    direct: Option<(&super::direct::Direct, &str)>,
 ) -> Result<Response> {
     let blob = images.blob(digest).await?;
     let slot = match (&blob, head) {
@@ -108,6 +109,19 @@ pub async fn get(
                 let trusted = identity.is_some_and(|i| images.layer_trusted(&digest, i));
                 if full {
                     images.events.metrics.cache("verified_layer", trusted);
+                }
+                // Verified and large: the kernel sends it from the direct
+                // listener (see `direct`).
+                if let Some((direct, host)) = direct.filter(|_| full && trusted) {
+                    if super::direct::worth_it(&tar) {
+                        return Response::builder()
+                            .status(StatusCode::TEMPORARY_REDIRECT)
+                            .header(header::LOCATION, direct.location(host, &digest))
+                            .header("Docker-Content-Digest", &digest)
+                            .header(header::CONTENT_LENGTH, 0)
+                            .body(Body::empty())
+                            .map_err(RegistryError::internal);
+                    }
                 }
                 // The first chunk is read before the status is sent: a layer
                 // that cannot be read at all gets an error reply, not a cut body.
@@ -220,7 +234,12 @@ fn from_memory(
 /// the whole blob (RFC 9110 lets a server ignore Range); a range that starts
 /// past the end is 416.
 fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>> {
-    let Some(spec) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+    range_of(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size)
+}
+
+/// [`requested_range`] of a Range header's value, if any.
+pub(super) fn range_of(spec: Option<&str>, size: u64) -> Result<Option<(u64, u64)>> {
+    let Some(spec) = spec else {
         return Ok(None);
     };
     let Some(spec) = spec.trim().strip_prefix("bytes=") else {
@@ -402,7 +421,7 @@ impl Stream {
 
 /// What one blob GET sent, for `/metrics` (as it goes) and the pull it
 /// belongs to (when it ends, however it ends).
-struct Served {
+pub(super) struct Served {
     events: Arc<Events>,
     client: Option<std::net::IpAddr>,
     digest: String,
@@ -412,7 +431,7 @@ struct Served {
 }
 
 impl Served {
-    fn new(
+    pub(super) fn new(
         events: &Arc<Events>,
         client: Option<std::net::IpAddr>,
         digest: &str,
@@ -430,7 +449,7 @@ impl Served {
     }
 
     /// `bytes` more went out; `complete` once the blob's last byte did.
-    fn sent(&mut self, bytes: u64, complete: bool) {
+    pub(super) fn sent(&mut self, bytes: u64, complete: bool) {
         self.bytes += bytes;
         self.complete |= complete;
         if bytes > 0 {
@@ -527,7 +546,7 @@ async fn unreadable(images: &Arc<Images>, digest: &str, e: io::Error) -> Registr
 /// is short of something the digest is kept (true: the client may retry);
 /// else the store changed under us (a file resized or vanished), what was
 /// digested cannot be served, and the digest is dropped.
-async fn read_failed(images: &Images, digest: &str, e: &io::Error) -> bool {
+pub(super) async fn read_failed(images: &Images, digest: &str, e: &io::Error) -> bool {
     if crate::layer::is_transient(e) {
         tracing::warn!(digest, error = %e, "layer read failed for now; keeping the digest");
         return true;

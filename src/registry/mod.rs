@@ -2,6 +2,7 @@
 //! hand-written parser ([`route`]), one file per endpoint.
 
 mod blobs;
+pub mod direct;
 pub mod hooks;
 mod manifests;
 pub mod referrers;
@@ -33,6 +34,11 @@ pub struct Settings {
     pub protect_metrics: bool,
     /// Layer streams in flight; past it a blob GET gets 429.
     pub max_streams: usize,
+    /// Their slots (`max_streams` of them), shared with the direct
+    /// listener.
+    pub streams: Arc<Semaphore>,
+    /// With `--direct-listen`: large verified layers are redirected there.
+    pub direct: Option<Arc<direct::Direct>>,
     /// With `--webhook-secret`: `POST /hooks/push` (outside the auth of
     /// `/v2`: a delivery proves the secret instead).
     pub hooks: Option<Arc<hooks::Hooks>>,
@@ -52,6 +58,7 @@ struct Registry {
     images: Arc<Images>,
     streams: Arc<Semaphore>,
     max_streams: usize,
+    direct: Option<Arc<direct::Direct>>,
     state_dir: std::path::PathBuf,
     /// The state dir's size and when it was measured (a walk, so not on
     /// every scrape).
@@ -159,8 +166,9 @@ pub fn app(images: Arc<Images>, settings: Settings) -> Router {
         .layer(TraceLayer::new_for_http())
         .with_state(Arc::new(Registry {
             images,
-            streams: Arc::new(Semaphore::new(settings.max_streams.max(1))),
+            streams: settings.streams,
             max_streams: settings.max_streams.max(1),
+            direct: settings.direct,
             state_dir: settings.state_dir,
             state_bytes: std::sync::Mutex::new(None),
         }))
@@ -219,17 +227,14 @@ async fn require(auth: &Auth, req: Request, next: Next) -> Response {
 }
 
 async fn v2(State(registry): State<Arc<Registry>>, req: Request) -> Response {
-    match dispatch(&registry.images, &registry.streams, req).await {
+    match dispatch(&registry, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn dispatch(
-    images: &Arc<Images>,
-    streams: &Arc<Semaphore>,
-    req: Request,
-) -> Result<Response> {
+async fn dispatch(registry: &Registry, req: Request) -> Result<Response> {
+    let images = &registry.images;
     let rest = req
         .uri()
         .path()
@@ -255,7 +260,20 @@ async fn dispatch(
             manifests::get(images, &name, &reference, req.headers(), head, client).await
         }
         Route::Blob { digest, .. } => {
-            blobs::get(images, streams, &digest, req.headers(), head, client).await
+            let direct = registry
+                .direct
+                .as_deref()
+                .zip(route::client_host(req.headers()));
+            blobs::get(
+                images,
+                &registry.streams,
+                &digest,
+                req.headers(),
+                head,
+                client,
+                direct,
+            )
+            .await
         }
         Route::Tags { name } => tags::get(images, &name, req.uri().query()).await,
         Route::Referrers { name, digest } => referrers::get(
