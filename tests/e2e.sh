@@ -1157,7 +1157,7 @@ t_direct() {
   printf 'X' | dd of="$f" bs=1 seek=1000 conv=notrunc status=none
   touch -h -d @1 "$f"
   code=$(curl -sS -o "$W/direct.after" -w '%{http_code}' "$loc")
-  out=$(cat "$W/direct.after")
+  out=$(head -c 200 "$W/direct.after")
   eq "$code" 404 "the altered layer from the direct port ($out)" || return 1
   code=$(status "http://127.0.0.1:$PD/v2/direct/blobs/$layer")
   eq "$code" 404 "the altered layer on the registry's port"
