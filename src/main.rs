@@ -598,17 +598,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 registry::direct::Direct::new(bound.port()).context("making a signing key")?,
             );
             tracing::info!(direct_listen = %bound, "large verified layers are sent from here with sendfile");
-            let shared = std::sync::Arc::new(registry::direct::Shared {
-                images: images.clone(),
-                streams: streams.clone(),
-                direct: direct.clone(),
+            let shared = std::sync::Arc::new(registry::direct::Shared::new(
+                images.clone(),
+                streams.clone(),
+                direct.clone(),
                 limits,
-            });
-            tokio::spawn(registry::direct::serve(listener, shared));
-            Some(direct)
+            ));
+            tokio::spawn(registry::direct::serve(listener, shared.clone()));
+            Some((direct, shared))
         }
         None => None,
     };
+    let (direct, direct_listener) = direct.unzip();
     let grace = Duration::from_secs(args.shutdown_grace);
     let at_exit = images.clone();
     let app = registry::app(
@@ -624,9 +625,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             web: flakeport::web::Settings { tls: tls.is_some() },
         },
     );
+    let direct_at_signal = direct_listener.clone();
     flakeport::server::serve(listener, app, tls, limits, async move {
         shutdown_signal().await;
         events.close();
+        if let Some(d) = direct_at_signal {
+            d.close();
+        }
         tracing::info!(
             grace_secs = grace.as_secs(),
             "shutting down: no new connections, finishing streams and builds in flight"
@@ -639,6 +644,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
     })
     .await;
+    if let Some(d) = direct_listener {
+        d.drain().await;
+    }
     // Builds whose clients all left run on in tasks of their own.
     images.nix.stop_all().await;
     Ok(())

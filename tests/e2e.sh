@@ -1104,9 +1104,9 @@ t_timeouts() {
 check "timeouts: half-sent headers and a client that reads nothing are cut; 429 past --max-streams" t_timeouts
 
 t_direct() {
-  local dp layer loc got code sent f before out bad size
+  local dp layer loc got code sent f before out bad size dl
   dp=$(free_port)
-  start_server PD "$W/state-direct" --direct-listen "127.0.0.1:$dp"
+  start_server PD "$W/state-direct" --direct-listen "127.0.0.1:$dp" --shutdown-grace 20
   layer=$(largest_layer "$PD" direct)
   # The first full GET is streamed and hashed on the registry's port...
   code=$(curl -sS -o "$W/direct.blob" -w '%{http_code}' "http://127.0.0.1:$PD/v2/direct/blobs/$layer")
@@ -1161,6 +1161,27 @@ t_direct() {
   eq "$code" 404 "the altered layer from the direct port ($out)" || return 1
   code=$(status "http://127.0.0.1:$PD/v2/direct/blobs/$layer")
   eq "$code" 404 "the altered layer on the registry's port"
+  # SIGTERM: a slow download from the direct port completes, then the
+  # server exits.
+  layer=$(largest_layer "$PD" large)
+  curl -fsS -o /dev/null "http://127.0.0.1:$PD/v2/large/blobs/$layer"
+  loc=$(curl -sS -o /dev/null -w '%{redirect_url}' "http://127.0.0.1:$PD/v2/large/blobs/$layer")
+  "$ROOT/tests/slow_client.py" "$loc" "$W/direct-term.blob" 4096 &
+  dl=$!
+  sleep 1
+  kill -TERM "$PD_PID"
+  sleep 0.5
+  kill -0 "$dl"
+  if ! kill -0 "$PD_PID"; then echo "the server exited with a direct stream in flight"; return 1; fi
+  wait "$dl"
+  got=$(sha_file "$W/direct-term.blob")
+  eq "$got" "$layer" "the direct download in flight at SIGTERM"
+  for _ in $(seq 50); do
+    if ! kill -0 "$PD_PID" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "server still running after its direct stream finished"
+  return 1
 }
 check "--direct-listen: a verified large layer is redirected and sent with sendfile (Range, signed URLs, skopeo, ctr); altered store bytes are not" t_direct
 if ! nix-store --repair-path /nix/store/*-direct-data-"$(cat "$W/repo/nonce")" >/dev/null 2>&1; then

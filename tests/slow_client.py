@@ -17,7 +17,8 @@ u = urllib.parse.urlsplit(url)
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
 s.connect((u.hostname, u.port))
-s.sendall(f"GET {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nConnection: close\r\n\r\n".encode())
+target = u.path + (f"?{u.query}" if u.query else "")
+s.sendall(f"GET {target} HTTP/1.1\r\nHost: {u.netloc}\r\nConnection: close\r\n\r\n".encode())
 buf = b""
 while b"\r\n\r\n" not in buf:
     chunk = s.recv(4096)

@@ -27,11 +27,12 @@ use hmac::{KeyInit, Mac};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 /// How long a signed URL is good for: a client follows a redirect at once,
 /// and retries a failed download by asking the registry again.
@@ -144,9 +145,52 @@ pub struct Shared {
     pub streams: Arc<Semaphore>,
     pub direct: Arc<Direct>,
     pub limits: crate::server::Limits,
+    /// Set at shutdown: no new connections, none kept alive.
+    closing: AtomicBool,
+    /// Responses being written, and a wake-up when one ends.
+    responding: AtomicUsize,
+    changed: Notify,
 }
 
-/// Accept connections until the process ends.
+impl Shared {
+    pub fn new(
+        images: Arc<Images>,
+        streams: Arc<Semaphore>,
+        direct: Arc<Direct>,
+        limits: crate::server::Limits,
+    ) -> Shared {
+        Shared {
+            images,
+            streams,
+            direct,
+            limits,
+            closing: AtomicBool::new(false),
+            responding: AtomicUsize::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    /// No new connections, and none kept alive after its response.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Stop accepting, and return once the responses being written are
+    /// (the caller bounds the wait, as for the registry's port).
+    pub async fn drain(&self) {
+        self.close();
+        loop {
+            let changed = self.changed.notified();
+            if self.responding.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// Accept connections until [`Shared::drain`].
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(shared.limits.max_connections.max(1)));
     loop {
@@ -155,13 +199,20 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             .acquire_owned()
             .await
             .expect("semaphore is never closed");
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed (direct)");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let closing = shared.changed.notified();
+        if shared.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed (direct)");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = closing => continue,
         };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
@@ -207,15 +258,18 @@ async fn connection(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> io
             }
         };
         buf.drain(..head_len);
-        let close = request.close;
-        let done = match respond(&mut tcp, peer, &request, shared).await {
-            Ok(done) => done,
-            Err(e) => {
-                write_error(&mut tcp, e, close, shared).await?;
-                true
+        let close = request.close || shared.closing.load(Ordering::SeqCst);
+        shared.responding.fetch_add(1, Ordering::SeqCst);
+        let responded = async {
+            match respond(&mut tcp, peer, &request, shared).await {
+                Ok(done) => Ok(done),
+                Err(e) => write_error(&mut tcp, e, close, shared).await.map(|()| true),
             }
-        };
-        if close || !done {
+        }
+        .await;
+        shared.responding.fetch_sub(1, Ordering::SeqCst);
+        shared.changed.notify_waiters();
+        if close || !responded? || shared.closing.load(Ordering::SeqCst) {
             return Ok(());
         }
     }
