@@ -234,7 +234,10 @@ fn from_memory(
 /// the whole blob (RFC 9110 lets a server ignore Range); a range that starts
 /// past the end is 416.
 fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>> {
-    range_of(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size)
+    range_of(
+        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        size,
+    )
 }
 
 /// [`requested_range`] of a Range header's value, if any.

@@ -379,7 +379,10 @@ async fn respond(
         end - start,
     );
     if range.is_some() {
-        head.push_str(&format!("Content-Range: bytes {start}-{}/{size}\r\n", end - 1));
+        head.push_str(&format!(
+            "Content-Range: bytes {start}-{}/{size}\r\n",
+            end - 1
+        ));
     }
     if request.close {
         head.push_str("Connection: close\r\n");
@@ -525,13 +528,15 @@ async fn send(
                         format!("{} changed size since it was scanned", path.display()),
                     ));
                 }
-                send_file(tcp, &file, offset, len, idle).await.map_err(|e| match e.kind() {
-                    io::ErrorKind::UnexpectedEof => io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("{} is shorter than when it was scanned", path.display()),
-                    ),
-                    _ => e,
-                })?;
+                send_file(tcp, &file, offset, len, idle)
+                    .await
+                    .map_err(|e| match e.kind() {
+                        io::ErrorKind::UnexpectedEof => io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("{} is shorter than when it was scanned", path.display()),
+                        ),
+                        _ => e,
+                    })?;
             }
         }
     }
@@ -595,7 +600,11 @@ mod tests {
         let digest = format!("sha256:{}", "a".repeat(64));
         for host in ["localhost:5000", "localhost", "[::1]:5000"] {
             let url = direct.location(host, &digest);
-            let name = if host.starts_with('[') { "[::1]" } else { "localhost" };
+            let name = if host.starts_with('[') {
+                "[::1]"
+            } else {
+                "localhost"
+            };
             let prefix = format!("http://{name}:5001/blobs/{digest}?until=");
             assert!(url.starts_with(&prefix), "{url}");
             let target = &url[url.find("/blobs/").unwrap()..];
