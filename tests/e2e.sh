@@ -1142,6 +1142,18 @@ t_direct() {
   done
   code=$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE "$loc")
   eq "$code" 405 "DELETE on the direct port" || return 1
+  # A body it does not read ends the connection with the reply, so it is
+  # never taken for a request.
+  out=$(python3 -c '
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.sendall(b"POST /blobs/x HTTP/1.1\r\nHost: h\r\nContent-Length: 20\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+got = b""
+while chunk := s.recv(65536):
+    got += chunk
+print(got.decode())' "$dp")
+  has_line "$out" '^HTTP/1.1 405 ' "a POST with a body on the direct port" || return 1
+  has_line "$out" '^Connection: close' "a POST with a body on the direct port" || return 1
   # Real clients follow the redirect (and check the digest themselves).
   skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$PD/direct:latest" "oci:$W/direct-oci:x"
   ctr image pull --plain-http "127.0.0.1:$PD/direct:latest" >/dev/null

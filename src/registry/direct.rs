@@ -245,7 +245,10 @@ async fn connection(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> io
                 method: req.method.unwrap_or_default().to_string(),
                 target: req.path.unwrap_or_default().to_string(),
                 range: header(req.headers, "range"),
+                // A method other than GET and HEAD may carry a body this
+                // listener does not read: the connection ends with its reply.
                 close: req.version == Some(0)
+                    || !matches!(req.method, Some("GET" | "HEAD"))
                     || header(req.headers, "connection")
                         .is_some_and(|c| c.eq_ignore_ascii_case("close")),
             },
