@@ -4,7 +4,7 @@
 let
   cfg = config.services.flakeport;
   inherit (lib) mkEnableOption mkOption mkIf types optional optionalAttrs escapeShellArgs;
-  port = lib.toInt (lib.last (lib.splitString ":" cfg.listen));
+  portOf = address: lib.toInt (lib.last (lib.splitString ":" address));
 in
 {
   options.services.flakeport = {
@@ -35,6 +35,13 @@ in
       type = types.str;
       default = "0.0.0.0:5000";
       description = "Address and port to listen on.";
+    };
+
+    directListen = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "0.0.0.0:5001";
+      description = "A second address from which large verified layers are sent with sendfile (--direct-listen); openFirewall opens it too.";
     };
 
     stateDir = mkOption {
@@ -96,7 +103,8 @@ in
         FLAKEPORT_LISTEN = cfg.listen;
         FLAKEPORT_STATE_DIR = cfg.stateDir;
         NIX_REMOTE = "daemon";
-      } // optionalAttrs (cfg.packages != null) { FLAKEPORT_PACKAGES = cfg.packages; };
+      } // optionalAttrs (cfg.packages != null) { FLAKEPORT_PACKAGES = cfg.packages; }
+      // optionalAttrs (cfg.directListen != null) { FLAKEPORT_DIRECT_LISTEN = cfg.directListen; };
       serviceConfig = {
         ExecStart = "${cfg.package}/bin/flakeport serve ${escapeShellArgs (optional (cfg.flake != null) cfg.flake ++ cfg.extraArgs)}";
         User = "flakeport";
@@ -128,6 +136,9 @@ in
       };
     };
 
-    networking.firewall.allowedTCPPorts = optional cfg.openFirewall port;
+    networking.firewall.allowedTCPPorts =
+      if cfg.openFirewall
+      then [ (portOf cfg.listen) ] ++ optional (cfg.directListen != null) (portOf cfg.directListen)
+      else [ ];
   };
 }
