@@ -70,15 +70,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
             _ = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
@@ -125,6 +117,20 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The next connection; a failed accept (EMFILE and friends) backs off
+/// instead of spinning.
+pub async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(c) => return c,
+            Err(e) => {
+                tracing::warn!(listener = ?listener.local_addr().ok(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// Raise the soft open-files limit to the hard one: every connection, and

@@ -916,6 +916,14 @@ t_zstd() {
 check "zstd: layers compressed, containerd unpacks (diff_ids verified) and runs" t_zstd
 
 # ------------------------------------------------- graceful shutdown
+exits_soon() { # exits_soon PID WHEN: the process ends within 5 s, else fail saying WHEN
+  for _ in $(seq 50); do
+    if ! kill -0 "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "server still running $2"
+  return 1
+}
 t_sigterm() {
   local m layer size dl have got
   start_server PS "$W/state-sigterm" --shutdown-grace 20
@@ -942,12 +950,7 @@ t_sigterm() {
   wait "$dl"
   got=$(sha_file "$W/sigterm.blob")
   eq "$got" "$layer" "the download in flight"
-  for _ in $(seq 50); do
-    if ! kill -0 "$PS_PID" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "server still running after its streams finished"
-  return 1
+  exits_soon "$PS_PID" "after its streams finished"
 }
 check "SIGTERM: stops accepting, finishes the stream in flight, exits" t_sigterm
 
@@ -1188,12 +1191,7 @@ print(got.decode())' "$dp")
   wait "$dl"
   got=$(sha_file "$W/direct-term.blob")
   eq "$got" "$layer" "the direct download in flight at SIGTERM"
-  for _ in $(seq 50); do
-    if ! kill -0 "$PD_PID" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "server still running after its direct stream finished"
-  return 1
+  exits_soon "$PD_PID" "after its direct stream finished"
 }
 check "--direct-listen: a verified large layer is redirected and sent with sendfile (Range, signed URLs, skopeo, ctr); altered store bytes are not" t_direct
 if ! nix-store --repair-path /nix/store/*-direct-data-"$(cat "$W/repo/nonce")" >/dev/null 2>&1; then

@@ -265,6 +265,30 @@ pub enum Piece<'a> {
     },
 }
 
+impl Piece<'_> {
+    /// A file piece's file, open and of the size it was scanned with (an
+    /// error naming it otherwise); `None` for a generated piece.
+    pub fn open(&self) -> Option<io::Result<std::fs::File>> {
+        let Piece::File {
+            path,
+            opened,
+            file_size,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        Some((|| {
+            let file = match opened {
+                Some(f) => f.try_clone()?,
+                None => std::fs::File::open(path)?,
+            };
+            check_unchanged(path, file.metadata()?.len(), *file_size)?;
+            Ok(file)
+        })())
+    }
+}
+
 /// A scanned layer: its exact size is known, its bytes can be generated.
 #[derive(Debug)]
 pub enum LayerTar {

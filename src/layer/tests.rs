@@ -473,29 +473,15 @@ fn from_pieces(l: &LayerTar, start: u64, end: u64) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
     let mut out = Vec::new();
     for piece in l.pieces(start, end) {
-        match piece {
-            Piece::Generated { start, end } => l.write_range(start, end, &mut out).unwrap(),
-            Piece::File {
-                path,
-                opened,
-                offset,
-                len,
-                file_size,
-            } => {
-                let file = match opened {
-                    Some(f) => f.try_clone().unwrap(),
-                    None => std::fs::File::open(path).unwrap(),
-                };
-                assert_eq!(
-                    file.metadata().unwrap().len(),
-                    file_size,
-                    "{}",
-                    path.display()
-                );
+        let file = piece.open().map(|f| f.unwrap());
+        match (piece, file) {
+            (Piece::Generated { start, end }, None) => l.write_range(start, end, &mut out).unwrap(),
+            (Piece::File { offset, len, .. }, Some(file)) => {
                 let mut buf = vec![0u8; len as usize];
                 file.read_exact_at(&mut buf, offset).unwrap();
                 out.extend_from_slice(&buf);
             }
+            (piece, _) => panic!("open() does not match the piece: {piece:?}"),
         }
     }
     out
@@ -528,7 +514,10 @@ fn pieces_rebuild_write_range_for_every_kind() {
     archive.extend_from_slice(&whole);
     let archive_path = t.path().join("archive.tar");
     std::fs::write(&archive_path, &archive).unwrap();
-    let file = LayerTar::scan(&LayerSource::TarFile { path: file_path }).unwrap();
+    let file = LayerTar::scan(&LayerSource::TarFile {
+        path: file_path.clone(),
+    })
+    .unwrap();
     let member = LayerTar::scan(&LayerSource::ArchiveMember {
         archive: archive_path,
         offset: 12,
@@ -554,6 +543,14 @@ fn pieces_rebuild_write_range_for_every_kind() {
             assert!(from_pieces(tar, start, end) == want, "{start}..{end}");
         }
     }
+    // A file that changed size since the scan is an error naming it.
+    std::fs::write(&file_path, &whole[..100]).unwrap();
+    let e = file.pieces(0, size)[0]
+        .open()
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("changed size"), "{e}");
 }
 
 /// The pull reader gives the same bytes as `write_range` for every kind of

@@ -42,12 +42,7 @@ pub async fn get(
 ) -> Result<Response> {
     let blob = images.blob(digest).await?;
     let slot = match (&blob, head) {
-        (Blob::Layer { .. }, false) => Some(streams.clone().try_acquire_owned().map_err(|_| {
-            RegistryError::TooManyRequests {
-                what: "every layer stream slot (--max-streams) is in use".into(),
-                retry_after_secs: 1,
-            }
-        })?),
+        (Blob::Layer { .. }, false) => Some(stream_slot(streams)?),
         _ => None,
     };
     let size = match &blob {
@@ -228,6 +223,18 @@ fn from_memory(
         }
     });
     Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// One of the `--max-streams` slots a layer stream holds while it lives
+/// (on either listener), or 429.
+pub(super) fn stream_slot(streams: &Arc<Semaphore>) -> Result<tokio::sync::OwnedSemaphorePermit> {
+    streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| RegistryError::TooManyRequests {
+            what: "every layer stream slot (--max-streams) is in use".into(),
+            retry_after_secs: 1,
+        })
 }
 
 /// A single `bytes=` range, end exclusive. Multiple or malformed ranges get

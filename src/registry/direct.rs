@@ -18,7 +18,7 @@
 //! hashed to its digest, checked before the body and again before its last
 //! 64 KiB, and a layer not verified yet is hashed first.
 
-use super::blobs::{range_of, read_failed, Served, CHUNK};
+use super::blobs::{range_of, read_failed, stream_slot, Served, CHUNK};
 use crate::error::{RegistryError, Result};
 use crate::images::{Blob, Images};
 use crate::layer::{LayerTar, Piece};
@@ -204,14 +204,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             return;
         }
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed (direct)");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            accepted = crate::server::accept(&listener) => accepted,
             _ = closing => continue,
         };
         let _ = tcp.set_nodelay(true);
@@ -368,12 +361,7 @@ async fn respond(
     let (start, end) = range.unwrap_or((0, size));
     let _slot = match request.head {
         true => None,
-        false => Some(shared.streams.clone().try_acquire_owned().map_err(|_| {
-            RegistryError::TooManyRequests {
-                what: "every layer stream slot (--max-streams) is in use".into(),
-                retry_after_secs: 1,
-            }
-        })?),
+        false => Some(stream_slot(&shared.streams)?),
     };
     let identity = verified_identity(images, &digest, &tar).await?;
     let mut head = format!(
@@ -401,12 +389,8 @@ async fn respond(
     // All but the last 64 KiB, then the identity again: files changed
     // meanwhile cut the body short instead of completing it.
     let hold = (end - start).min(CHUNK as u64);
-    if let Err(e) = send(tcp, &tar, start, end - hold, idle).await {
-        served.sent(0, false);
-        if e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::InvalidData {
-            read_failed(images, &digest, &e).await;
-        }
-        return Ok(false);
+    if let Err(failed) = send(tcp, &tar, start, end - hold, idle).await {
+        return cut_short(images, &digest, failed).await;
     }
     served.sent(end - hold - start, false);
     images.events.metrics.direct_bytes(end - hold - start);
@@ -419,8 +403,8 @@ async fn respond(
         tracing::warn!(%digest, "layer files changed while sent directly; cut short, the next GET verifies");
         return Ok(false);
     }
-    if send(tcp, &tar, end - hold, end, idle).await.is_err() {
-        return Ok(false);
+    if let Err(failed) = send(tcp, &tar, end - hold, end, idle).await {
+        return cut_short(images, &digest, failed).await;
     }
     served.sent(hold, end == size);
     images.events.metrics.direct_bytes(hold);
@@ -488,6 +472,13 @@ async fn verified_identity(
     }
 }
 
+/// Why a body was cut short: the store (a file gone, resized or shorter
+/// than scanned), or the client (gone, too slow).
+enum Failed {
+    Store(io::Error),
+    Client(io::Error),
+}
+
 /// Layer bytes `start..end`: generated parts written, file ranges sent by
 /// the kernel.
 async fn send(
@@ -496,7 +487,7 @@ async fn send(
     start: u64,
     end: u64,
     idle: Duration,
-) -> io::Result<()> {
+) -> std::result::Result<(), Failed> {
     for piece in tar.pieces(start, end) {
         match piece {
             Piece::Generated { start, end } => {
@@ -509,41 +500,47 @@ async fn send(
                         t.write_range(at, to, &mut out).map(|()| out)
                     })
                     .await
-                    .map_err(io::Error::other)??;
-                    write_all(tcp, &bytes, idle).await?;
+                    .map_err(|e| Failed::Store(io::Error::other(e)))?
+                    .map_err(Failed::Store)?;
+                    write_all(tcp, &bytes, idle).await.map_err(Failed::Client)?;
                     at = to;
                 }
             }
             Piece::File {
-                path,
-                opened,
-                offset,
-                len,
-                file_size,
+                path, offset, len, ..
             } => {
-                let file = match opened {
-                    Some(f) => f.try_clone()?,
-                    None => std::fs::File::open(path)?,
-                };
-                if file.metadata()?.len() != file_size {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{} changed size since it was scanned", path.display()),
-                    ));
-                }
+                let file = piece
+                    .open()
+                    .expect("a file piece opens")
+                    .map_err(Failed::Store)?;
                 send_file(tcp, &file, offset, len, idle)
                     .await
                     .map_err(|e| match e.kind() {
-                        io::ErrorKind::UnexpectedEof => io::Error::new(
+                        io::ErrorKind::UnexpectedEof => Failed::Store(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             format!("{} is shorter than when it was scanned", path.display()),
-                        ),
-                        _ => e,
+                        )),
+                        _ => Failed::Client(e),
                     })?;
             }
         }
     }
     Ok(())
+}
+
+/// A body cut short: if the store failed, as a failed read on the
+/// registry's port (the digest goes unless the machine is only short of
+/// something); a client that left changes nothing.
+async fn cut_short(images: &Images, digest: &str, failed: Failed) -> Result<bool> {
+    match failed {
+        Failed::Store(e) => {
+            read_failed(images, digest, &e).await;
+        }
+        Failed::Client(e) => {
+            tracing::debug!(digest, error = %e, "direct stream ended by the client")
+        }
+    }
+    Ok(false)
 }
 
 /// `len` bytes of `file` from `offset` with `sendfile(2)`, waiting for
