@@ -276,9 +276,14 @@ impl Nix {
             .collect())
     }
 
-    pub async fn main_program(&self, t: &BuildTarget) -> Result<Option<String>> {
+    /// `attr` of the flake's evaluation (see `expr_args`), as JSON.
+    async fn eval_json<T: serde::de::DeserializeOwned>(
+        &self,
+        t: &BuildTarget,
+        attr: &str,
+    ) -> Result<T> {
         let mut args = vec!["eval".to_string(), "--json".into()];
-        args.extend(expr_args(t, "mainProgram"));
+        args.extend(expr_args(t, attr));
         let out = self
             .run(Kind::Eval, &args)
             .await
@@ -286,18 +291,14 @@ impl Nix {
         serde_json::from_slice(&out).map_err(RegistryError::internal)
     }
 
+    pub async fn main_program(&self, t: &BuildTarget) -> Result<Option<String>> {
+        self.eval_json(t, "mainProgram").await
+    }
+
     /// The flake source's narHash and commit, as the build's evaluation
     /// locks them (for provenance).
     pub async fn flake_lock(&self, t: &BuildTarget) -> Result<FlakeLock> {
-        let eval = || async {
-            let mut args = vec!["eval".to_string(), "--json".into()];
-            args.extend(expr_args(t, "source"));
-            let out = self
-                .run(Kind::Eval, &args)
-                .await
-                .map_err(|f| classify_flake(t, f, self.timeout))?;
-            serde_json::from_slice(&out).map_err(RegistryError::internal)
-        };
+        let eval = || self.eval_json(t, "source");
         // `latest` of a work tree can change between two builds.
         if t.locked_ref.is_none() {
             return eval().await;
@@ -317,13 +318,7 @@ impl Nix {
             name: String,
             description: Option<String>,
         }
-        let mut args = vec!["eval".to_string(), "--json".into()];
-        args.extend(expr_args(t, "names"));
-        let out = self
-            .run(Kind::Eval, &args)
-            .await
-            .map_err(|f| classify_flake(t, f, self.timeout))?;
-        let named: Vec<Named> = serde_json::from_slice(&out).map_err(RegistryError::internal)?;
+        let named: Vec<Named> = self.eval_json(t, "names").await?;
         Ok(named.into_iter().map(|n| (n.name, n.description)).collect())
     }
 
