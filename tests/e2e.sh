@@ -1198,6 +1198,42 @@ if ! nix-store --repair-path /nix/store/*-direct-data-"$(cat "$W/repo/nonce")" >
   echo "note: could not repair the altered test path"
 fi
 
+# A layer streamed on trust (verified before, identity unchanged) whose
+# file is altered while it goes out: its last bytes never go, so the
+# client's download fails, and the next GET finds the change. 32 MiB at
+# 8 MiB/s: after a second at most 8 MiB plus the socket buffers (under
+# 4 MiB here) have left, so the server is still reading.
+t_trusted_altered() {
+  local layer got dl f code
+  start_server PM "$W/state-midstream" --hot-layers-mib 0
+  layer=$(largest_layer "$PM" midstream)
+  got=$(blob_sha "http://127.0.0.1:$PM/v2/midstream/blobs/$layer")
+  eq "$got" "$layer" "the first GET, hashed"
+  got=$(blob_sha "http://127.0.0.1:$PM/v2/midstream/blobs/$layer")
+  eq "$got" "$layer" "the second GET, on trust"
+  got=$(metric "$PM" 'flakeport_cache_lookups_total{cache="verified_layer",result="hit"}')
+  eq "$got" 1 "layers streamed on trust"
+  "$ROOT/tests/slow_client.py" "http://127.0.0.1:$PM/v2/midstream/blobs/$layer" "$W/midstream.blob" 8192 2> "$W/midstream.err" &
+  dl=$!
+  sleep 1
+  kill -0 "$dl" # still downloading
+  f=$(ls -d /nix/store/*-midstream-data-"$(cat "$W/repo/nonce")")/share/zeros
+  chmod u+w "$(dirname "$f")" "$f"
+  printf 'Y' | dd of="$f" bs=1 seek=33000000 conv=notrunc status=none
+  touch -h -d @1 "$f"
+  if wait "$dl"; then echo "a layer altered while it streamed on trust was served whole"; return 1; fi
+  cat "$W/midstream.err"
+  # The next GET hashes it, is cut short, and drops the digest.
+  if curl -fsS -o /dev/null "http://127.0.0.1:$PM/v2/midstream/blobs/$layer" 2> "$W/curl.err"; then echo "served altered bytes after the change"; return 1; fi
+  cat "$W/curl.err"
+  code=$(status "http://127.0.0.1:$PM/v2/midstream/blobs/$layer")
+  eq "$code" 404 "the altered layer"
+}
+check "a layer streamed on trust and altered meanwhile is cut short" t_trusted_altered
+if ! nix-store --repair-path /nix/store/*-midstream-data-"$(cat "$W/repo/nonce")" >/dev/null 2>&1; then
+  echo "note: could not repair the altered test path"
+fi
+
 t_flood() {
   local before codes n429 others peak refused code
   start_server PF "$W/state-flood" --max-processes 2 --max-builds 1 --max-queued 4

@@ -601,13 +601,12 @@ impl LayerTar {
     /// A file-backed layer's bytes from `start` on, opened and checked
     /// against its scanned size (with the path its errors name); `None`
     /// for a generated layer, which has no single source.
-    fn open_at(&self, start: u64) -> io::Result<Option<(Box<dyn Read + Send>, &Path)>> {
+    fn open_at(&self, start: u64) -> io::Result<Option<(Box<dyn LayerRead>, &Path)>> {
         Ok(Some(match self {
             LayerTar::File { path, size } => {
-                let mut f = std::fs::File::open(path)?;
-                check_unchanged(path, f.metadata()?.len(), *size)?;
-                f.seek(SeekFrom::Start(start))?;
-                (Box::new(f), path)
+                let file = std::fs::File::open(path)?;
+                check_unchanged(path, file.metadata()?.len(), *size)?;
+                (Box::new(PositionedReader { file, pos: start }), path)
             }
             LayerTar::Member {
                 archive,
@@ -655,7 +654,7 @@ impl LayerTar {
     /// stream can produce one chunk at a time on a borrowed thread and
     /// hold none while its client is slow. A source that turns out shorter
     /// than scanned is an `UnexpectedEof` error, never a short read.
-    pub fn reader(self: Arc<Self>, start: u64, end: u64) -> io::Result<Box<dyn Read + Send>> {
+    pub fn reader(self: Arc<Self>, start: u64, end: u64) -> io::Result<Box<dyn LayerRead>> {
         let end = end.min(self.size());
         if let Some((inner, path)) = self.open_at(start)? {
             return Ok(Box::new(ExactReader {
@@ -719,6 +718,45 @@ impl LayerTar {
     }
 }
 
+/// A layer's bytes in order, as [`LayerTar::reader`] gives them.
+pub trait LayerRead: Read + Send {
+    /// Reads only what is ready without waiting: bytes of an open file
+    /// that are in the page cache (`preadv2` with `RWF_NOWAIT`).
+    /// `WouldBlock` when the next bytes would need the disk, a file
+    /// opened or a decompressor; `read` then gets them, on a thread that
+    /// may block. May read fewer bytes than asked (part of a range cached).
+    fn read_cached(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+/// A gzipped archive's member is decompressed on a thread that may block.
+impl<R: Read + Send> LayerRead for flate2::read::MultiGzDecoder<R> {}
+
+/// `pread` of what the page cache holds at `offset`, or `WouldBlock`.
+/// A kernel or filesystem without `RWF_NOWAIT` says `EOPNOTSUPP`: that is
+/// `WouldBlock` too, so every read takes the blocking path.
+fn pread_cached(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let offset = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+    // SAFETY: one iovec over `buf`, which outlives the call; the fd is open.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        _ => Err(e),
+    }
+}
+
 /// A generated layer read a window at a time through [`LayerTar::write_range`],
 /// except inside a large file's bytes: those are read straight into the
 /// caller's buffer from a file kept open across reads. One `pread` per
@@ -734,9 +772,10 @@ struct GeneratedReader {
 }
 
 impl GeneratedReader {
-    /// Reads into `buf` from the large file whose bytes `pos` falls in;
-    /// `None` when `pos` is in a header, padding or a small file.
-    fn read_in_file(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+    /// The large file whose bytes `pos` falls in: its entry's index, its
+    /// scanned size, the offset in it, and how many of `want` bytes it has
+    /// left; `None` in a header, padding or a small file.
+    fn large_file_at(&self, want: usize) -> Option<(usize, u64, u64, usize)> {
         let LayerTar::Generated {
             entries, starts, ..
         } = &*self.tar
@@ -745,33 +784,79 @@ impl GeneratedReader {
         };
         let at = starts.partition_point(|&s| s <= self.pos).checked_sub(1)?;
         let entry = &entries[at];
-        let EntryKind::File { source, size } = &entry.kind else {
+        let EntryKind::File { size, .. } = &entry.kind else {
             return None;
         };
         let data = starts[at] + entry.header.len() as u64;
         if *size <= SMALL_FILE || self.pos < data || self.pos >= data + size {
             return None;
         }
-        let n = (buf.len() as u64)
+        let n = (want as u64)
             .min(data + size - self.pos)
             .min(self.end - self.pos) as usize;
+        Some((at, *size, self.pos - data, n))
+    }
+
+    /// The file of entry `at`.
+    fn source(&self, at: usize) -> &Path {
+        match &*self.tar {
+            LayerTar::Generated { entries, .. } => match &entries[at].kind {
+                EntryKind::File { source, .. } => source,
+                _ => unreachable!("large_file_at gives file entries"),
+            },
+            _ => unreachable!("a GeneratedReader reads a generated layer"),
+        }
+    }
+
+    /// Reads into `buf` from the large file whose bytes `pos` falls in;
+    /// `None` when `pos` is in a header, padding or a small file.
+    fn read_in_file(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let (at, size, offset, n) = self.large_file_at(buf.len())?;
         Some((|| {
             if self.open.as_ref().map(|(i, _)| *i) != Some(at) {
+                let source = self.source(at);
                 let f = std::fs::File::open(source)?;
-                check_unchanged(source, f.metadata()?.len(), *size)?;
+                check_unchanged(source, f.metadata()?.len(), size)?;
                 self.open = Some((at, f));
             }
             let (_, f) = self.open.as_ref().expect("opened above");
-            let got = std::os::unix::fs::FileExt::read_at(f, &mut buf[..n], self.pos - data)?;
-            if got == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{} is shorter than when it was scanned", source.display()),
-                ));
-            }
-            self.pos += got as u64;
-            Ok(got)
+            let got = std::os::unix::fs::FileExt::read_at(f, &mut buf[..n], offset)?;
+            self.advance(got, at)
         })())
+    }
+
+    /// `got` bytes of entry `at`'s file were read; none at all means it
+    /// shrank.
+    fn advance(&mut self, got: usize, at: usize) -> io::Result<usize> {
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} is shorter than when it was scanned",
+                    self.source(at).display()
+                ),
+            ));
+        }
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl LayerRead for GeneratedReader {
+    /// Only inside the large file already open: opening one, or making
+    /// headers and small files (which reads them), is `WouldBlock`.
+    fn read_cached(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.end || buf.is_empty() {
+            return Ok(0);
+        }
+        let Some((at, _, offset, n)) = self.large_file_at(buf.len()) else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let Some((_, f)) = self.open.as_ref().filter(|(i, _)| *i == at) else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let got = pread_cached(f, &mut buf[..n], offset)?;
+        self.advance(got, at)
     }
 }
 
@@ -812,6 +897,14 @@ impl<R: Read, P: AsRef<Path>> Read for ExactReader<R, P> {
             return Ok(0);
         }
         let got = self.inner.read(&mut buf[..want])?;
+        self.took(got)
+    }
+}
+
+impl<R, P: AsRef<Path>> ExactReader<R, P> {
+    /// `got` bytes were read of the `left` wanted; none means the source
+    /// ended early.
+    fn took(&mut self, got: usize) -> io::Result<usize> {
         if got == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -826,6 +919,17 @@ impl<R: Read, P: AsRef<Path>> Read for ExactReader<R, P> {
     }
 }
 
+impl<P: AsRef<Path> + Send> LayerRead for ExactReader<Box<dyn LayerRead>, P> {
+    fn read_cached(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (buf.len() as u64).min(self.left) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let got = self.inner.read_cached(&mut buf[..want])?;
+        self.took(got)
+    }
+}
+
 /// Reads at a position of its own (`pread`), so a file shared by several
 /// streams needs no seek state.
 struct PositionedReader {
@@ -836,6 +940,14 @@ struct PositionedReader {
 impl Read for PositionedReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = std::os::unix::fs::FileExt::read_at(&self.file, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl LayerRead for PositionedReader {
+    fn read_cached(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = pread_cached(&self.file, buf, self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }

@@ -637,6 +637,113 @@ fn readers_match_write_range_for_every_kind() {
     assert!(err.to_string().contains("big is shorter"), "{err}");
 }
 
+/// Sizes of the regular files under `dir`.
+fn walk_files(dir: &Path) -> Vec<u64> {
+    let mut sizes = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        if m.is_dir() {
+            sizes.extend(walk_files(&path));
+        } else if m.is_file() {
+            sizes.push(m.len());
+        }
+    }
+    sizes
+}
+
+/// What a stream does: `read_cached` first, `read` where that would
+/// block. Returns the bytes and how many came from `read_cached`.
+fn read_like_a_stream(r: &mut dyn LayerRead, chunk: usize) -> io::Result<(Vec<u8>, usize)> {
+    let (mut got, mut cached) = (Vec::new(), 0);
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let n = match r.read_cached(&mut buf) {
+            Ok(n) => {
+                cached += n;
+                n
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => r.read(&mut buf)?,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok((got, cached));
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Reads from the page cache (`RWF_NOWAIT`) mixed with blocking reads give
+/// the bytes `write_range` makes, for every kind of layer and range. They
+/// happen only inside a file already open: in a generated layer, never in
+/// a header (nor to open a file), and a file that shrank is an error there
+/// too, never a short body.
+#[test]
+fn cached_reads_match_write_range_and_stay_inside_open_files() {
+    let t = awkward_tree();
+    let generated =
+        Arc::new(LayerTar::scan(&store_source(vec![t.path().join("abc-pkg")])).unwrap());
+    let whole = generate(&generated);
+    let file_path = t.path().join("layer.tar");
+    std::fs::write(&file_path, &whole).unwrap();
+    let file = Arc::new(LayerTar::scan(&LayerSource::TarFile { path: file_path }).unwrap());
+    let size = whole.len() as u64;
+    for (tar, chunk) in [(&generated, 64 * 1024), (&generated, 1000), (&file, 4096)] {
+        for (start, end) in [
+            (0, size),
+            (1, size - 1),
+            (511, 513),
+            (size - 1, size),
+            (7, 7),
+        ] {
+            let mut r = tar.clone().reader(start, end).unwrap();
+            let (got, _) = read_like_a_stream(&mut *r, chunk).unwrap();
+            assert!(
+                got == whole[start as usize..end as usize],
+                "{start}..{end} by {chunk}"
+            );
+        }
+    }
+    // Large files' bytes come from the page cache (just written), each
+    // after the blocking read that opened it; a tar file's all do.
+    let large: u64 = walk_files(&t.path().join("abc-pkg"))
+        .into_iter()
+        .filter(|&len| len > SMALL_FILE)
+        .sum();
+    let (_, cached) =
+        read_like_a_stream(&mut *generated.clone().reader(0, size).unwrap(), 65536).unwrap();
+    assert!(
+        cached > 0 && (cached as u64) < large,
+        "{cached} of the large files' {large} bytes from the cache"
+    );
+    let (_, cached) =
+        read_like_a_stream(&mut *file.clone().reader(0, size).unwrap(), 65536).unwrap();
+    assert_eq!(cached, whole.len(), "a tar file's bytes from the cache");
+    // At a header, nothing is open yet: that read may block.
+    let mut r = generated.clone().reader(0, size).unwrap();
+    let e = r.read_cached(&mut [0u8; 512]).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    // Shrunk in place while open: an error naming it.
+    let big = t.path().join("abc-pkg/big");
+    let big_len = std::fs::metadata(&big).unwrap().len() as usize;
+    let at = whole
+        .windows(big_len)
+        .position(|w| w == std::fs::read(&big).unwrap().as_slice())
+        .unwrap();
+    let mut head = vec![0u8; at + 100_000];
+    for piece in head.chunks_mut(64 * 1024) {
+        r.read_exact(piece).unwrap();
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(5)
+        .unwrap();
+    let err = read_like_a_stream(&mut *r, 65536).unwrap_err();
+    assert!(err.to_string().contains("big is shorter"), "{err}");
+}
+
 #[test]
 fn pax_records_are_self_counting() {
     for len in [1usize, 5, 80, 95, 96, 97, 990, 995, 1000] {
