@@ -36,9 +36,9 @@ const REFILL_ROOM: usize = CHANNEL_DEPTH / 2;
 /// hyper takes one chunk and asks for the next only once less than
 /// `server::WRITE_BUFFER` of it is left, so this is what such a stream
 /// holds for a client that stopped reading: less than a channel-fed
-/// stream's 320 KiB. Warm 128 MiB GET on 2 cores, 25 paired rounds against
-/// the reference registry: 64 KiB chunks 1.13x its time, 256 KiB 0.87x
-/// (512 KiB and 1 MiB no better).
+/// stream's 320 KiB. Warm 128 MiB GET on 2 cores, as ratios to the
+/// reference registry's time in paired rounds: 64 KiB chunks 1.13; 256 KiB
+/// 0.86-1.08 over five runs (median 0.90); 512 KiB 0.94-1.12; 1 MiB 1.20.
 const PULL_CHUNK: usize = 256 * 1024;
 
 pub async fn get(
