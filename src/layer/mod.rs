@@ -651,7 +651,8 @@ impl LayerTar {
     }
 
     /// Bytes `start..end` as a reader that reads only when asked, so a
-    /// stream can produce one chunk at a time on a borrowed thread and
+    /// stream can produce one chunk at a time (on a borrowed thread, or
+    /// from the page cache without one: [`LayerRead::read_cached`]) and
     /// hold none while its client is slow. A source that turns out shorter
     /// than scanned is an `UnexpectedEof` error, never a short read.
     pub fn reader(self: Arc<Self>, start: u64, end: u64) -> io::Result<Box<dyn LayerRead>> {
