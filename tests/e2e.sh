@@ -968,8 +968,8 @@ t_digest_mismatch() {
     if grep -aq original-content "$W/corrupt.blob"; then bad=$layer; fi
   done
   if [ -z "$bad" ]; then echo "no layer holds the data file"; return 1; fi
-  # Verified once (hashed) on each server, then served by the shortcuts:
-  # from memory on $R, unhashed on PV.
+  # Verified by each server's digest pass, then served by the shortcuts:
+  # from memory on $R (once its first GET collected it), unhashed on PV.
   curl -fsS -o /dev/null "http://127.0.0.1:$PV/v2/corrupt/blobs/$bad"
   hits=$(metric "$P" 'flakeport_cache_lookups_total{cache="hot_layer",result="hit"}')
   got=$(blob_sha "http://$R/v2/corrupt/blobs/$bad")
@@ -983,7 +983,7 @@ t_digest_mismatch() {
   got=$(blob_sha "http://127.0.0.1:$PV/v2/corrupt/blobs/$bad")
   eq "$got" "$bad" "the trusted layer, unhashed"
   got=$(metric "$PV" 'flakeport_cache_lookups_total{cache="verified_layer",result="hit"}')
-  eq "$got" 1 "layers streamed on trust"
+  eq "$got" 2 "layers streamed on trust"
   f=$(ls -d /nix/store/*-corruptible-"$(cat "$W/repo/nonce")")/share/data
   chmod u+w "$(dirname "$f")" "$f"
   printf 'altered-content!\n' > "$f"   # same size, other bytes: only the hash can tell
@@ -1111,14 +1111,14 @@ t_direct() {
   dp=$(free_port)
   start_server PD "$W/state-direct" --direct-listen "127.0.0.1:$dp" --shutdown-grace 20
   layer=$(largest_layer "$PD" direct)
-  # The first full GET is streamed and hashed on the registry's port...
-  code=$(curl -sS -o "$W/direct.blob" -w '%{http_code}' "http://127.0.0.1:$PD/v2/direct/blobs/$layer")
-  eq "$code" 200 "the first GET of the layer"
+  # A Range is streamed on the registry's port...
+  code=$(curl -sS -o "$W/direct.blob" -w '%{http_code}' -r 0- "http://127.0.0.1:$PD/v2/direct/blobs/$layer")
+  eq "$code" 206 "a Range of the layer"
   got=$(sha_file "$W/direct.blob")
-  eq "$got" "$layer" "the first GET's bytes"
+  eq "$got" "$layer" "the Range's bytes"
   size=$(stat -c %s "$W/direct.blob")
-  # ...then, verified, it is redirected to the direct port, at the host
-  # name the client used, under a signed URL.
+  # ...a full GET of it, verified by the digest pass, is redirected to the
+  # direct port, at the host name the client used, under a signed URL.
   loc=$(curl -sS -o /dev/null -w '%{redirect_url}' "http://localhost:$PD/v2/direct/blobs/$layer")
   has_line "$loc" "^http://localhost:$dp/blobs/$layer\?until=[0-9]+&sig=[0-9a-f]{64}\$" "the redirect" || return 1
   got=$(blob_sha "$loc")
@@ -1198,22 +1198,35 @@ if ! nix-store --repair-path /nix/store/*-direct-data-"$(cat "$W/repo/nonce")" >
   echo "note: could not repair the altered test path"
 fi
 
-# A layer streamed on trust (verified before, identity unchanged) whose
-# file is altered while it goes out: its last bytes never go, so the
-# client's download fails, and the next GET finds the change. 32 MiB at
-# 8 MiB/s: after a second at most 8 MiB plus the socket buffers (under
-# 4 MiB here) have left, so the server is still reading.
+# Trust: the digest pass hashed a layer's bytes with its files' identity
+# the same before and after, so its first GET streams without hashing; a
+# server that knows the digest from its state dir (after a restart) hashes
+# the first GET and trusts the next. A layer streamed on trust whose file
+# is altered while it goes out: its last bytes never go, so the client's
+# download fails, and the next GET finds the change. 32 MiB at 8 MiB/s:
+# after a second at most 8 MiB plus the socket buffers (under 4 MiB here)
+# have left, so the server is still reading.
 t_trusted_altered() {
-  local layer got dl f code
+  local layer got dl f code url
   start_server PM "$W/state-midstream" --hot-layers-mib 0
   layer=$(largest_layer "$PM" midstream)
-  got=$(blob_sha "http://127.0.0.1:$PM/v2/midstream/blobs/$layer")
-  eq "$got" "$layer" "the first GET, hashed"
-  got=$(blob_sha "http://127.0.0.1:$PM/v2/midstream/blobs/$layer")
-  eq "$got" "$layer" "the second GET, on trust"
+  url="http://127.0.0.1:$PM/v2/midstream/blobs/$layer"
+  got=$(blob_sha "$url")
+  eq "$got" "$layer" "the first GET"
   got=$(metric "$PM" 'flakeport_cache_lookups_total{cache="verified_layer",result="hit"}')
-  eq "$got" 1 "layers streamed on trust"
-  "$ROOT/tests/slow_client.py" "http://127.0.0.1:$PM/v2/midstream/blobs/$layer" "$W/midstream.blob" 8192 2> "$W/midstream.err" &
+  eq "$got" 1 "first GETs streamed on the digest pass's trust"
+  stop_server "$PM_PID"
+  start_server PM "$W/state-midstream" --hot-layers-mib 0
+  url="http://127.0.0.1:$PM/v2/midstream/blobs/$layer"
+  got=$(blob_sha "$url")
+  eq "$got" "$layer" "the first GET after a restart"
+  got=$(metric "$PM" 'flakeport_cache_lookups_total{cache="verified_layer",result="miss"}')
+  eq "$got" 1 "first GETs hashed after a restart"
+  got=$(blob_sha "$url")
+  eq "$got" "$layer" "the second GET after a restart"
+  got=$(metric "$PM" 'flakeport_cache_lookups_total{cache="verified_layer",result="hit"}')
+  eq "$got" 1 "GETs streamed on trust after a restart"
+  "$ROOT/tests/slow_client.py" "$url" "$W/midstream.blob" 8192 2> "$W/midstream.err" &
   dl=$!
   sleep 1
   kill -0 "$dl" # still downloading
@@ -1224,12 +1237,12 @@ t_trusted_altered() {
   if wait "$dl"; then echo "a layer altered while it streamed on trust was served whole"; return 1; fi
   cat "$W/midstream.err"
   # The next GET hashes it, is cut short, and drops the digest.
-  if curl -fsS -o /dev/null "http://127.0.0.1:$PM/v2/midstream/blobs/$layer" 2> "$W/curl.err"; then echo "served altered bytes after the change"; return 1; fi
+  if curl -fsS -o /dev/null "$url" 2> "$W/curl.err"; then echo "served altered bytes after the change"; return 1; fi
   cat "$W/curl.err"
-  code=$(status "http://127.0.0.1:$PM/v2/midstream/blobs/$layer")
+  code=$(status "$url")
   eq "$code" 404 "the altered layer"
 }
-check "a layer streamed on trust and altered meanwhile is cut short" t_trusted_altered
+check "trust: first GETs after the digest pass or a hashed GET stream unhashed; a layer altered while it streams on trust is cut short" t_trusted_altered
 if ! nix-store --repair-path /nix/store/*-midstream-data-"$(cat "$W/repo/nonce")" >/dev/null 2>&1; then
   echo "note: could not repair the altered test path"
 fi

@@ -4,7 +4,7 @@ use super::{ImageKey, Images};
 use crate::build::PathInfo;
 use crate::error::{RegistryError, Result};
 use crate::events::{Build, ImageSummary, LayerSummary};
-use crate::layer::{LayerSource, LayerTar};
+use crate::layer::{Identity, LayerSource, LayerTar};
 use crate::manifest::{documents, ImageDocuments, LayerDigest};
 use crate::plan::{self, Closure, GraphNode, ImagePlan};
 use crate::resolve::{oci_arch, BuildTarget};
@@ -241,34 +241,55 @@ impl Images {
                     .await
                     .map_err(RegistryError::internal)?;
                 let (s, compressed) = (src.clone(), self.compressed.clone());
-                let pass = Instant::now();
-                let d = tokio::task::spawn_blocking(move || -> std::io::Result<LayerDigest> {
-                    let tar = LayerTar::scan(&s).map_err(std::io::Error::other)?;
-                    match compressed {
-                        Some(cache) => {
-                            let (c, _) = cache.insert(&tar)?;
-                            Ok(LayerDigest {
-                                digest: c.digest,
-                                size: c.size,
-                                diff_id: Some(c.diff_id),
-                                packed: None,
-                            })
+                let started = Instant::now();
+                type Verified = Option<(Arc<LayerTar>, Identity)>;
+                let pass = tokio::task::spawn_blocking(
+                    move || -> std::io::Result<(LayerDigest, Verified)> {
+                        let tar = LayerTar::scan(&s).map_err(std::io::Error::other)?;
+                        match compressed {
+                            Some(cache) => {
+                                let (c, _) = cache.insert(&tar)?;
+                                let d = LayerDigest {
+                                    digest: c.digest,
+                                    size: c.size,
+                                    diff_id: Some(c.diff_id),
+                                    packed: None,
+                                };
+                                Ok((d, None))
+                            }
+                            None => {
+                                // The pass hashes the very bytes a GET
+                                // serves: with the files' identity the same
+                                // before and after, this scan is verified as
+                                // a first GET would verify it.
+                                let before = tar.identity()?;
+                                let digest = tar.digest()?;
+                                let after = tar.identity()?;
+                                let d = LayerDigest {
+                                    digest,
+                                    size: tar.size(),
+                                    diff_id: None,
+                                    packed: None,
+                                };
+                                Ok((d, (before == after).then(|| (Arc::new(tar), before))))
+                            }
                         }
-                        None => Ok(LayerDigest {
-                            digest: tar.digest()?,
-                            size: tar.size(),
-                            diff_id: None,
-                            packed: None,
-                        }),
-                    }
-                })
+                    },
+                )
                 .await
                 .map_err(RegistryError::internal)?
                 .map_err(|e| RegistryError::internal(format!("digest pass failed: {e}")))?;
-                self.events.metrics.digest_pass(pass.elapsed());
+                let (d, verified) = pass;
+                self.events.metrics.digest_pass(started.elapsed());
                 self.index
                     .record_layer(key, &src, &d)
                     .map_err(RegistryError::internal)?;
+                if let Some((tar, identity)) = verified {
+                    // GETs serve this scan, trusted while the files keep
+                    // their identity: a new pull's blobs are not hashed twice.
+                    self.scanned.insert(d.digest.clone(), tar).await;
+                    self.layer_verified(&d.digest, identity);
+                }
                 Ok(d)
             })
             .await
