@@ -244,7 +244,10 @@ impl Entry {
 /// file replaced by another is another inode: while a layer's identity is
 /// the one it had when its bytes were last read and hashed, they are the
 /// same bytes. A blob GET uses it to skip hashing a layer it already
-/// verified.
+/// verified. A generated layer's identity also names its scan: headers,
+/// directory modes and symlink targets come from the scan, not from any
+/// file's stat, so a layer scanned again (after its scan left the cache)
+/// is hashed again before it is trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity([u8; 32]);
 
@@ -298,6 +301,8 @@ pub enum LayerTar {
         /// by binary search, so reading a layer chunk by chunk stays linear.
         starts: Vec<u64>,
         size: u64,
+        /// This scan, among all made by the process (see [`Identity`]).
+        scan: u64,
     },
     File {
         path: PathBuf,
@@ -339,10 +344,12 @@ impl LayerTar {
             starts.push(body);
             body += e.span();
         }
+        static SCANS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         LayerTar::Generated {
             size: tar::archive_size(body),
             starts,
             entries,
+            scan: SCANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -487,6 +494,7 @@ impl LayerTar {
                 entries,
                 starts,
                 size,
+                ..
             } => {
                 // The last entry that starts at or before `start`.
                 let first = starts.partition_point(|&s| s <= start).saturating_sub(1);
@@ -554,6 +562,7 @@ impl LayerTar {
                 entries,
                 starts,
                 size,
+                ..
             } => {
                 let mut pieces = Vec::new();
                 let generated = |pieces: &mut Vec<Piece<'_>>, a: u64, b: u64| {
@@ -676,6 +685,9 @@ impl LayerTar {
     /// (see [`Identity`]). One `stat` per file; nothing is read.
     pub fn identity(&self) -> io::Result<Identity> {
         let mut h = Sha256::new();
+        if let LayerTar::Generated { scan, .. } = self {
+            h.update(scan.to_le_bytes());
+        }
         let mut add = |m: std::fs::Metadata| {
             for v in [
                 m.dev(),

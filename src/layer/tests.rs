@@ -465,6 +465,12 @@ echo HI
     assert_ne!(l.identity().unwrap(), written, "replaced by a copy");
     std::fs::remove_file(&f).unwrap();
     assert!(l.identity().is_err(), "a file gone");
+    // Another scan of the same files: its headers, directories and symlinks
+    // were read anew, so it is trusted only once its bytes are hashed.
+    std::fs::write(&f, b"x").unwrap();
+    let (a, b) = (LayerTar::scan(&src).unwrap(), LayerTar::scan(&src).unwrap());
+    assert_eq!(a.identity().unwrap(), a.identity().unwrap());
+    assert_ne!(a.identity().unwrap(), b.identity().unwrap(), "two scans");
 }
 
 /// A layer's bytes rebuilt from its pieces, the files' ranges read as a
