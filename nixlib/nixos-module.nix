@@ -41,7 +41,7 @@ in
       type = types.nullOr types.str;
       default = null;
       example = "0.0.0.0:5001";
-      description = "A second address from which large verified layers are sent with sendfile (--direct-listen); openFirewall opens it too.";
+      description = "A second address from which large verified layers are sent with sendfile (--direct-listen), which saves memory, not time; openFirewall opens it too.";
     };
 
     stateDir = mkOption {

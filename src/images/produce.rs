@@ -243,7 +243,7 @@ impl Images {
                 let (s, compressed) = (src.clone(), self.compressed.clone());
                 let started = Instant::now();
                 type Verified = Option<(Arc<LayerTar>, Identity)>;
-                let pass = tokio::task::spawn_blocking(
+                let (d, verified) = tokio::task::spawn_blocking(
                     move || -> std::io::Result<(LayerDigest, Verified)> {
                         let tar = LayerTar::scan(&s).map_err(std::io::Error::other)?;
                         match compressed {
@@ -279,7 +279,6 @@ impl Images {
                 .await
                 .map_err(RegistryError::internal)?
                 .map_err(|e| RegistryError::internal(format!("digest pass failed: {e}")))?;
-                let (d, verified) = pass;
                 self.events.metrics.digest_pass(started.elapsed());
                 self.index
                     .record_layer(key, &src, &d)
