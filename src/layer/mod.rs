@@ -842,13 +842,7 @@ impl GeneratedReader {
     /// shrank.
     fn advance(&mut self, got: usize, at: usize) -> io::Result<usize> {
         if got == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{} is shorter than when it was scanned",
-                    self.source(at).display()
-                ),
-            ));
+            return Err(shorter_than_scanned(self.source(at)));
         }
         self.pos += got as u64;
         Ok(got)
@@ -919,13 +913,7 @@ impl<R, P: AsRef<Path>> ExactReader<R, P> {
     /// ended early.
     fn took(&mut self, got: usize) -> io::Result<usize> {
         if got == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{} is shorter than when it was scanned",
-                    self.path.as_ref().display()
-                ),
-            ));
+            return Err(shorter_than_scanned(self.path.as_ref()));
         }
         self.left -= got as u64;
         Ok(got)
@@ -1155,6 +1143,15 @@ impl ScanError {
             ScanError::Unsupported { .. } => false,
         }
     }
+}
+
+/// A source that ended before the size its scan gave: an error, never a
+/// short read (the stream would end early under a digest it does not match).
+fn shorter_than_scanned(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("{} is shorter than when it was scanned", path.display()),
+    )
 }
 
 fn check_unchanged(path: &Path, now: u64, scanned: u64) -> io::Result<()> {

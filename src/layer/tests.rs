@@ -593,13 +593,7 @@ fn readers_match_write_range_for_every_kind() {
     );
     let size = whole.len() as u64;
     for tar in [&generated, &file, &member] {
-        for (start, end) in [
-            (0, size),
-            (1, size - 1),
-            (511, 513),
-            (size - 1, size),
-            (7, 7),
-        ] {
+        for (start, end) in reader_ranges(size) {
             let mut r = tar.clone().reader(start, end).unwrap();
             let mut got = Vec::new();
             let mut piece = 1usize;
@@ -619,28 +613,46 @@ fn readers_match_write_range_for_every_kind() {
     assert!(file.clone().reader(0, size).is_err(), "shrunk tar file");
     // A large file is read straight from a descriptor kept open across
     // reads: shrinking it mid-stream is an error there too.
-    let big = t.path().join("abc-pkg/big");
+    let mut r = generated.clone().reader(0, size).unwrap();
+    shrink_big_once_open(t.path(), &whole, &mut *r);
+    let mut rest = Vec::new();
+    let err = r.read_to_end(&mut rest).unwrap_err();
+    assert!(err.to_string().contains("big is shorter"), "{err}");
+}
+
+/// The ranges reader tests read of a layer of `size` bytes: whole, inner,
+/// across a header boundary, the last byte, empty.
+fn reader_ranges(size: u64) -> [(u64, u64); 5] {
+    [
+        (0, size),
+        (1, size - 1),
+        (511, 513),
+        (size - 1, size),
+        (7, 7),
+    ]
+}
+
+/// Reads `r` (the whole generated layer of `awkward_tree` at `tree`, whose
+/// bytes are `whole`, from 0) 100,000 bytes into `abc-pkg/big`, in chunks
+/// as a stream reads, so the file is open; then truncates it in place,
+/// which the open descriptor sees.
+fn shrink_big_once_open(tree: &Path, whole: &[u8], r: &mut dyn LayerRead) {
+    let big = tree.join("abc-pkg/big");
     let content = std::fs::read(&big).unwrap();
     let at = whole
         .windows(content.len())
         .position(|w| w == content.as_slice())
         .unwrap();
-    let mut r = generated.clone().reader(0, size).unwrap();
-    // In chunks as a stream reads, so the file is open before it shrinks.
     let mut head = vec![0u8; at + 100_000];
     for chunk in head.chunks_mut(64 * 1024) {
         r.read_exact(chunk).unwrap();
     }
-    // Truncated in place: the open descriptor sees it.
     std::fs::OpenOptions::new()
         .write(true)
         .open(&big)
         .unwrap()
         .set_len(5)
         .unwrap();
-    let mut rest = Vec::new();
-    let err = r.read_to_end(&mut rest).unwrap_err();
-    assert!(err.to_string().contains("big is shorter"), "{err}");
 }
 
 /// Sizes of the regular files under `dir`.
@@ -695,13 +707,7 @@ fn cached_reads_match_write_range_and_stay_inside_open_files() {
     let file = Arc::new(LayerTar::scan(&LayerSource::TarFile { path: file_path }).unwrap());
     let size = whole.len() as u64;
     for (tar, chunk) in [(&generated, 64 * 1024), (&generated, 1000), (&file, 4096)] {
-        for (start, end) in [
-            (0, size),
-            (1, size - 1),
-            (511, 513),
-            (size - 1, size),
-            (7, 7),
-        ] {
+        for (start, end) in reader_ranges(size) {
             let mut r = tar.clone().reader(start, end).unwrap();
             let (got, _) = read_like_a_stream(&mut *r, chunk).unwrap();
             assert!(
@@ -730,22 +736,7 @@ fn cached_reads_match_write_range_and_stay_inside_open_files() {
     let e = r.read_cached(&mut [0u8; 512]).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     // Shrunk in place while open: an error naming it.
-    let big = t.path().join("abc-pkg/big");
-    let big_len = std::fs::metadata(&big).unwrap().len() as usize;
-    let at = whole
-        .windows(big_len)
-        .position(|w| w == std::fs::read(&big).unwrap().as_slice())
-        .unwrap();
-    let mut head = vec![0u8; at + 100_000];
-    for piece in head.chunks_mut(64 * 1024) {
-        r.read_exact(piece).unwrap();
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&big)
-        .unwrap()
-        .set_len(5)
-        .unwrap();
+    shrink_big_once_open(t.path(), &whole, &mut *r);
     let err = read_like_a_stream(&mut *r, 65536).unwrap_err();
     assert!(err.to_string().contains("big is shorter"), "{err}");
 }
