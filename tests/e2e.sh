@@ -924,6 +924,18 @@ exits_soon() { # exits_soon PID WHEN: the process ends within 5 s, else fail say
   echo "server still running $2"
   return 1
 }
+# finishes_in_flight SERVER_PID DOWNLOAD_PID FILE DIGEST WHAT: after
+# SIGTERM, the download still running into FILE completes intact (hashes
+# to DIGEST) while the server waits for it, then the server exits.
+finishes_in_flight() {
+  local got
+  kill -0 "$2"
+  if ! kill -0 "$1"; then echo "the server exited with $5 in flight"; return 1; fi
+  wait "$2"
+  got=$(sha_file "$3")
+  eq "$got" "$4" "$5 in flight at SIGTERM"
+  exits_soon "$1" "after $5 finished"
+}
 t_sigterm() {
   local m layer size dl have got
   start_server PS "$W/state-sigterm" --shutdown-grace 20
@@ -944,13 +956,8 @@ t_sigterm() {
   # No new connections...
   got=$(status "http://127.0.0.1:$PS/v2/" -m 2) || true
   eq "$got" 000 "a new connection after SIGTERM"
-  kill -0 "$dl"
-  if ! kill -0 "$PS_PID"; then echo "the server exited with a stream in flight"; return 1; fi
   # ...the stream in flight completes intact, then the server exits.
-  wait "$dl"
-  got=$(sha_file "$W/sigterm.blob")
-  eq "$got" "$layer" "the download in flight"
-  exits_soon "$PS_PID" "after its streams finished"
+  finishes_in_flight "$PS_PID" "$dl" "$W/sigterm.blob" "$layer" "the download"
 }
 check "SIGTERM: stops accepting, finishes the stream in flight, exits" t_sigterm
 
@@ -1186,12 +1193,7 @@ print(got.decode())' "$dp")
   sleep 1
   kill -TERM "$PD_PID"
   sleep 0.5
-  kill -0 "$dl"
-  if ! kill -0 "$PD_PID"; then echo "the server exited with a direct stream in flight"; return 1; fi
-  wait "$dl"
-  got=$(sha_file "$W/direct-term.blob")
-  eq "$got" "$layer" "the direct download in flight at SIGTERM"
-  exits_soon "$PD_PID" "after its direct stream finished"
+  finishes_in_flight "$PD_PID" "$dl" "$W/direct-term.blob" "$layer" "the direct download"
 }
 check "--direct-listen: a verified large layer is redirected and sent with sendfile (Range, signed URLs, skopeo, ctr); altered store bytes are not" t_direct
 if ! nix-store --repair-path /nix/store/*-direct-data-"$(cat "$W/repo/nonce")" >/dev/null 2>&1; then
