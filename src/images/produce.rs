@@ -263,15 +263,14 @@ impl Images {
                                 // before and after, this scan is verified as
                                 // a first GET would verify it.
                                 let before = tar.identity()?;
-                                let digest = tar.digest()?;
-                                let after = tar.identity()?;
+                                let (digest, held) = tar.digest_since(before)?;
                                 let d = LayerDigest {
                                     digest,
                                     size: tar.size(),
                                     diff_id: None,
                                     packed: None,
                                 };
-                                Ok((d, (before == after).then(|| (Arc::new(tar), before))))
+                                Ok((d, held.then(|| (Arc::new(tar), before))))
                             }
                         }
                     },

@@ -716,6 +716,15 @@ impl LayerTar {
         Ok(Identity(h.finalize().into()))
     }
 
+    /// The layer's digest, and whether its files still have the identity
+    /// `before` that was taken before this call: if so, the bytes hashed
+    /// are the ones that identity names, and the layer can be trusted
+    /// while it holds.
+    pub fn digest_since(&self, before: Identity) -> io::Result<(String, bool)> {
+        let digest = self.digest()?;
+        Ok((digest, self.identity()? == before))
+    }
+
     /// Stream the whole layer through sha256. Returns `sha256:<hex>`.
     pub fn digest(&self) -> io::Result<String> {
         let mut h = HashingWriter::default();
