@@ -77,6 +77,15 @@ pub enum RegistryError {
         system: String,
         source: Box<RegistryError>,
     },
+    /// A tool's answer flakeport cannot read (a Nix whose output changed):
+    /// the command and the version are named, so the operator knows what
+    /// to report or which Nix to run.
+    #[error("cannot read the output of `{command}` from {nix}: {reason}")]
+    NixOutput {
+        command: String,
+        nix: String,
+        reason: String,
+    },
     /// Details go to the log, never to the client: they may hold paths.
     #[error("internal error: {0}")]
     Internal(String),
@@ -131,6 +140,7 @@ impl RegistryError {
             BuildFailed { .. } => "build",
             BuildTimeout { .. } => "timeout",
             NotAnImage { .. } => "not_an_image",
+            NixOutput { .. } => "nix_output",
             NameUnknown { .. } | TagUnknown { .. } | TagNotGit { .. } | PackagesUnknown { .. } => {
                 "not_found"
             }
@@ -152,7 +162,7 @@ impl RegistryError {
             | ManifestUnknown { .. }
             | PackagesUnknown { .. } => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
             BlobUnknown { .. } => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
-            BuildFailed { .. } | NotAnImage { .. } => {
+            BuildFailed { .. } | NotAnImage { .. } | NixOutput { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
             }
             BuildTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UNKNOWN"),

@@ -459,11 +459,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_queued: args.max_queued,
         },
     ));
-    let nix = build::Nix::new(
+    let nix = build::Nix::start(
         &state_dir,
         Duration::from_secs(args.nix_timeout),
         scheduler.clone(),
-    )?;
+    )
+    .await?;
+    tracing::info!(
+        nix = %nix.version(),
+        flavour = nix.version().flavour.as_str(),
+        version = nix.version().number(),
+        line = %nix.version().line,
+        "using Nix"
+    );
     let index = index::DigestIndex::open(&state_dir).context("opening the digest index")?;
     let compressed = Codec::parse(&args.compression)
         .map(|codec| {

@@ -220,7 +220,14 @@ async fn git(
 }
 
 async fn ls_remote(scheduler: &Scheduler, remote: &str) -> Result<Vec<GitRef>> {
-    let out = git(scheduler, &["ls-remote", "--heads", "--tags", remote], None).await?;
+    // Patterns, not `--heads` (deprecated for `--branches` in git 2.46,
+    // which older gits refuse): `refs/heads/*` works on every version.
+    let out = git(
+        scheduler,
+        &["ls-remote", remote, "refs/heads/*", "refs/tags/*"],
+        None,
+    )
+    .await?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         tracing::warn!(remote, stderr = %stderr.trim(), "git ls-remote failed");
@@ -232,7 +239,7 @@ async fn ls_remote(scheduler: &Scheduler, remote: &str) -> Result<Vec<GitRef>> {
     Ok(parse_ls_remote(&String::from_utf8_lossy(&out.stdout)))
 }
 
-/// `git ls-remote --heads --tags` output -> refs; an annotated tag's
+/// `git ls-remote REMOTE 'refs/heads/*' 'refs/tags/*'` output -> refs; an annotated tag's
 /// commit is its peeled (`^{}`) line.
 pub fn parse_ls_remote(text: &str) -> Vec<GitRef> {
     let mut refs: Vec<GitRef> = Vec::new();

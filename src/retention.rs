@@ -197,12 +197,21 @@ mod tests {
                 max_builds: 1,
                 max_queued: 1,
             })),
+            crate::build::NixVersion::parse("nix (Nix) 2.8.0").unwrap(),
         )
         .unwrap();
         let index = DigestIndex::open(state.path()).unwrap();
-        let (old_root, kept_root) = (nix.gcroots().join("old"), nix.gcroots().join("kept"));
-        std::os::unix::fs::symlink(store.path(), &old_root).unwrap();
-        std::os::unix::fs::symlink(store.path(), &kept_root).unwrap();
+        // Each image's root with a link Nix made beside it (another
+        // output's): the two are kept or removed together.
+        let root = |n: &str| nix.gcroots().join(n);
+        let (old_root, kept_root) = (root("aaaaaaaaaaaaaaaa-old"), root("bbbbbbbbbbbbbbbb-kept"));
+        let (old_bin, kept_bin) = (
+            root("aaaaaaaaaaaaaaaa-old-bin"),
+            root("bbbbbbbbbbbbbbbb-kept-bin"),
+        );
+        for link in [&old_root, &kept_root, &old_bin, &kept_bin] {
+            std::os::unix::fs::symlink(store.path(), link).unwrap();
+        }
         let old_doc = JsonBlob::new(
             "application/vnd.oci.image.manifest.v1+json",
             &serde_json::json!({"a": 1}),
@@ -220,8 +229,9 @@ mod tests {
             age(&index.json_dir().join(hex(d)), 40);
             age(&index.json_dir().join(hex(d) + ".root"), 40);
         }
-        age_link(&old_root, 40);
-        age_link(&kept_root, 40);
+        for link in [&old_root, &kept_root, &old_bin, &kept_bin] {
+            age_link(link, 40);
+        }
         // A pull by digest, after a restart (nothing touched yet).
         let index = DigestIndex::open(state.path()).unwrap();
         assert!(index.get_json(&kept_doc.digest).is_some());
@@ -260,8 +270,9 @@ mod tests {
             max_bytes: Some(512 * 1024),
         };
         let r = sweep(&policy, &nix, &index, None);
-        assert_eq!(r.roots_removed, 1, "{r:?}");
-        assert!(!old_root.exists() && kept_root.symlink_metadata().is_ok());
+        assert_eq!(r.roots_removed, 2, "{r:?}");
+        assert!(old_root.symlink_metadata().is_err() && old_bin.symlink_metadata().is_err());
+        assert!(kept_root.symlink_metadata().is_ok() && kept_bin.symlink_metadata().is_ok());
         assert_eq!(r.documents_removed, 1, "{r:?}");
         assert!(index.get_json(&old_doc.digest).is_none());
         assert!(index.get_json(&kept_doc.digest).is_some());

@@ -74,3 +74,60 @@ make_base_images() {
   head -c 1500000 "$dest/base.tar" > "$dest/truncated.tar"
   rm -rf "$t"
 }
+
+# ------------------------------------------------------------ Debian roots
+# A second Nix (Debian 13's 2.26) and a fresh machine (Debian 12) are
+# debootstrapped roots, made once and kept under $FLAKEPORT_ROOTS. A root is
+# remade when its recipe (suite and packages) changes.
+FLAKEPORT_ROOTS=${FLAKEPORT_ROOTS:-/var/cache/flakeport/roots}
+
+debian_mirror() {
+  local m
+  m=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null)
+  if [ -z "$m" ]; then m=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null); fi
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+# debian_root NAME SUITE [PACKAGES...]: prints the root's directory, made
+# with debootstrap (minbase) plus PACKAGES if it is missing or its recipe
+# changed. Needs debootstrap and the Debian registry.
+debian_root() {
+  local name=$1 suite=$2 dir recipe
+  shift 2
+  dir=$FLAKEPORT_ROOTS/$name
+  recipe="$suite $*"
+  if [ -f "$dir/.flakeport-recipe" ] && [ "$(cat "$dir/.flakeport-recipe")" = "$recipe" ]; then # lint-ok
+    echo "$dir"; return 0
+  fi
+  command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null || return 1
+  echo "== debootstrap $suite into $dir (once; kept for later runs)" >&2
+  rm -rf "$dir" "$dir.tmp"; mkdir -p "$FLAKEPORT_ROOTS"
+  debootstrap --variant=minbase "$suite" "$dir.tmp" "$(debian_mirror)" >"$FLAKEPORT_ROOTS/$name.log" 2>&1 ||
+    { echo "debootstrap $suite failed; see $FLAKEPORT_ROOTS/$name.log" >&2; return 1; }
+  if [ "$#" -gt 0 ]; then
+    in_root "$dir.tmp" sh -c 'export DEBIAN_FRONTEND=noninteractive; apt-get -f install -y -qq && apt-get install -y -qq --no-install-recommends "$@"' sh "$@" \
+      >>"$FLAKEPORT_ROOTS/$name.log" 2>&1 || { echo "apt-get install $* in $dir failed; see $FLAKEPORT_ROOTS/$name.log" >&2; return 1; }
+  fi
+  echo "$recipe" > "$dir.tmp/.flakeport-recipe"
+  mv "$dir.tmp" "$dir"
+  echo "$dir"
+}
+
+# in_root DIR CMD [ARGS...]: CMD inside the root DIR, in a mount namespace of
+# its own with /proc, /sys, /dev, /tmp and $IN_ROOT_BIND (paths, bound at the
+# same place) from outside, in the same working directory if the root has it.
+# The root keeps its own /nix, unless IN_ROOT_NIX=/nix binds the caller's.
+# The process keeps its PID (every step execs), so it can be signalled.
+in_root() {
+  local dir=$1
+  shift
+  unshare -m --propagation private sh -ec '
+    dir=$1; shift
+    for m in proc sys dev tmp ${IN_ROOT_BIND:-}; do
+      mkdir -p "$dir/$m"; mount --rbind "/$m" "$dir/$m"
+    done
+    if [ -n "${IN_ROOT_NIX:-}" ]; then mkdir -p "$dir/nix"; mount --rbind "$IN_ROOT_NIX" "$dir/nix"; fi
+    cp -f /etc/resolv.conf "$dir/etc/resolv.conf" 2>/dev/null || true
+    exec chroot "$dir" /bin/sh -c "cd \"\$0\" 2>/dev/null || cd /; exec \"\$@\"" "$PWD" "$@"
+  ' sh "$dir" "$@"
+}

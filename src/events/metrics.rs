@@ -75,7 +75,7 @@ impl Default for Metrics {
         );
         registry.register(
             "builds_failed",
-            "Image productions that failed, by kind and reason (build, timeout, not_an_image, not_found, busy, internal)",
+            "Image productions that failed, by kind and reason (build, timeout, not_an_image, nix_output, not_found, busy, internal)",
             m.builds_failed.clone(),
         );
         registry.register(

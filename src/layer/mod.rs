@@ -117,14 +117,18 @@ pub enum LayerSource {
     TarFile { path: PathBuf },
     /// Bytes `offset..offset + size` of an image archive (docker-archive or
     /// OCI layout as a tar), served as they are, never unpacked. With
-    /// `gzip`, the archive is gzip-compressed and `offset` counts bytes of
-    /// the decompressed stream: every read decompresses up to the member.
+    /// `gzip` or `zstd` (nixpkgs' `compressor = "zstd"`), the archive is
+    /// compressed and `offset` counts bytes of the decompressed stream:
+    /// every read decompresses up to the member. (Two flags, not one
+    /// enum, so that the keys of plain and gzip members stay as they were.)
     ArchiveMember {
         archive: PathBuf,
         offset: u64,
         size: u64,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         gzip: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        zstd: bool,
     },
     /// Several generated sources in one archive, in order (nix2container
     /// layers hold store paths and a tree moved to `/` together). Each part
@@ -313,7 +317,7 @@ pub enum LayerTar {
         archive: PathBuf,
         offset: u64,
         size: u64,
-        gzip: bool,
+        packing: Packing,
         /// The archive's length when it was scanned: a store path never
         /// changes, so a different length means it was replaced or damaged.
         archive_len: u64,
@@ -385,12 +389,18 @@ impl LayerTar {
                 offset,
                 size,
                 gzip,
+                zstd,
             } => {
+                let packing = match (gzip, zstd) {
+                    (true, _) => Packing::Gzip,
+                    (false, true) => Packing::Zstd,
+                    (false, false) => Packing::Plain,
+                };
                 let meta = std::fs::metadata(archive).map_err(|e| ScanError::Io {
                     path: archive.clone(),
                     source: e,
                 })?;
-                if !*gzip && offset + size > meta.len() {
+                if packing == Packing::Plain && offset + size > meta.len() {
                     return Err(ScanError::Io {
                         path: archive.clone(),
                         source: io::Error::new(
@@ -403,7 +413,7 @@ impl LayerTar {
                     archive: archive.clone(),
                     offset: *offset,
                     size: *size,
-                    gzip: *gzip,
+                    packing,
                     archive_len: meta.len(),
                 })
             }
@@ -551,7 +561,10 @@ impl LayerTar {
         match self {
             LayerTar::File { path, size } => whole_file(path, None, 0, *size),
             LayerTar::Opened { file, path, size } => whole_file(path, Some(file), 0, *size),
-            LayerTar::Member { gzip: true, .. } => vec![Piece::Generated { start, end }],
+            LayerTar::Member {
+                packing: Packing::Gzip | Packing::Zstd,
+                ..
+            } => vec![Piece::Generated { start, end }],
             LayerTar::Member {
                 archive,
                 offset,
@@ -620,31 +633,35 @@ impl LayerTar {
             LayerTar::Member {
                 archive,
                 offset,
-                gzip,
+                packing,
                 archive_len,
                 ..
             } => {
                 let f = std::fs::File::open(archive)?;
                 check_unchanged(archive, f.metadata()?.len(), *archive_len)?;
-                if *gzip {
-                    // No index into a gzip stream: decompress up to the member.
-                    let mut plain = flate2::read::MultiGzDecoder::new(io::BufReader::new(f));
-                    let skip = offset + start;
-                    let skipped = io::copy(&mut (&mut plain).take(skip), &mut io::sink())?;
-                    if skipped != skip {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!("{} ends before its member", archive.display()),
-                        ));
+                // No index into a compressed stream: decompress up to the member.
+                let mut plain: Box<dyn LayerRead> = match packing {
+                    Packing::Plain => {
+                        let file = PositionedReader {
+                            file: f,
+                            pos: offset + start,
+                        };
+                        return Ok(Some((Box::new(file), archive)));
                     }
-                    (Box::new(plain), archive)
-                } else {
-                    let file = PositionedReader {
-                        file: f,
-                        pos: offset + start,
-                    };
-                    (Box::new(file), archive)
+                    Packing::Gzip => {
+                        Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(f)))
+                    }
+                    Packing::Zstd => Box::new(ZstdReader(zstd::stream::read::Decoder::new(f)?)),
+                };
+                let skip = offset + start;
+                let skipped = io::copy(&mut (&mut plain).take(skip), &mut io::sink())?;
+                if skipped != skip {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} ends before its member", archive.display()),
+                    ));
                 }
+                (plain, archive)
             }
             LayerTar::Opened { file, path, size } => {
                 check_unchanged(path, file.metadata()?.len(), *size)?;
@@ -754,6 +771,25 @@ pub trait LayerRead: Read + Send {
 
 /// A gzipped archive's member is decompressed on a thread that may block.
 impl<R: Read + Send> LayerRead for flate2::read::MultiGzDecoder<R> {}
+
+/// How an image archive is packed (see [`LayerSource::ArchiveMember`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    Plain,
+    Gzip,
+    Zstd,
+}
+
+/// A zstd-compressed archive's member, decompressed like a gzipped one.
+struct ZstdReader<R: io::BufRead>(zstd::stream::read::Decoder<'static, R>);
+
+impl<R: io::BufRead + Send> Read for ZstdReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: io::BufRead + Send> LayerRead for ZstdReader<R> {}
 
 /// `pread` of what the page cache holds at `offset`, or `WouldBlock`.
 /// A kernel or filesystem without `RWF_NOWAIT` says `EOPNOTSUPP`: that is

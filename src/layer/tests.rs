@@ -529,6 +529,7 @@ fn pieces_rebuild_write_range_for_every_kind() {
         offset: 12,
         size,
         gzip: false,
+        zstd: false,
     })
     .unwrap();
     let mut cuts: Vec<(u64, u64)> = vec![
@@ -588,6 +589,7 @@ fn readers_match_write_range_for_every_kind() {
             offset: 12,
             size: whole.len() as u64,
             gzip: false,
+            zstd: false,
         })
         .unwrap(),
     );

@@ -1,6 +1,6 @@
 //! Image archives in the store: docker-archive (`docker save`, `skopeo copy
 //! docker-archive:`, nixpkgs `buildImage` and `pullImage`) and OCI image
-//! layouts, as a tar, a gzipped tar or a directory (also skopeo's `dir:`).
+//! layouts, as a tar, a gzip or zstd compressed tar (nixpkgs `compressor`) or a directory (also skopeo's `dir:`).
 //!
 //! An archive is read once, start to end: every member is hashed on the
 //! way, so the plan carries each layer's digest and no digest pass reads it
@@ -22,9 +22,14 @@ use std::path::{Component, Path, PathBuf};
 /// the archive is read: they may be the manifest, index or config.
 const MAX_JSON_MEMBER: u64 = 4 << 20;
 
-/// An archive file (tar or gzip) by its first bytes.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// An archive file (tar, gzip or zstd) by its first bytes.
 pub fn is_archive(head: &[u8]) -> bool {
-    head.starts_with(&[0x1f, 0x8b]) || (head.len() >= 262 && &head[257..262] == b"ustar")
+    head.starts_with(&GZIP_MAGIC)
+        || head.starts_with(&ZSTD_MAGIC)
+        || (head.len() >= 262 && &head[257..262] == b"ustar")
 }
 
 /// A directory holding an image: an OCI layout or skopeo's `dir:` layout.
@@ -131,7 +136,7 @@ pub fn read(path: &Path, arch: &str) -> Result<ImagePlan, PlanError> {
 fn codec_of(magic: &[u8; 4]) -> Option<Codec> {
     if magic.starts_with(&[0x1f, 0x8b]) {
         Some(Codec::Gzip)
-    } else if magic == &[0x28, 0xb5, 0x2f, 0xfd] {
+    } else if magic == &ZSTD_MAGIC {
         Some(Codec::Zstd)
     } else {
         None
@@ -141,12 +146,16 @@ fn codec_of(magic: &[u8; 4]) -> Option<Codec> {
 /// One pass over the archive: every regular member hashed, small JSON kept.
 fn read_tar(path: &Path) -> io::Result<Contents> {
     let mut file = std::fs::File::open(path)?;
-    let mut magic = [0u8; 2];
-    let gzip = file.read(&mut magic)? == 2 && magic == [0x1f, 0x8b];
+    let mut magic = [0u8; 4];
+    let n = file.read(&mut magic)?;
+    let gzip = n >= 2 && magic[..2] == GZIP_MAGIC;
+    let zstd = n == 4 && magic == ZSTD_MAGIC;
     file.seek(io::SeekFrom::Start(0))?;
     let file = io::BufReader::with_capacity(1 << 20, file);
     let reader: Box<dyn Read> = if gzip {
         Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else if zstd {
+        Box::new(zstd::stream::read::Decoder::with_buffer(file)?)
     } else {
         Box::new(file)
     };
@@ -199,6 +208,7 @@ fn read_tar(path: &Path) -> io::Result<Contents> {
                     offset,
                     size,
                     gzip,
+                    zstd,
                 },
                 digest: sink.hash.finish(),
                 size,

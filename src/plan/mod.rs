@@ -5,7 +5,7 @@
 //! - [`nixlib`]: flakeport conf v1, written by `nixlib/`;
 //! - [`nixpkgs`]: `dockerTools.streamLayeredImage` confs (and flakeforge's);
 //! - [`nix2container`]: nix2container's `buildImage` JSON;
-//! - [`archive`]: image archives (docker-archive, OCI layout; tar or gzip,
+//! - [`archive`]: image archives (docker-archive, OCI layout; tar, gzip or zstd,
 //!   file or directory): `buildImage`, `pullImage`, `skopeo copy` outputs;
 //! - [`package`]: plain packages and package-path images.
 //!
@@ -302,7 +302,7 @@ impl Planner {
         }
         if head.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(PlanError::Conf(
-                "the output is neither a JSON conf, an image archive (tar or gzip) nor a directory"
+                "the output is neither a JSON conf, an image archive (tar, gzip or zstd) nor a directory"
                     .into(),
             ));
         }
