@@ -23,8 +23,37 @@ if [ -n "$lint" ]; then # lint-ok
   exit 1
 fi
 
+# E2E_NIX=debian13 runs every check with Debian 13's Nix (2.26) instead of
+# the host's: the server and every nix command of the checks run in a
+# debootstrapped Debian 13 root (tests/in-root), the clients stay here and
+# pull over loopback. The script runs again in a mount namespace whose /nix
+# is that root's own store, so that a check reading /nix/store reads the
+# server's store, and a second node's empty /nix reaches the root too.
+if [ "${E2E_NIX:-host}" = debian13 ] && [ -z "${E2E_NIX_ROOT:-}" ]; then # lint-ok: outside any check
+  E2E_NIX_ROOT=$(nix_root) || exit 1
+  mkdir -p "$E2E_NIX_ROOT/nix" /nix
+  export E2E_NIX_ROOT
+  exec unshare -m --propagation private sh -c 'mount --rbind "$1/nix" /nix; exec "$2"' sh "$E2E_NIX_ROOT" "$0"
+fi
+
 W=$(mktemp -d /tmp/flakeport-e2e.XXXXXX)
 nix_offline_env "$W"
+if [ -n "${E2E_NIX_ROOT:-}" ]; then
+  # nix, its legacy commands and flakeport itself, run in the root on the
+  # store at /nix (bound from whatever /nix is where they are started).
+  mkdir -p "$W/in-root-bin"
+  for tool in nix nix-store nix-collect-garbage nix-build nix-instantiate nix-env flakeport; do
+    target=$tool
+    if [ "$tool" = flakeport ]; then target=$BIN; fi
+    # (The root's own PATH: a server in the root runs the root's nix.)
+    printf '#!/bin/sh\nPATH=/usr/sbin:/usr/bin:/sbin:/bin IN_ROOT_NIX=/nix IN_ROOT_BIND=%s exec %s %s %s "$@"\n' \
+      "'${ROOT#/}'" "'$ROOT/tests/in-root'" "'$E2E_NIX_ROOT'" "'$target'" > "$W/in-root-bin/$tool"
+    chmod +x "$W/in-root-bin/$tool"
+  done
+  BIN=$W/in-root-bin/flakeport
+  export PATH="$W/in-root-bin:$PATH"
+fi
+echo "== e2e with $(nix --version) ($(command -v nix))"
 FAILED=()
 PASSED=0
 
@@ -101,6 +130,7 @@ metric() { # metric PORT NAME [CURL ARGS...]: a sample of /metrics
   echo "$v"
 }
 builds() { metric "$1" flakeport_nix_builds_started_total; } # builds PORT: nix builds the server has started
+evals() { metric "$1" 'flakeport_processes_started_total{kind="eval"}'; } # evals PORT: nix evals the server has started
 wait_for_metric() { # wait_for_metric PORT NAME WANT SECS: the metric's value once it is WANT, or its last value after SECS
   local v
   for _ in $(seq $(($4 * 10))); do
@@ -318,9 +348,11 @@ check "DELETE: 405 UNSUPPORTED" expect_error DELETE "/v2/app/manifests/sha256:$(
 
 t_injection() {
   # Nothing a client sends is Nix code: quotes, interpolation and attribute
-  # tricks are rejected before nix runs, or are names that do not exist.
-  local before after
+  # tricks are rejected before nix runs, or are names that do not exist:
+  # one evaluation says so, and nothing is built.
+  local before after evals_before
   before=$(builds "$P")
+  evals_before=$(evals "$P")
   expect_error GET '/v2/a%22%24%7Bthrow%7D/manifests/latest' 400 NAME_INVALID
   expect_error GET '/v2/app/manifests/$%7Bbuiltins.abort%20%22x%22%7D' 400 TAG_INVALID
   expect_error GET '/v2/app/manifests/v1%20--impure' 400 TAG_INVALID
@@ -329,7 +361,9 @@ t_injection() {
   expect_error GET '/v2/or/manifests/latest' 404 NAME_UNKNOWN
   expect_error GET '/v2/outpath/manifests/latest' 404 NAME_UNKNOWN
   after=$(builds "$P")
-  eq "$after" "$((before + 2))" "nix runs for two names that are not outputs"
+  eq "$after" "$before" "nix builds for two names that are not outputs"
+  after=$(evals "$P")
+  eq "$after" "$((evals_before + 2))" "nix evaluations for two names that are not outputs"
 }
 check "injection attempts are rejected as data" t_injection
 
@@ -417,8 +451,19 @@ t_plain() {
   unpack "$R/plain:latest" "$W/b4"
   out=$(chroot "$W/b4/bundle/rootfs" "$ep")
   eq "$out" 'greetings  as 0' "the entrypoint in a chroot"
+  # A package of three outputs: the image is its outputName (`out`), on a
+  # Nix that builds meta.outputsToInstall (bin, man) for `nix build` too.
+  ep=$(skopeo inspect --config --tls-verify=false "docker://$R/multiout:latest" | json 'd["config"]["Entrypoint"][0]')
+  has_line "$ep" '^/nix/store/[a-z0-9]{32}-multiout-1.0/bin/multiout$' "entrypoint of multiout"
+  unpack "$R/multiout:latest" "$W/b4m"
+  out=$(chroot "$W/b4m/bundle/rootfs" "$ep")
+  eq "$out" 'multiout: the out output' "multiout's entrypoint in a chroot"
+  # Every GC root Nix made for it is there (one on a Nix that builds one
+  # output, three where a .drv builds all) and points into the store.
+  out=$(find "$W/state/gcroots" -maxdepth 1 -type l -lname '/nix/store/*-multiout-1.0*' | wc -l)
+  atleast "$out" 1 "GC roots of multiout"
 }
-check "plain package: closure image, meta.mainProgram entrypoint runs" t_plain
+check "plain package: closure image, meta.mainProgram entrypoint runs; a multi-output package serves its outputName" t_plain
 
 t_nested() {
   local ep
@@ -584,7 +629,7 @@ t_archives() {
   local n out plain gz want got
   want=$(tar -xOf "$W/repo/images/base.tar" manifest.json | json 'len(d[0]["Layers"])')
   eq "$want" 2 "layers of the umoci-made base"
-  for n in pulled pulled-gz oci-dir oci-tar; do
+  for n in pulled pulled-gz pulled-zst oci-dir oci-tar; do
     unpack "$R/$n:latest" "$W/arch-$n"
     out=$(chroot "$W/arch-$n/bundle/rootfs" /bin/cat /etc/base-release)
     eq "$out" "base image" "/etc/base-release of $n"
@@ -595,6 +640,8 @@ t_archives() {
   plain=$(manifest_of pulled:latest | json '[l["digest"] for l in d["layers"]]')
   gz=$(manifest_of pulled-gz:v1 | json '[l["digest"] for l in d["layers"]]')
   eq "$gz" "$plain" "layer digests of the gzipped docker-archive"
+  got=$(manifest_of pulled-zst:latest | json '[l["digest"] for l in d["layers"]]')
+  eq "$got" "$plain" "layer digests of the zstd-compressed docker-archive"
   # An OCI layout keeps its gzip blobs: the manifest names the layout's own digests.
   got=$(json 'd["manifests"][0]["digest"][7:]' < "$W/repo/images/base-oci/index.json")
   want=$(json '[l["digest"] for l in d["layers"]]' < "$W/repo/images/base-oci/blobs/sha256/$got")
@@ -603,7 +650,7 @@ t_archives() {
   got=$(manifest_of oci-tar:latest | json '[l["mediaType"] for l in d["layers"]][0]')
   eq "$got" application/vnd.oci.image.layer.v1.tar+gzip "media type of a gzip member"
 }
-check "archives (docker-archive plain/gzip, OCI dir/tar): skopeo+umoci+chroot, archive digests" t_archives
+check "archives (docker-archive plain/gzip/zstd, OCI dir/tar): skopeo+umoci+chroot, archive digests" t_archives
 
 t_archive_clients() {
   local out
@@ -703,10 +750,14 @@ t_n2c() {
   out=$(ctr run --rm "$R/n2c:latest" "fpn-$$")
   eq "$out" 'greetings n2c as 0' "ctr run n2c"
   unpack "$R/n2c:latest" "$W/n2c"
-  got=$(stat -c '%u:%g %a' "$W/n2c/bundle/rootfs/bin/greet")
+  got=$(stat -c '%u:%g %a' "$W/n2c/bundle/rootfs/bin")
   eq "$got" '7:8 755' "perms of the copyToRoot tree"
+  # A second rule with a regex (matched against the file's store path, as
+  # nix2container does): /bin/greet alone.
+  got=$(stat -c '%u:%g %a' "$W/n2c/bundle/rootfs/bin/greet")
+  eq "$got" '9:10 750' "perms of /bin/greet, by regex"
 }
-check "nix2container buildImage JSON: store paths, copyToRoot, perms; containerd runs it" t_n2c
+check "nix2container buildImage JSON: store paths, copyToRoot, perms (every file, and by regex per file); containerd runs it" t_n2c
 
 t_image_errors() {
   local before after
@@ -790,8 +841,9 @@ t_pkg_unknown() {
 check "packages: every unknown package named in one 404, with close matches" t_pkg_unknown
 
 t_pkg_injection() {
-  local before after
+  local before after evals_before
   before=$(builds "$PK")
+  evals_before=$(evals "$PK")
   R=$RK expect_error GET '/v2/hello/%24%7Bbuiltins.abort%20%22x%22%7D/manifests/latest' 400 NAME_INVALID
   R=$RK expect_error GET '/v2/hello/a%22%3B/manifests/latest' 400 NAME_INVALID
   R=$RK expect_error GET '/v2/hello/manifests/latest%22%20--impure' 400 TAG_INVALID
@@ -799,9 +851,27 @@ t_pkg_injection() {
   eq "$after" "$before" "nix runs for requests refused by validation"
   R=$RK expect_error GET '/v2/hello/builtins.abort/import/or/manifests/latest' 404 MANIFEST_UNKNOWN 'builtins.abort; import; or'
   after=$(builds "$PK")
-  eq "$after" "$((before + 1))" "nix runs for one lookup of unknown names"
+  eq "$after" "$before" "nix builds for unknown names"
+  after=$(evals "$PK")
+  eq "$after" "$((evals_before + 1))" "nix evaluations for one lookup of unknown names"
 }
 check "packages: injection attempts are data (unknown names) or rejected" t_pkg_injection
+
+# An output whose evaluation fails (here a throw; a flake input that cannot
+# be fetched or a syntax error fail the same way) is a 500 with Nix's
+# message on every Nix, never a 404 (since Nix 2.13 its traces quote the
+# expression's source: no answer may be read from them); beside a package
+# set holding a `libgreet`, the set's package is not served instead.
+t_eval_failure() {
+  local before after
+  expect_error GET /v2/libgreet/manifests/latest 500 UNKNOWN 'libgreet: this output fails to evaluate on purpose'
+  before=$(builds "$PB")
+  R=127.0.0.1:$PB expect_error GET /v2/libgreet/manifests/latest 500 UNKNOWN 'libgreet: this output fails to evaluate on purpose'
+  R=127.0.0.1:$PB expect_error GET /v2/libgreet/manifests/latest 500 UNKNOWN 'libgreet: this output fails to evaluate on purpose'
+  after=$(builds "$PB")
+  eq "$after" "$before" "nix builds for an output that fails to evaluate"
+}
+check "an output that fails to evaluate: 500 with Nix's message, not 404, and no package of that name served instead" t_eval_failure
 
 t_pkg_shared() {
   local a b shared n
@@ -1700,20 +1770,40 @@ await_split() { # await_split PORT: until the split proxy answers
 }
 check "a second node (empty /nix, own state): the same bytes when it builds, and when it only substitutes from the cache the first filled; one pull across both" t_second_node
 
+# A server on a fresh store (an empty /nix: a new node, or the cluster-ip
+# Deployment's emptyDir) whose first pulls arrive together. Nix creates
+# /nix/var/nix at its first opening of a store without a lock, so two first
+# processes at once can fail ("creating symlink ... File exists"): the
+# server opens the store once at start, before it answers.
+t_fresh_store() {
+  local pids=() p name got
+  start_node PF "$W/state-fresh-store" "" --packages "$W/repo"
+  for name in app plain stock other hello greeter shell/hello; do
+    curl -fsS -o "$W/fresh-${name//\//-}" "http://127.0.0.1:$PF/v2/$name/manifests/latest" &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  for name in app plain stock other hello greeter shell/hello; do
+    got=$(json 'd["schemaVersion"]' < "$W/fresh-${name//\//-}")
+    eq "$got" 2 "manifest of $name, pulled first on a fresh store"
+  done
+}
+check "a fresh store (empty /nix): the server's first pulls, arriving together, all succeed" t_fresh_store
+
 t_warm() {
   local n code out want got
   start_server PW "$W/state-warm" --warm stock:v1,nosuch
   # Built at start, with no pull.
   wait_for_line "$W/server-$PW.log" 'warmed image=stock:v1' 60
   wait_for_line "$W/server-$PW.log" 'cannot warm image=nosuch' 60
-  # (nosuch too runs one nix build: the lookup is part of it)
+  # (nosuch is looked up by an evaluation and builds nothing)
   n=$(builds "$PW")
-  eq "$n" 2 "builds after warming"
+  eq "$n" 1 "builds after warming"
   # The first pull finds it ready.
   code=$(status "http://127.0.0.1:$PW/v2/stock/manifests/v1")
   eq "$code" 200 "stock:v1"
   n=$(builds "$PW")
-  eq "$n" 2 "builds after the first pull"
+  eq "$n" 1 "builds after the first pull"
   # POST /warm: at once (202), or when ready (wait=1) with the digest a
   # pull then gets, or the error an unknown name gets.
   code=$(curl -s -o "$W/warm.body" -w '%{http_code}' -X POST "http://127.0.0.1:$PW/warm?image=plain:v1")
@@ -1878,7 +1968,7 @@ check "web page: builds' logs live in Chromium (and without JavaScript), recent 
 
 
 t_metrics() {
-  local m sizes none json got prom_port prom_pid log line
+  local m sizes none json got prom_port prom_pid log line version ours
   start_server PX "$W/state-metrics" --packages "$W/repo"
   m=$PX
   # One pull of stock with skopeo into an empty layout fetches every blob once.
@@ -1889,6 +1979,14 @@ t_metrics() {
   eq "$((none + json))" "$sizes" "blob bytes served for one pull of stock"
   got=$(metric "$m" 'flakeport_builds_started_total{kind="flake"}')
   eq "$got" 1 "builds started"
+  # The Nix the server found at start, as `nix --version` names it here.
+  version=$(nix --version)
+  version=${version##* }
+  ours=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -1)
+  got=$(metric "$m" "flakeport_build_info{version=\"$ours\",nix_flavour=\"nix\",nix_version=\"$version\"}")
+  eq "$got" 1 "flakeport_build_info with the Nix version"
+  got=$(curl -fsS "http://127.0.0.1:$m/")
+  has_line "$got" "Builds run Nix $version" "the home page"
   got=$(metric "$m" 'flakeport_builds_succeeded_total{kind="flake"}')
   eq "$got" 1 "builds succeeded"
   got=$(metric "$m" 'flakeport_build_duration_seconds_count{kind="flake"}')
@@ -2044,6 +2142,42 @@ PY
   grep -q -- '--signing-key' "$W/ed.log"
 }
 check "provenance: referrers API and tag schema; the image page links each document; CycloneDX and SPDX valid per their schemas and equal to nix path-info -r of the image's store paths; SLSA statement; cosign signature verified by openssl, cosign key files opened; deterministic across a restart; pulls unchanged" t_provenance
+
+# ---------------------------------------------------------------- Nix versions
+# The same flake revision built by Debian 13's Nix (2.26, in its own root
+# and store) gives the same bytes as the host's: every manifest, config and
+# layer. Checked from the host's run only; E2E_NIX=debian13 runs every other
+# check on 2.26 too.
+t_nix_versions() {
+  local root port here there log image digest digests got
+  root=$(nix_root)
+  mkdir -p "$root/nix"
+  start_server PV "$W/state-versions-host" --packages "$W/repo"
+  port=$(free_port)
+  IN_ROOT_BIND=${ROOT#/} "$ROOT/tests/in-root" "$root" "$BIN" serve "$W/repo" --packages "$W/repo" \
+    --listen "127.0.0.1:$port" --state-dir "$W/state-versions-226" >>"$W/server-$port.log" 2>&1 &
+  echo "$!" >> "$W/pids"
+  await_server "$port"
+  log=$(cat "$W/server-$port.log")
+  has_line "$log" 'using Nix nix=Nix 2\.26' "the second server's Nix"
+  for image in app:latest app:v1 plain:latest multiout:latest stock:latest stock-owned:v1 layered:latest \
+    based:latest stock-based:latest n2c:latest pulled:latest pulled-gz:latest pulled-zst:latest oci-tar:latest fakeroot:latest \
+    shell/hello:latest greeter/hello:v1; do
+    here=$(curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://127.0.0.1:$PV/v2/${image%%:*}/manifests/${image##*:}")
+    there=$(curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://127.0.0.1:$port/v2/${image%%:*}/manifests/${image##*:}")
+    eq "$there" "$here" "$image's manifest on Nix 2.26 and on the host's"
+    # Every blob 2.26's server sends hashes to its digest: config and layers.
+    digests=$(json '"\n".join([d["config"]["digest"]] + [l["digest"] for l in d["layers"]])' <<<"$there")
+    atleast "$(wc -l <<<"$digests")" 2 "$image's config and layers" # lint-ok: wc of a variable
+    for digest in $digests; do
+      got=$(blob_sha "http://127.0.0.1:$port/v2/${image%%:*}/blobs/$digest")
+      eq "$got" "$digest" "$image blob from Nix 2.26"
+    done
+  done
+}
+if [ -z "${E2E_NIX_ROOT:-}" ]; then
+  check "Nix 2.26 (a Debian 13 root) and the host's Nix serve byte-identical manifests, configs and layers for one revision: conf v1, tags, plain and multi-output packages, nixpkgs confs, fromImage, archives (plain, gzip, OCI), nix2container, fakeroot, package paths" t_nix_versions
+fi
 
 echo
 echo "e2e: $PASSED passed, ${#FAILED[@]} failed"

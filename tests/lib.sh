@@ -47,8 +47,8 @@ make_fixture_repo() {
 }
 
 # make_base_images DEST: a two-layer busybox image made with umoci, written
-# by skopeo as every archive kind a flake can hold: docker-archive (plain
-# and gzipped, as pullImage and buildImage leave them), OCI layout as a
+# by skopeo as every archive kind a flake can hold: docker-archive (plain,
+# gzipped and zstd-compressed, as pullImage and buildImage leave them), OCI layout as a
 # directory and as a tar; an arm64 one, and a truncated one.
 make_base_images() {
   local dest=$1 t
@@ -68,6 +68,8 @@ make_base_images() {
   umoci config --image "$t/oci:base" --tag arm64 --architecture arm64
   skopeo copy -q "oci:$t/oci:base" "docker-archive:$dest/base.tar:base:latest"
   gzip -n -c "$dest/base.tar" > "$dest/base.tar.gz"
+  # As nixpkgs' buildImage writes it with compressor = "zstd".
+  zstd -q -c -T1 "$dest/base.tar" > "$dest/base.tar.zst"
   skopeo copy -q "oci:$t/oci:base" "oci:$dest/base-oci:latest"
   skopeo copy -q "oci:$t/oci:base" "oci-archive:$dest/base-oci.tar:latest"
   skopeo copy -q "oci:$t/oci:arm64" "docker-archive:$dest/arm64.tar:base:arm64"
@@ -113,21 +115,10 @@ debian_root() {
   echo "$dir"
 }
 
-# in_root DIR CMD [ARGS...]: CMD inside the root DIR, in a mount namespace of
-# its own with /proc, /sys, /dev, /tmp and $IN_ROOT_BIND (paths, bound at the
-# same place) from outside, in the same working directory if the root has it.
-# The root keeps its own /nix, unless IN_ROOT_NIX=/nix binds the caller's.
-# The process keeps its PID (every step execs), so it can be signalled.
-in_root() {
-  local dir=$1
-  shift
-  unshare -m --propagation private sh -ec '
-    dir=$1; shift
-    for m in proc sys dev tmp ${IN_ROOT_BIND:-}; do
-      mkdir -p "$dir/$m"; mount --rbind "/$m" "$dir/$m"
-    done
-    if [ -n "${IN_ROOT_NIX:-}" ]; then mkdir -p "$dir/nix"; mount --rbind "$IN_ROOT_NIX" "$dir/nix"; fi
-    cp -f /etc/resolv.conf "$dir/etc/resolv.conf" 2>/dev/null || true
-    exec chroot "$dir" /bin/sh -c "cd \"\$0\" 2>/dev/null || cd /; exec \"\$@\"" "$PWD" "$@"
-  ' sh "$dir" "$@"
-}
+# nix_root: the Debian 13 root with its Nix (2.26), git, and the host tools
+# the fixture's images run in their builds (fakeroot, proot).
+nix_root() { debian_root trixie trixie nix-bin git ca-certificates fakeroot proot; }
+
+# in_root DIR CMD [ARGS...]: tests/in-root (CMD inside the root DIR).
+FLAKEPORT_TESTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+in_root() { "$FLAKEPORT_TESTS/in-root" "$@"; }

@@ -157,6 +157,10 @@ pub const CACHES: [&str; 6] = [
 /// The gauges and counters owned by other parts, read at scrape time.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
+    /// The Nix builds run with, read once at start: its flavour (nix, lix,
+    /// determinate) and version.
+    pub nix_flavour: &'static str,
+    pub nix_version: String,
     pub nix_builds_started: u64,
     /// (kind, processes started)
     pub processes_started: Vec<(&'static str, u64)>,
@@ -259,6 +263,20 @@ impl Metrics {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
             g
         };
+        // An info metric, as Prometheus exporters write `*_build_info`:
+        // the value is 1, the facts are labels (one series per process).
+        let info = Family::<Vec<(&'static str, String)>, Gauge>::default();
+        info.get_or_create(&vec![
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+            ("nix_flavour", s.nix_flavour.to_string()),
+            ("nix_version", s.nix_version.clone()),
+        ])
+        .set(1);
+        now.register(
+            "build_info",
+            "flakeport's version and the Nix it runs (flavour: nix, lix or determinate; version as that Nix gives it)",
+            info,
+        );
         now.register(
             "nix_builds_started",
             "nix build processes started",
@@ -352,6 +370,8 @@ mod tests {
         m.manifest_served("text/html<script>", None);
         m.error("NAME_UNKNOWN");
         let text = m.encode(&Snapshot {
+            nix_flavour: "lix",
+            nix_version: "2.91.1".into(),
             nix_builds_started: 3,
             processes_started: vec![("build", 3)],
             state_dir_bytes: 99,
@@ -369,6 +389,11 @@ mod tests {
             "flakeport_nix_builds_started_total 3",
             "flakeport_processes_started_total{kind=\"build\"} 3",
             "flakeport_state_dir_bytes 99",
+            concat!(
+                "flakeport_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\",nix_flavour=\"lix\",nix_version=\"2.91.1\"} 1"
+            ),
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -77,18 +77,55 @@ pub struct PermRule {
     /// Also apply to everything below `path`.
     #[serde(default)]
     pub recursive: bool,
+    /// nix2container's per-file rule: only the entries under `path` whose
+    /// path in the store (`source`, then what follows `path`) matches this
+    /// regex, unanchored, as its Go `regexp` matches (the `regex` crate
+    /// reads the same RE2 syntax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// The store path that `path` stands for (itself for a store path; the
+    /// tree's store path for one moved to `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl PermRule {
-    fn matches(&self, archive_path: &[u8]) -> bool {
+    /// Whether the rule covers `archive_path` by place (`path` and, if
+    /// recursive, below it): the part of `archive_path` after `path`.
+    fn below<'p>(&self, archive_path: &'p [u8]) -> Option<&'p [u8]> {
         let rule = self.path.trim_end_matches('/').as_bytes();
         if archive_path == rule {
-            return true;
+            return Some(&[]);
         }
-        self.recursive
+        (self.recursive
             && archive_path.len() > rule.len()
             && archive_path.starts_with(rule)
-            && archive_path[rule.len()] == b'/'
+            && archive_path[rule.len()] == b'/')
+            .then(|| &archive_path[rule.len()..])
+    }
+}
+
+/// A rule with its regex compiled once per scan.
+struct CompiledRule<'a> {
+    rule: &'a PermRule,
+    regex: Option<regex::bytes::Regex>,
+}
+
+impl CompiledRule<'_> {
+    fn matches(&self, archive_path: &[u8]) -> bool {
+        let Some(rest) = self.rule.below(archive_path) else {
+            return false;
+        };
+        match (&self.regex, &self.rule.regex) {
+            (None, None) => true,
+            // A regex that does not compile (refused when planned) matches nothing.
+            (None, Some(_)) => false,
+            (Some(re), _) => {
+                let mut source = self.rule.source.clone().unwrap_or_default().into_bytes();
+                source.extend_from_slice(rest);
+                re.is_match(&source)
+            }
+        }
     }
 }
 
@@ -1028,7 +1065,7 @@ struct Scanner<'a> {
     /// Mode for every directory below the top, or `None` to keep the store's.
     dir_mode: Option<u32>,
     owner: Arc<Owner>,
-    perms: &'a [PermRule],
+    perms: Vec<CompiledRule<'a>>,
     entries: Vec<Entry>,
 }
 
@@ -1038,7 +1075,16 @@ impl<'a> Scanner<'a> {
             mtime,
             dir_mode: None,
             owner: Arc::new(owner.clone()),
-            perms,
+            perms: perms
+                .iter()
+                .map(|rule| CompiledRule {
+                    rule,
+                    regex: rule
+                        .regex
+                        .as_deref()
+                        .and_then(|r| regex::bytes::Regex::new(r).ok()),
+                })
+                .collect(),
             entries: Vec::new(),
         }
     }
@@ -1047,7 +1093,12 @@ impl<'a> Scanner<'a> {
         let bare = name.strip_suffix(b"/").unwrap_or(&name);
         let mut mode = mode & 0o7777;
         let mut owner = self.owner.clone();
-        for rule in self.perms.iter().filter(|r| r.matches(bare)) {
+        for rule in self
+            .perms
+            .iter()
+            .filter(|r| r.matches(bare))
+            .map(|r| r.rule)
+        {
             if let Some(m) = rule.mode {
                 mode = m & 0o7777;
             }

@@ -255,6 +255,63 @@ fn root_tree_maps_the_directory_to_slash_and_applies_perms() {
     );
 }
 
+/// nix2container's `perms` with a regex (its `examples/ownership.nix`:
+/// `{ path = test; regex = "/tmp/test1.txt"; uid = 1001; gid = 1001; }`),
+/// matched unanchored against each file's path in the store, as its
+/// tests/default.nix expects: test1.txt owned by 1001, test2.txt untouched,
+/// in a tree moved to `/` and in a store path left in place.
+#[test]
+fn regex_perms_apply_per_file_to_the_store_path() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("tmp")).unwrap();
+    std::fs::write(t.path().join("tmp/test1.txt"), b"1").unwrap();
+    std::fs::write(t.path().join("tmp/test2.txt"), b"2").unwrap();
+    let store_path = t.path().to_string_lossy().into_owned();
+    let rule = |at: &str| PermRule {
+        path: at.into(),
+        uid: Some(1001),
+        gid: Some(1001),
+        mode: Some(0o444),
+        recursive: true,
+        regex: Some("/tmp/test1.txt".into()),
+        source: Some(store_path.clone()),
+        ..Default::default()
+    };
+    let root = LayerSource::RootTree {
+        dir: t.path().to_path_buf(),
+        mtime: 1,
+        owner: Owner::default(),
+        perms: vec![rule("")],
+    };
+    let in_place = LayerSource::StorePaths {
+        paths: vec![t.path().to_path_buf()],
+        mtime: 1,
+        owner: Owner::default(),
+        perms: vec![rule(&store_path)],
+    };
+    for (src, prefix) in [(root, String::new()), (in_place, store_path.clone())] {
+        let entries = parse(&generate(&LayerTar::scan(&src).unwrap()));
+        let m: BTreeMap<String, &Parsed> = entries
+            .iter()
+            .map(|(n, p)| (String::from_utf8_lossy(n).into_owned(), p))
+            .collect();
+        let one = m[&format!("{prefix}/tmp/test1.txt")];
+        let two = m[&format!("{prefix}/tmp/test2.txt")];
+        assert_eq!(
+            (one.uid, one.gid, one.mode),
+            (1001, 1001, 0o444),
+            "{prefix}"
+        );
+        assert_eq!((two.uid, two.gid), (0, 0), "{prefix}");
+        assert_ne!(two.mode, 0o444, "{prefix}");
+        let dir = m[&format!("{prefix}/tmp/")];
+        assert_eq!(
+            dir.uid, 0,
+            "{prefix}: the regex does not match the directory"
+        );
+    }
+}
+
 #[test]
 fn key_depends_on_everything_that_changes_bytes() {
     let paths = || -> Vec<PathBuf> { vec!["/nix/store/a".into(), "/nix/store/b".into()] };

@@ -168,10 +168,11 @@ fn plan_layer(l: Layer, closure: &Closure) -> Result<PlannedLayer, String> {
         } else {
             p.path.to_string_lossy().into_owned()
         };
+        let source = p.path.to_string_lossy().into_owned();
         let perms = options
             .perms
             .into_iter()
-            .map(|perm| perm_rule(&at, perm))
+            .map(|perm| perm_rule(&at, &source, perm))
             .collect::<Result<Vec<_>, String>>()?;
         if to_root {
             roots.push(LayerSource::RootTree {
@@ -207,15 +208,18 @@ fn plan_layer(l: Layer, closure: &Closure) -> Result<PlannedLayer, String> {
     })
 }
 
-/// nix2container perms apply to every file under a path whose name matches
-/// a regex; the match-everything regex is what its `perms` helper writes,
-/// and the one supported here.
-fn perm_rule(at: &str, p: Perm) -> Result<PermRule, String> {
-    if !matches!(p.regex.as_str(), "" | ".*" | "^.*$" | ".*$" | "^.*") {
-        return Err(format!(
-            "perms with regex {:?} are not supported (only \".*\": a whole path)",
-            p.regex
-        ));
+/// nix2container perms apply to the files under a path whose path in the
+/// store matches a regex (unanchored, so `"/tmp/test1.txt"` in its own
+/// `examples/ownership.nix` matches `/nix/store/…-test/tmp/test1.txt`). A
+/// match-everything regex (what its `perms` helper writes) is a plain
+/// recursive rule; any other regex is applied per file, as nix2container
+/// does. On a match it sets uid and gid (0 when not given), and uname,
+/// gname and mode when given. `source` is the store path `at` stands for.
+fn perm_rule(at: &str, source: &str, p: Perm) -> Result<PermRule, String> {
+    let every_file = matches!(p.regex.as_str(), "" | ".*" | "^.*$" | ".*$" | "^.*");
+    if !every_file {
+        regex::bytes::Regex::new(&p.regex)
+            .map_err(|e| format!("perms regex {:?} is not a valid regex: {e}", p.regex))?;
     }
     if p.or_mode.is_some() {
         return Err("perms with orMode are not supported".into());
@@ -228,13 +232,27 @@ fn perm_rule(at: &str, p: Perm) -> Result<PermRule, String> {
                 .map_err(|_| format!("perms mode {:?} is not octal", p.mode))?,
         )
     };
+    if every_file {
+        return Ok(PermRule {
+            path: at.to_string(),
+            mode,
+            uid: p.uid,
+            gid: p.gid,
+            uname: p.uname.filter(|u| !u.is_empty()),
+            gname: p.gname.filter(|g| !g.is_empty()),
+            recursive: true,
+            ..PermRule::default()
+        });
+    }
     Ok(PermRule {
         path: at.to_string(),
         mode,
-        uid: p.uid,
-        gid: p.gid,
+        uid: Some(p.uid.unwrap_or(0)),
+        gid: Some(p.gid.unwrap_or(0)),
         uname: p.uname.filter(|u| !u.is_empty()),
         gname: p.gname.filter(|g| !g.is_empty()),
         recursive: true,
+        regex: Some(p.regex),
+        source: Some(source.to_string()),
     })
 }

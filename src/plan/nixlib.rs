@@ -102,6 +102,7 @@ pub fn plan(
                 uname: p.owner.uname,
                 gname: p.owner.gname,
                 recursive: p.recursive,
+                ..PermRule::default()
             })
         })
         .collect::<Result<Vec<_>, PlanError>>()?;

@@ -146,6 +146,9 @@ pub async fn home(web: &Web, host: &str) -> Markup {
             @if let Some(set) = images.packages_source() { "packages of " code { (set) } }
             " for " (images.systems().join(", ")) "."
         }
+        p.muted #nix {
+            "Builds run " (images.nix.version()) " (" code { (images.nix.version().line) } ")."
+        }
         section #pull {
             h2 { "Pull from this host" }
             (pull_lines(web, host, &format!("{example}:latest")))
