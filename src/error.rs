@@ -77,6 +77,14 @@ pub enum RegistryError {
         system: String,
         source: Box<RegistryError>,
     },
+    /// A Nix command other than the build failed (a store query): its
+    /// message, with the command and the version.
+    #[error("`{command}` failed ({nix}); last lines of its output:\n{log_tail}")]
+    NixFailed {
+        command: String,
+        nix: String,
+        log_tail: String,
+    },
     /// A tool's answer flakeport cannot read (a Nix whose output changed):
     /// the command and the version are named, so the operator knows what
     /// to report or which Nix to run.
@@ -140,7 +148,7 @@ impl RegistryError {
             BuildFailed { .. } => "build",
             BuildTimeout { .. } => "timeout",
             NotAnImage { .. } => "not_an_image",
-            NixOutput { .. } => "nix_output",
+            NixOutput { .. } | NixFailed { .. } => "nix_output",
             NameUnknown { .. } | TagUnknown { .. } | TagNotGit { .. } | PackagesUnknown { .. } => {
                 "not_found"
             }
@@ -162,7 +170,7 @@ impl RegistryError {
             | ManifestUnknown { .. }
             | PackagesUnknown { .. } => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
             BlobUnknown { .. } => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
-            BuildFailed { .. } | NotAnImage { .. } | NixOutput { .. } => {
+            BuildFailed { .. } | NotAnImage { .. } | NixOutput { .. } | NixFailed { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
             }
             BuildTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UNKNOWN"),

@@ -167,10 +167,21 @@ impl Server {
     }
 
     async fn builds(&self) -> u64 {
+        self.counter("flakeport_nix_builds_started_total").await
+    }
+
+    /// `nix eval`s started: how names are looked up (no build for a name
+    /// that is no image).
+    async fn evals(&self) -> u64 {
+        self.counter("flakeport_processes_started_total{kind=\"eval\"}")
+            .await
+    }
+
+    async fn counter(&self, series: &str) -> u64 {
         let text = String::from_utf8(self.bytes("/metrics").await).unwrap();
         text.lines()
-            .find_map(|l| l.strip_prefix("flakeport_nix_builds_started_total "))
-            .expect("build counter")
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in /metrics"))
             .parse()
             .unwrap()
     }
@@ -563,30 +574,45 @@ async fn manifest_ttl_pinned_commits_and_the_not_an_output_cache() {
     assert_eq!(pull("app", "main".into()).await, 200);
     assert_eq!(s.builds().await, b1 + 1, "a branch after the TTL");
 
-    // A package path beside a flake: the flake lookup (one nix run), then
-    // the packages (another). Within the TTL: nothing; after it: both again.
-    let b2 = s.builds().await;
+    // A package path beside a flake: the flake lookup (an evaluation that
+    // says it is no output), then the packages (an evaluation and a
+    // build). Within the TTL: nothing; after it: both again.
+    let (b2, e2) = (s.builds().await, s.evals().await);
     assert_eq!(pull("hello/greeter", "latest".into()).await, 200);
-    assert_eq!(s.builds().await, b2 + 2);
+    assert_eq!((s.builds().await, s.evals().await), (b2 + 1, e2 + 2));
     assert_eq!(pull("hello/greeter", "latest".into()).await, 200);
-    assert_eq!(s.builds().await, b2 + 2, "a package path within the TTL");
+    assert_eq!(
+        (s.builds().await, s.evals().await),
+        (b2 + 1, e2 + 2),
+        "a package path within the TTL"
+    );
     tokio::time::sleep(ttl).await;
     assert_eq!(pull("hello/greeter", "latest".into()).await, 200);
-    assert_eq!(s.builds().await, b2 + 4, "a package path after the TTL");
+    assert_eq!(
+        (s.builds().await, s.evals().await),
+        (b2 + 2, e2 + 4),
+        "a package path after the TTL"
+    );
 
     // A name that is neither: failures are not cached, but "not an output
-    // of the flake" is, for the TTL, so the flake lookup is skipped.
-    let b3 = s.builds().await;
+    // of the flake" is, for the TTL, so the flake lookup is skipped. Both
+    // lookups are evaluations; nothing is built.
+    let (b3, e3) = (s.builds().await, s.evals().await);
     assert_eq!(pull("nosuchpkg", "latest".into()).await, 404);
-    assert_eq!(s.builds().await, b3 + 2);
+    assert_eq!(s.evals().await, e3 + 2);
     assert_eq!(pull("nosuchpkg", "latest".into()).await, 404);
-    assert_eq!(s.builds().await, b3 + 3, "the flake lookup is skipped");
+    assert_eq!(s.evals().await, e3 + 3, "the flake lookup is skipped");
     tokio::time::sleep(ttl).await;
     assert_eq!(pull("nosuchpkg", "latest".into()).await, 404);
     assert_eq!(
-        s.builds().await,
-        b3 + 5,
+        s.evals().await,
+        e3 + 5,
         "after the TTL the flake is asked again"
+    );
+    assert_eq!(
+        s.builds().await,
+        b3,
+        "nix builds for a name that is neither"
     );
 }
 

@@ -418,23 +418,20 @@ impl Nix {
         );
         args.push("-r".into());
         args.extend(paths.iter().map(|p| path_str(p)));
+        let command = format!("nix {}", args[..args.len() - paths.len()].join(" "));
         let out = self.run(Kind::Query, &args).await.map_err(|f| match f {
-            Failure::Exit { stderr } => {
-                RegistryError::internal(format!("nix path-info failed: {stderr}"))
-            }
-            Failure::Timeout => RegistryError::internal("nix path-info timed out"),
             Failure::Busy => busy(),
+            f => RegistryError::NixFailed {
+                command: command.clone(),
+                nix: self.version.to_string(),
+                log_tail: tail(&f.describe()),
+            },
         })?;
         let store_dir = paths
             .first()
             .and_then(|p| p.parent())
             .unwrap_or(Path::new("/nix/store"));
-        path_info::parse(&out, store_dir).map_err(|e| {
-            self.unreadable(
-                &format!("nix {}", args[..args.len() - paths.len()].join(" ")),
-                e,
-            )
-        })
+        path_info::parse(&out, store_dir).map_err(|e| self.unreadable(&command, e))
     }
 
     /// Run nix through the scheduler; its stdout if it succeeded.
@@ -639,12 +636,16 @@ fn classify(target: &str, tag: &str, source: &str, f: Failure, timeout: Duration
             flake: source.to_string(),
         };
     }
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
     RegistryError::BuildFailed {
         target: target.to_string(),
-        log_tail: tail,
+        log_tail: tail(&stderr),
     }
+}
+
+/// The last lines of a command's output that say something.
+fn tail(output: &str) -> String {
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
 
 /// What Nix and git say when a ref or commit is not in the source: git's
