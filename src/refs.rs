@@ -207,6 +207,7 @@ async fn git(
         env: vec![("GIT_TERMINAL_PROMPT", "0"), ("GIT_ASKPASS", "true")],
         timeout: GIT_TIMEOUT,
         stderr_lines: None,
+        build_slot: false,
     };
     scheduler.run(job).await.map_err(|f| match f {
         scheduler::Failure::Busy => crate::build::busy(),

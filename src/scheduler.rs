@@ -67,6 +67,10 @@ pub struct Job<'a> {
     pub timeout: Duration,
     /// Called with each line of stderr as it comes (a build's live log).
     pub stderr_lines: Option<&'a (dyn Fn(&str) + Sync)>,
+    /// Also bounded by `max_builds`, whatever its kind: the evaluation
+    /// that chooses what to build takes as much memory as the build's own
+    /// evaluation did.
+    pub build_slot: bool,
 }
 
 #[derive(Debug)]
@@ -190,27 +194,27 @@ impl Scheduler {
     /// Wait for a slot (or fail at once with `Busy` if the queue is full),
     /// run the job, return its output whatever its exit status.
     pub async fn run(&self, job: Job<'_>) -> Result<std::process::Output, Failure> {
+        let heavy = job.kind == Kind::Build || job.build_slot;
         let (_build, _process) = {
             if self.queued.load(Ordering::SeqCst) >= self.bounds.max_queued
                 && (self.processes.available_permits() == 0
-                    || (job.kind == Kind::Build && self.builds.available_permits() == 0))
+                    || (heavy && self.builds.available_permits() == 0))
             {
                 self.refused.fetch_add(1, Ordering::SeqCst);
                 return Err(Failure::Busy);
             }
             let _waiting = Counted::new(&self.queued);
-            let _waiting_build =
-                (job.kind == Kind::Build).then(|| Counted::new(&self.builds_queued));
+            let _waiting_build = heavy.then(|| Counted::new(&self.builds_queued));
             // Builds take their build slot first, then a process slot: one
             // order everywhere, so no two jobs wait on each other.
-            let build = match job.kind {
-                Kind::Build => Some(self.builds.acquire().await.expect("never closed")),
-                _ => None,
+            let build = match heavy {
+                true => Some(self.builds.acquire().await.expect("never closed")),
+                false => None,
             };
             (build, self.processes.acquire().await.expect("never closed"))
         };
         let _running = Counted::new(&self.running_now);
-        let _running_build = (job.kind == Kind::Build).then(|| Counted::new(&self.builds_running));
+        let _running_build = heavy.then(|| Counted::new(&self.builds_running));
         self.started[job.kind.index()].fetch_add(1, Ordering::SeqCst);
         self.spawn_and_wait(job).await
     }
@@ -324,6 +328,7 @@ mod tests {
             env: vec![],
             timeout: Duration::from_secs(30),
             stderr_lines: None,
+            build_slot: false,
         }
     }
 
@@ -396,6 +401,7 @@ mod tests {
             env: vec![],
             timeout: Duration::from_secs(30),
             stderr_lines: Some(&record),
+            build_slot: false,
         };
         let out = s.run(job).await.unwrap();
         assert_eq!(out.stderr, b"one\ntwo");

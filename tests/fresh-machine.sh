@@ -26,13 +26,14 @@ for suite in ${FRESH_SUITES:-bookworm trixie}; do
   # The repository as a clone has it: tracked files and changes to them.
   mkdir -p "$fresh/root/flakeport"
   (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard |
-    tar --null -T - -cf - 2>/dev/null) | tar -xf - -C "$fresh/root/flakeport"
+    tar --null --ignore-failed-read -T - -cf -) | tar -xf - -C "$fresh/root/flakeport"
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   log=$ROOT/target/fresh-$suite.log
   mkdir -p "$ROOT/target"
   echo "== scripts/quickstart --check on a fresh Debian $suite (log: $log)"
   started=$(date +%s)
-  if env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 PORT="$port" \
+  # (HOME as here: the toolchain is bound at the same place.)
+  if env -i HOME="$HOME" PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 PORT="$port" \
     IN_ROOT_BIND="${HOME#/}/.cargo ${HOME#/}/.rustup" "$ROOT/tests/in-root" "$fresh" \
     /root/flakeport/scripts/quickstart --check >"$log" 2>&1; then
     echo "ok   quickstart --check on Debian $suite ($(($(date +%s) - started)) s)"

@@ -36,7 +36,7 @@ struct UnknownPackage {
 }
 
 /// One derivation to build, and the one output of it that is served.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
 struct Chosen {
     #[serde(rename = "drvPath")]
     drv_path: PathBuf,
@@ -195,25 +195,37 @@ impl Nix {
     /// GC root that keeps it (and everything it references) alive until
     /// the same name and tag is built again.
     pub async fn build(&self, t: &BuildTarget, log: BuildLog<'_>) -> Result<PathBuf> {
-        let chosen = match self.resolve(t).await? {
-            FlakeResult::Found { chosen } => chosen,
-            FlakeResult::Unknown { images } => return Err(name_unknown(t, images)),
-        };
         let link = self.flake_root(t);
-        let outs = self
-            .build_chosen(&link, std::slice::from_ref(&chosen), t, log, |f| {
-                classify(&t.to_string(), &t.tag, &t.flake_ref, f, self.timeout)
-            })
-            .await?;
-        outs.into_iter()
-            .next()
-            .ok_or_else(|| self.unreadable("nix build --json", "it named no output"))
-    }
-
-    /// `result` of `resolve.nix` for the target: what to build, or the
-    /// images the flake does have.
-    async fn resolve(&self, t: &BuildTarget) -> Result<FlakeResult> {
-        self.eval_json(t, "result").await
+        let mut again = true;
+        loop {
+            // The evaluation takes a build slot, as it did inside `nix
+            // build`: a flake's evaluation can take as much memory.
+            let chosen = match self.eval_json::<FlakeResult>(t, "result", true).await? {
+                FlakeResult::Found { chosen } => chosen,
+                FlakeResult::Unknown { images } => return Err(name_unknown(t, images)),
+            };
+            let built = self
+                .build_chosen(&link, std::slice::from_ref(&chosen), t, log, |f| {
+                    classify(
+                        &t.to_string(),
+                        &t.tag,
+                        &t.flake_ref,
+                        Step::Build,
+                        f,
+                        self.timeout,
+                    )
+                })
+                .await;
+            match built {
+                Err(_) if again && gone(std::slice::from_ref(&chosen)) => again = false,
+                built => {
+                    return built?
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| self.unreadable("nix build --json", "it named no output"))
+                }
+            }
+        }
     }
 
     /// The GC root (an out-link) that keeps a flake image's output alive.
@@ -265,28 +277,50 @@ impl Nix {
         ] {
             args.extend(["--argstr".to_string(), k.to_string(), v]);
         }
-        let classify_pkg = |f| classify(&t.to_string(), &t.tag, &t.location, f, self.timeout);
-        let out = self.run(Kind::Eval, &args).await.map_err(classify_pkg)?;
-        let drvs = match serde_json::from_slice(&out)
-            .map_err(|e| self.unreadable("nix eval --json", e))?
-        {
-            PackagesResult::Found { drvs } => drvs,
-            PackagesResult::Unknown { unknown } => return Err(unknown_packages(t, unknown)),
-        };
+        let classify_pkg =
+            |step, f| classify(&t.to_string(), &t.tag, &t.location, step, f, self.timeout);
         let link = self.packages_root(t);
-        let mut outs = self
-            .build_chosen(&link, &drvs, t, log, classify_pkg)
-            .await?;
-        outs.sort();
-        outs.dedup();
-        Ok(outs)
+        let mut again = true;
+        loop {
+            let out = self
+                .run_slotted(Kind::Eval, &args, None, true)
+                .await
+                .map_err(|f| classify_pkg(Step::Eval, f))?;
+            let mut drvs: Vec<Chosen> = match serde_json::from_slice(&out)
+                .map_err(|e| self.unreadable("nix eval --json", e))?
+            {
+                PackagesResult::Found { drvs } => drvs,
+                PackagesResult::Unknown { unknown } => return Err(unknown_packages(t, unknown)),
+            };
+            // (`shell` alone, on a set with none of its packages: nothing
+            // to build; `nix build` with no installable would build `.`.)
+            let mut seen = std::collections::HashSet::new();
+            drvs.retain(|c| seen.insert(c.clone()));
+            if drvs.is_empty() {
+                return Ok(Vec::new());
+            }
+            match self
+                .build_chosen(&link, &drvs, t, log, |f| classify_pkg(Step::Build, f))
+                .await
+            {
+                Err(_) if again && gone(&drvs) => again = false,
+                built => {
+                    let mut outs = built?;
+                    outs.sort();
+                    outs.dedup();
+                    return Ok(outs);
+                }
+            }
+        }
     }
 
-    /// `nix build --json --out-link LINK` of the chosen derivations within
-    /// the build limit; each one's chosen output, in order. Since 2.13 an
-    /// installable `DRV^OUTPUT` builds that output alone; before, a `.drv`
-    /// builds all of its outputs (each gets a link) and the chosen one is
-    /// read from the JSON.
+    /// Builds the chosen output of each chosen derivation within the build
+    /// limit, with GC roots named after `link`; their outputs, in order.
+    /// Since 2.13, `nix build --json DRV^OUTPUT` builds that output alone.
+    /// Before, `nix build DRV` builds every output of a derivation, so
+    /// `nix-store --realise DRV!OUTPUT` builds the one (it prints the
+    /// roots it made). Links of an earlier build that this one did not
+    /// make again (another output, a derivation fewer) are removed.
     async fn build_chosen(
         &self,
         link: &Path,
@@ -295,46 +329,95 @@ impl Nix {
         log: BuildLog<'_>,
         on_failure: impl FnOnce(Failure) -> RegistryError,
     ) -> Result<Vec<PathBuf>> {
-        let mut all = vec![
-            "build".to_string(),
-            "--json".into(),
-            // Builders' output on stderr as it comes (prefixed `name> `),
-            // for the log a watcher follows; failures keep their tail.
-            "--print-build-logs".into(),
-            "--out-link".into(),
-            path_str(link),
-        ];
-        all.extend(chosen.iter().map(|c| {
-            if self.version.selects_drv_outputs() {
-                format!("{}^{}", c.drv_path.display(), c.output_name)
-            } else {
-                path_str(&c.drv_path)
-            }
-        }));
         tracing::info!(image = %target, "nix build started");
         let started = std::time::Instant::now();
-        let stdout = self
-            .run_logged(Kind::Build, &all, Some(log))
-            .await
-            .map_err(on_failure)?;
+        let (outputs, made) = if self.version.selects_drv_outputs() {
+            let mut all = vec![
+                "build".to_string(),
+                "--json".into(),
+                // Builders' output on stderr as it comes (prefixed `name> `),
+                // for the log a watcher follows; failures keep their tail.
+                "--print-build-logs".into(),
+                "--out-link".into(),
+                path_str(link),
+            ];
+            all.extend(
+                chosen
+                    .iter()
+                    .map(|c| format!("{}^{}", c.drv_path.display(), c.output_name)),
+            );
+            let stdout = self
+                .run_logged(Kind::Build, &all, Some(log))
+                .await
+                .map_err(on_failure)?;
+            let built: Vec<BuildJson> = serde_json::from_slice(&stdout)
+                .map_err(|e| self.unreadable("nix build --json", e))?;
+            let outputs = chosen_outputs(chosen, &built)
+                .map_err(|e| self.unreadable("nix build --json", e))?;
+            (outputs, out_links(link, chosen))
+        } else {
+            let mut all = vec!["--realise".to_string(), "--add-root".into(), path_str(link)];
+            all.extend(
+                chosen
+                    .iter()
+                    .map(|c| format!("{}!{}", c.drv_path.display(), c.output_name)),
+            );
+            let stdout = self
+                .spawn("nix-store", Kind::Build, all, Some(log), false)
+                .await
+                .map_err(on_failure)?;
+            let made: Vec<PathBuf> = String::from_utf8_lossy(&stdout)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(PathBuf::from)
+                .collect();
+            let outputs = made
+                .iter()
+                .map(std::fs::read_link)
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| self.unreadable("nix-store --realise --add-root", e))?;
+            if outputs.len() != chosen.len() {
+                return Err(self.unreadable(
+                    "nix-store --realise --add-root",
+                    format!("{} roots for {} outputs", outputs.len(), chosen.len()),
+                ));
+            }
+            (outputs, made)
+        };
         tracing::debug!(image = %target, secs = started.elapsed().as_secs_f64(), "nix build finished");
-        let built: Vec<BuildJson> =
-            serde_json::from_slice(&stdout).map_err(|e| self.unreadable("nix build --json", e))?;
-        chosen_outputs(chosen, &built).map_err(|e| self.unreadable("nix build --json", e))
+        for stale in crate::index::root_family(link) {
+            if !made.contains(&stale) {
+                tracing::info!(root = %stale.display(), "GC root of an earlier build, not made again; removed");
+                let _ = std::fs::remove_file(&stale);
+            }
+        }
+        Ok(outputs)
     }
 
     /// `attr` of the flake's evaluation (see `expr_args`), as JSON.
+    /// With `build_slot`, it waits for a build slot, as the evaluation
+    /// before a build does.
     async fn eval_json<T: serde::de::DeserializeOwned>(
         &self,
         t: &BuildTarget,
         attr: &str,
+        build_slot: bool,
     ) -> Result<T> {
         let mut args = vec!["eval".to_string(), "--json".into()];
         args.extend(expr_args(t, attr));
         let out = self
-            .run(Kind::Eval, &args)
+            .run_slotted(Kind::Eval, &args, None, build_slot)
             .await
-            .map_err(|f| classify(&t.to_string(), &t.tag, &t.flake_ref, f, self.timeout))?;
+            .map_err(|f| {
+                classify(
+                    &t.to_string(),
+                    &t.tag,
+                    &t.flake_ref,
+                    Step::Eval,
+                    f,
+                    self.timeout,
+                )
+            })?;
         serde_json::from_slice(&out).map_err(|e| self.unreadable("nix eval --json", e))
     }
 
@@ -348,13 +431,13 @@ impl Nix {
     }
 
     pub async fn main_program(&self, t: &BuildTarget) -> Result<Option<String>> {
-        self.eval_json(t, "mainProgram").await
+        self.eval_json(t, "mainProgram", false).await
     }
 
     /// The flake source's narHash and commit, as the build's evaluation
     /// locks them (for provenance).
     pub async fn flake_lock(&self, t: &BuildTarget) -> Result<FlakeLock> {
-        let eval = || self.eval_json(t, "source");
+        let eval = || self.eval_json(t, "source", false);
         // `latest` of a work tree can change between two builds.
         if t.locked_ref.is_none() {
             return eval().await;
@@ -374,14 +457,14 @@ impl Nix {
             name: String,
             description: Option<String>,
         }
-        let named: Vec<Named> = self.eval_json(t, "names").await?;
+        let named: Vec<Named> = self.eval_json(t, "names", false).await?;
         Ok(named.into_iter().map(|n| (n.name, n.description)).collect())
     }
 
     /// Check that the name is an image of the flake at this tag, without
     /// building: `NameUnknown` only when the evaluation says so.
     pub async fn check_exists(&self, t: &BuildTarget) -> Result<()> {
-        match self.resolve(t).await? {
+        match self.eval_json::<FlakeResult>(t, "result", false).await? {
             FlakeResult::Found { .. } => Ok(()),
             FlakeResult::Unknown { images } => Err(name_unknown(t, images)),
         }
@@ -436,14 +519,14 @@ impl Nix {
 
     /// Run nix through the scheduler; its stdout if it succeeded.
     async fn run(&self, kind: Kind, args: &[String]) -> std::result::Result<Vec<u8>, Failure> {
-        self.run_logged(kind, args, None).await
+        self.run_slotted(kind, args, None, false).await
     }
 
     /// `nix ARGS` as given (no experimental-features flag): for
     /// `--version`, which must work on any Nix.
     async fn run_bare(&self, kind: Kind, args: &[&str]) -> std::result::Result<Vec<u8>, Failure> {
-        self.spawn(kind, args.iter().map(|a| a.to_string()).collect(), None)
-            .await
+        let args = args.iter().map(|a| a.to_string()).collect();
+        self.spawn("nix", kind, args, None, false).await
     }
 
     /// [`Nix::run`], each stderr line also handed to `log` as it comes.
@@ -453,28 +536,43 @@ impl Nix {
         args: &[String],
         log: Option<BuildLog<'_>>,
     ) -> std::result::Result<Vec<u8>, Failure> {
+        self.run_slotted(kind, args, log, false).await
+    }
+
+    /// `nix ARGS`; with `build_slot`, within the build limit whatever its
+    /// kind.
+    async fn run_slotted(
+        &self,
+        kind: Kind,
+        args: &[String],
+        log: Option<BuildLog<'_>>,
+        build_slot: bool,
+    ) -> std::result::Result<Vec<u8>, Failure> {
         // Works whether or not the host's nix.conf enables flakes.
         let mut all = vec![
             "--extra-experimental-features".to_string(),
             "nix-command flakes".to_string(),
         ];
         all.extend_from_slice(args);
-        self.spawn(kind, all, log).await
+        self.spawn("nix", kind, all, log, build_slot).await
     }
 
     async fn spawn(
         &self,
+        program: &str,
         kind: Kind,
         args: Vec<String>,
         log: Option<BuildLog<'_>>,
+        build_slot: bool,
     ) -> std::result::Result<Vec<u8>, Failure> {
         let job = Job {
             kind,
-            program: "nix",
+            program,
             args,
             env: vec![],
             timeout: self.timeout,
             stderr_lines: log,
+            build_slot,
         };
         match self.scheduler.run(job).await {
             Ok(out) if out.status.success() => Ok(out.stdout),
@@ -508,6 +606,33 @@ impl Failure {
     }
 }
 
+/// Whether a derivation the evaluation wrote is gone: collected before
+/// the build could root it (the `.drv` has no GC root in between).
+fn gone(chosen: &[Chosen]) -> bool {
+    chosen.iter().any(|c| !c.drv_path.exists())
+}
+
+/// The out-links `nix build --out-link LINK` makes for installables of one
+/// output each: `LINK` for the first, `LINK-<i>` for the i-th after it,
+/// then `-<output>` unless the output is `out` (the same rule from 2.8 to
+/// today, CppNix, Lix and Determinate).
+fn out_links(link: &Path, chosen: &[Chosen]) -> Vec<PathBuf> {
+    chosen
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut name = link.as_os_str().to_owned();
+            if i > 0 {
+                name.push(format!("-{i}"));
+            }
+            if c.output_name != "out" {
+                name.push(format!("-{}", c.output_name));
+            }
+            PathBuf::from(name)
+        })
+        .collect()
+}
+
 /// The chosen output of each chosen derivation, from `nix build --json`
 /// (whose entries come sorted by `drvPath`, and on a Nix that builds every
 /// output of a `.drv`, hold them all).
@@ -520,7 +645,8 @@ fn chosen_outputs(
         .map(|c| {
             let entry = built
                 .iter()
-                .find(|b| b.drv_path == c.drv_path)
+                .find(|b| b.drv_path == c.drv_path && b.outputs.contains_key(&c.output_name))
+                .or_else(|| built.iter().find(|b| b.drv_path == c.drv_path))
                 .ok_or_else(|| format!("no entry for {}", c.drv_path.display()))?;
             entry.outputs.get(&c.output_name).cloned().ok_or_else(|| {
                 format!(
@@ -618,8 +744,23 @@ fn unknown_packages(t: &PackageTarget, report: Vec<UnknownPackage>) -> RegistryE
     }
 }
 
+/// Which step of producing an image failed: only an evaluation fetches
+/// the source, so only its failure can mean the tag names no ref.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Eval,
+    Build,
+}
+
 /// Turn a failed nix run into the error the client should see.
-fn classify(target: &str, tag: &str, source: &str, f: Failure, timeout: Duration) -> RegistryError {
+fn classify(
+    target: &str,
+    tag: &str,
+    source: &str,
+    step: Step,
+    f: Failure,
+    timeout: Duration,
+) -> RegistryError {
     let stderr = match f {
         Failure::Busy => return busy(),
         Failure::Timeout => {
@@ -630,7 +771,7 @@ fn classify(target: &str, tag: &str, source: &str, f: Failure, timeout: Duration
         }
         Failure::Exit { stderr } => stderr,
     };
-    if tag != "latest" && names_missing_ref(&stderr) {
+    if step == Step::Eval && tag != "latest" && names_missing_ref(&stderr) {
         return RegistryError::TagUnknown {
             tag: tag.to_string(),
             flake: source.to_string(),
@@ -660,18 +801,24 @@ fn names_missing_ref(stderr: &str) -> bool {
         "Cannot find Git revision",
         "couldn't find remote ref",
         "not a valid object name",
-        "invalid reference",
+        "invalid reference: ",
         "not a tree object",
         "resolving Git reference",
         "object not found - no match for id",
         "HTTP error 404",
         "No commit found for SHA",
     ];
-    stderr
-        .lines()
-        .map(str::trim_start)
-        .filter(|l| l.starts_with("error:") || l.starts_with("fatal:"))
-        .any(|l| MISSING_REF.iter().any(|m| l.contains(m)))
+    // A message's own indented lines (a forge's response body) count too.
+    let mut in_message = false;
+    stderr.lines().any(|line| {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("error:") || trimmed.starts_with("fatal:") {
+            in_message = true;
+        } else if !line.is_empty() && !line.starts_with(' ') {
+            in_message = false;
+        }
+        in_message && MISSING_REF.iter().any(|m| line.contains(m))
+    })
 }
 
 /// The `n` names closest to `wanted` (edit distance), for "did you mean".
@@ -775,8 +922,16 @@ mod tests {
     #[test]
     fn classifies_recorded_nix_errors() {
         let badref = "fatal: ambiguous argument 'v9': unknown revision or path not in the working tree.\nerror: program 'git' failed with exit code 128\n";
-        let classify_ =
-            |tag: &str, f| classify("app", tag, "git+file:///f", f, Duration::from_secs(1));
+        let classify_ = |tag: &str, f| {
+            classify(
+                "app",
+                tag,
+                "git+file:///f",
+                Step::Eval,
+                f,
+                Duration::from_secs(1),
+            )
+        };
         assert!(matches!(
             classify_(
                 "v9",
@@ -809,6 +964,32 @@ mod tests {
                 RegistryError::BuildFailed { .. }
             ));
         }
+        // GitHub's 422 for an unknown commit: Nix prints a failed
+        // download's response body on the message's own indented lines.
+        let github = "error: unable to download 'https://api.github.com/repos/o/r/commits/v9': HTTP error 422\n\n       response body:\n\n       {\"message\":\"No commit found for SHA: v9\"}\n";
+        assert!(matches!(
+            classify_(
+                "v9",
+                Failure::Exit {
+                    stderr: github.into()
+                }
+            ),
+            RegistryError::TagUnknown { .. }
+        ));
+        // The same words from a build: the source was fetched by then.
+        assert!(matches!(
+            classify(
+                "app",
+                "v9",
+                "f",
+                Step::Build,
+                Failure::Exit {
+                    stderr: libgit2.into()
+                },
+                Duration::from_secs(1)
+            ),
+            RegistryError::BuildFailed { .. }
+        ));
         let failed = (1..40)
             .map(|i| format!("line {i}"))
             .collect::<Vec<_>>()
@@ -824,11 +1005,40 @@ mod tests {
                 "app",
                 "latest",
                 "f",
+                Step::Build,
                 Failure::Timeout,
                 Duration::from_secs(3)
             ),
             RegistryError::BuildTimeout { secs: 3, .. }
         ));
+    }
+
+    /// Link names as `nix build --out-link L` makes them (recorded on 2.8.0:
+    /// `L L-1 L-1-bin L-1-dev` for two installables; see
+    /// tests/nix-outputs/README.md for the rule in later versions).
+    #[test]
+    fn out_links_follow_nix() {
+        let c = |drv: &str, out: &str| Chosen {
+            drv_path: drv.into(),
+            output_name: out.into(),
+        };
+        let links = out_links(
+            Path::new("/s/gcroots/0123456789abcdef-app"),
+            &[
+                c("/nix/store/a.drv", "out"),
+                c("/nix/store/b.drv", "bin"),
+                c("/nix/store/c.drv", "out"),
+            ],
+        );
+        assert_eq!(
+            links,
+            [
+                "/s/gcroots/0123456789abcdef-app",
+                "/s/gcroots/0123456789abcdef-app-1-bin",
+                "/s/gcroots/0123456789abcdef-app-2"
+            ]
+            .map(PathBuf::from)
+        );
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct NixVersion {
     /// `release` for CppNix, the number after the name for Determinate,
     /// and 2.18 for Lix (its fork point; Lix keeps 2.18's JSON).
     pub cpp_equivalent: Release,
+    /// The version as the implementation prints it (`2.34.0pre20251201_abc`).
+    pub text: String,
     /// `nix --version`'s first line, as printed.
     pub line: String,
 }
@@ -69,13 +71,13 @@ impl NixVersion {
             _ => return Err(unreadable()),
         };
         let last = release(number).ok_or_else(unreadable)?;
-        let (flavour, release_, cpp) = if name.starts_with("Lix") {
-            (Flavour::Lix, last, (2, 18, 0))
+        let (flavour, release_, cpp, text) = if name.starts_with("Lix") {
+            (Flavour::Lix, last, (2, 18, 0), number)
         } else if let Some(rest) = name.strip_prefix("Determinate Nix") {
             let own = release(rest.trim()).unwrap_or(last);
-            (Flavour::Determinate, own, last)
+            (Flavour::Determinate, own, last, rest.trim())
         } else if name == "Nix" {
-            (Flavour::Nix, last, last)
+            (Flavour::Nix, last, last, number)
         } else {
             return Err(unreadable());
         };
@@ -83,7 +85,8 @@ impl NixVersion {
             flavour,
             release: release_,
             cpp_equivalent: cpp,
-            line,
+            text: text.to_string(),
+            line: line.clone(),
         })
     }
 
@@ -97,10 +100,10 @@ impl NixVersion {
         Ok(())
     }
 
-    /// The version as a label value: `2.26.3`.
-    pub fn number(&self) -> String {
-        let (a, b, c) = self.release;
-        format!("{a}.{b}.{c}")
+    /// The version as the implementation prints it: `2.26.3`,
+    /// `2.34.0pre20251201_abcdef0`, Determinate's own `3.6.2`.
+    pub fn number(&self) -> &str {
+        &self.text
     }
 
     /// Whether `DRV^OUTPUT` names one output of a store derivation
@@ -138,7 +141,7 @@ impl fmt::Display for NixVersion {
             Flavour::Lix => "Lix",
             Flavour::Determinate => "Determinate Nix",
         };
-        write!(f, "{name} {}", self.number())?;
+        write!(f, "{name} {}", self.text)?;
         if self.flavour == Flavour::Determinate {
             let (a, b, c) = self.cpp_equivalent;
             write!(f, " (Nix {a}.{b}.{c})")?;
@@ -192,6 +195,7 @@ mod tests {
         ];
         for (line, flavour, release, cpp) in cases {
             let v = NixVersion::parse(line).unwrap();
+            assert!(line.lines().next().unwrap().contains(v.number()), "{line}");
             assert_eq!(
                 (v.flavour, v.release, v.cpp_equivalent),
                 (flavour, release, cpp),

@@ -105,6 +105,12 @@ impl PermRule {
     }
 }
 
+/// A regex as Go's `regexp` reads it (nix2container's perms): the same
+/// RE2 syntax, with ASCII classes (`\d`, `\w`, `\s`, `\b`), over bytes.
+pub fn go_regex(re: &str) -> Result<regex::bytes::Regex, regex::Error> {
+    regex::bytes::RegexBuilder::new(re).unicode(false).build()
+}
+
 /// A rule with its regex compiled once per scan.
 struct CompiledRule<'a> {
     rule: &'a PermRule,
@@ -688,7 +694,7 @@ impl LayerTar {
                     Packing::Gzip => {
                         Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(f)))
                     }
-                    Packing::Zstd => Box::new(ZstdReader(zstd::stream::read::Decoder::new(f)?)),
+                    Packing::Zstd => Box::new(ZstdReader(zstd_decoder(io::BufReader::new(f))?)),
                 };
                 let skip = offset + start;
                 let skipped = io::copy(&mut (&mut plain).take(skip), &mut io::sink())?;
@@ -815,6 +821,16 @@ pub enum Packing {
     Plain,
     Gzip,
     Zstd,
+}
+
+/// A zstd decoder that takes any window the format allows (`zstd --long`
+/// or `--ultra` archives need more than the default 128 MiB).
+pub fn zstd_decoder<R: io::BufRead>(
+    r: R,
+) -> io::Result<zstd::stream::read::Decoder<'static, R>> {
+    let mut d = zstd::stream::read::Decoder::with_buffer(r)?;
+    d.window_log_max(31)?;
+    Ok(d)
 }
 
 /// A zstd-compressed archive's member, decompressed like a gzipped one.
@@ -1079,10 +1095,7 @@ impl<'a> Scanner<'a> {
                 .iter()
                 .map(|rule| CompiledRule {
                     rule,
-                    regex: rule
-                        .regex
-                        .as_deref()
-                        .and_then(|r| regex::bytes::Regex::new(r).ok()),
+                    regex: rule.regex.as_deref().and_then(|r| go_regex(r).ok()),
                 })
                 .collect(),
             entries: Vec::new(),

@@ -155,7 +155,7 @@ fn read_tar(path: &Path) -> io::Result<Contents> {
     let reader: Box<dyn Read> = if gzip {
         Box::new(flate2::read::MultiGzDecoder::new(file))
     } else if zstd {
-        Box::new(zstd::stream::read::Decoder::with_buffer(file)?)
+        Box::new(crate::layer::zstd_decoder(file)?)
     } else {
         Box::new(file)
     };

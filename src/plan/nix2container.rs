@@ -218,7 +218,7 @@ fn plan_layer(l: Layer, closure: &Closure) -> Result<PlannedLayer, String> {
 fn perm_rule(at: &str, source: &str, p: Perm) -> Result<PermRule, String> {
     let every_file = matches!(p.regex.as_str(), "" | ".*" | "^.*$" | ".*$" | "^.*");
     if !every_file {
-        regex::bytes::Regex::new(&p.regex)
+        crate::layer::go_regex(&p.regex)
             .map_err(|e| format!("perms regex {:?} is not a valid regex: {e}", p.regex))?;
     }
     if p.or_mode.is_some() {
@@ -236,8 +236,8 @@ fn perm_rule(at: &str, source: &str, p: Perm) -> Result<PermRule, String> {
         return Ok(PermRule {
             path: at.to_string(),
             mode,
-            uid: p.uid,
-            gid: p.gid,
+            uid: Some(p.uid.unwrap_or(0)),
+            gid: Some(p.gid.unwrap_or(0)),
             uname: p.uname.filter(|u| !u.is_empty()),
             gname: p.gname.filter(|g| !g.is_empty()),
             recursive: true,

@@ -317,7 +317,7 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
     let bounds = sched.bounds();
     let snapshot = crate::events::Snapshot {
         nix_flavour: images.nix.version().flavour.as_str(),
-        nix_version: images.nix.version().number(),
+        nix_version: images.nix.version().number().to_string(),
         nix_builds_started: images.nix.builds_started(),
         processes_started: crate::scheduler::Kind::ALL
             .iter()
