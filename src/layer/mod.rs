@@ -825,9 +825,7 @@ pub enum Packing {
 
 /// A zstd decoder that takes any window the format allows (`zstd --long`
 /// or `--ultra` archives need more than the default 128 MiB).
-pub fn zstd_decoder<R: io::BufRead>(
-    r: R,
-) -> io::Result<zstd::stream::read::Decoder<'static, R>> {
+pub fn zstd_decoder<R: io::BufRead>(r: R) -> io::Result<zstd::stream::read::Decoder<'static, R>> {
     let mut d = zstd::stream::read::Decoder::with_buffer(r)?;
     d.window_log_max(31)?;
     Ok(d)
