@@ -123,7 +123,10 @@ except urllib.error.HTTPError as e:
 
 # ---- the SBOMs
 paths = sorted(l.strip() for l in open(PATHS) if l.strip())
-info = {p["path"]: p for p in json.loads(subprocess.check_output(["nix", "path-info", "--json", *paths]))}
+# An array of objects with "path" (Nix 2.18 and before), or an object keyed
+# by path (2.19 to 2.32, the run with Debian 13's Nix).
+listed = json.loads(subprocess.check_output(["nix", "path-info", "--json", *paths]))
+info = {p["path"]: p for p in listed} if isinstance(listed, list) else listed
 cdx_bytes = blob(types[CDX]["layers"][0]["digest"])
 spdx_bytes = blob(types[SPDX]["layers"][0]["digest"])
 
