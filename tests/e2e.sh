@@ -2184,7 +2184,7 @@ t_nix_versions() {
   done
 }
 if [ -z "${E2E_NIX_ROOT:-}" ]; then
-  check "Nix 2.26 (a Debian 13 root) and the host's Nix serve byte-identical manifests, configs and layers for one revision: conf v1, tags, plain and multi-output packages, nixpkgs confs, fromImage, archives (plain, gzip, OCI), nix2container, fakeroot, package paths" t_nix_versions
+  check "Nix 2.26 (a Debian 13 root) and the host's Nix serve byte-identical manifests, configs and layers for one revision: conf v1, tags, plain and multi-output packages, nixpkgs confs, fromImage, archives (plain, gzip, zstd, OCI), nix2container, fakeroot, package paths" t_nix_versions
 fi
 
 echo

@@ -232,18 +232,10 @@ fn perm_rule(at: &str, source: &str, p: Perm) -> Result<PermRule, String> {
                 .map_err(|_| format!("perms mode {:?} is not octal", p.mode))?,
         )
     };
-    if every_file {
-        return Ok(PermRule {
-            path: at.to_string(),
-            mode,
-            uid: Some(p.uid.unwrap_or(0)),
-            gid: Some(p.gid.unwrap_or(0)),
-            uname: p.uname.filter(|u| !u.is_empty()),
-            gname: p.gname.filter(|g| !g.is_empty()),
-            recursive: true,
-            ..PermRule::default()
-        });
-    }
+    let (regex, source) = match every_file {
+        true => (None, None),
+        false => (Some(p.regex), Some(source.to_string())),
+    };
     Ok(PermRule {
         path: at.to_string(),
         mode,
@@ -252,7 +244,7 @@ fn perm_rule(at: &str, source: &str, p: Perm) -> Result<PermRule, String> {
         uname: p.uname.filter(|u| !u.is_empty()),
         gname: p.gname.filter(|g| !g.is_empty()),
         recursive: true,
-        regex: Some(p.regex),
-        source: Some(source.to_string()),
+        regex,
+        source,
     })
 }
