@@ -2151,6 +2151,16 @@ PY
 }
 check "provenance: referrers API and tag schema; the image page links each document; CycloneDX and SPDX valid per their schemas and equal to nix path-info -r of the image's store paths; SLSA statement; cosign signature verified by openssl, cosign key files opened; deterministic across a restart; pulls unchanged" t_provenance
 
+# The HTTP tests of tests/http.rs (the real binary over real Nix builds) on
+# this run's Nix too: scripts/test runs them with the host's.
+t_http_tests() {
+  (cd "$ROOT"; FLAKEPORT_BIN=$BIN cargo test --release --locked --test http -- --include-ignored 2>&1) > "$W/http-tests.log" || { tail -40 "$W/http-tests.log"; return 1; }
+  has_line "$(cat "$W/http-tests.log")" '^test result: ok\. [1-9][0-9]* passed; 0 failed' "tests/http.rs" # lint-ok: cat of a file
+}
+if [ -n "${E2E_NIX_ROOT:-}" ]; then
+  check "tests/http.rs on this Nix: ranges and HEAD, compressed blobs and restarts, store paths changed after the digest pass, SIGTERM during a build, manifest TTL and pagination" t_http_tests
+fi
+
 # ---------------------------------------------------------------- Nix versions
 # The same flake revision built by Debian 13's Nix (2.26, in its own root
 # and store) gives the same bytes as the host's: every manifest, config and

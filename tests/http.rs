@@ -92,7 +92,11 @@ async fn start(state: &Path, args: &[&str]) -> Server {
     let f = fixture();
     let port = free_port();
     let log = state.with_extension(format!("{port}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_flakeport"))
+    // FLAKEPORT_BIN: another way to run it (tests/e2e.sh runs these tests
+    // again with Debian 13's Nix, through a wrapper that enters its root).
+    let bin = std::env::var_os("FLAKEPORT_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_flakeport").into());
+    let child = Command::new(bin)
         .arg("serve")
         .arg(&f.repo)
         .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
