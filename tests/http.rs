@@ -94,8 +94,8 @@ async fn start(state: &Path, args: &[&str]) -> Server {
     let log = state.with_extension(format!("{port}.log"));
     // FLAKEPORT_BIN: another way to run it (tests/e2e.sh runs these tests
     // again with Debian 13's Nix, through a wrapper that enters its root).
-    let bin = std::env::var_os("FLAKEPORT_BIN")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_flakeport").into());
+    let bin =
+        std::env::var_os("FLAKEPORT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_flakeport").into());
     let child = Command::new(bin)
         .arg("serve")
         .arg(&f.repo)
