@@ -195,37 +195,29 @@ impl Nix {
     /// GC root that keeps it (and everything it references) alive until
     /// the same name and tag is built again.
     pub async fn build(&self, t: &BuildTarget, log: BuildLog<'_>) -> Result<PathBuf> {
-        let link = self.flake_root(t);
-        let mut again = true;
-        loop {
+        let evaluate = || async {
             // The evaluation takes a build slot, as it did inside `nix
             // build`: a flake's evaluation can take as much memory.
-            let chosen = match self.eval_json::<FlakeResult>(t, "result", true).await? {
-                FlakeResult::Found { chosen } => chosen,
-                FlakeResult::Unknown { images } => return Err(name_unknown(t, images)),
-            };
-            let built = self
-                .build_chosen(&link, std::slice::from_ref(&chosen), t, log, |f| {
-                    classify(
-                        &t.to_string(),
-                        &t.tag,
-                        &t.flake_ref,
-                        Step::Build,
-                        f,
-                        self.timeout,
-                    )
-                })
-                .await;
-            match built {
-                Err(_) if again && gone(std::slice::from_ref(&chosen)) => again = false,
-                built => {
-                    return built?
-                        .into_iter()
-                        .next()
-                        .ok_or_else(|| self.unreadable("nix build --json", "it named no output"))
-                }
+            match self.eval_json::<FlakeResult>(t, "result", true).await? {
+                FlakeResult::Found { chosen } => Ok(vec![chosen]),
+                FlakeResult::Unknown { images } => Err(name_unknown(t, images)),
             }
-        }
+        };
+        let outs = self
+            .evaluate_then_build(&self.flake_root(t), t, log, evaluate, |f| {
+                classify(
+                    &t.to_string(),
+                    &t.tag,
+                    &t.flake_ref,
+                    Step::Build,
+                    f,
+                    self.timeout,
+                )
+            })
+            .await?;
+        outs.into_iter()
+            .next()
+            .ok_or_else(|| self.unreadable("nix build --json", "it named no output"))
     }
 
     /// The GC root (an out-link) that keeps a flake image's output alive.
@@ -279,37 +271,58 @@ impl Nix {
         }
         let classify_pkg =
             |step, f| classify(&t.to_string(), &t.tag, &t.location, step, f, self.timeout);
-        let link = self.packages_root(t);
-        let mut again = true;
-        loop {
+        let evaluate = || async {
             let out = self
                 .run_slotted(Kind::Eval, &args, None, true)
                 .await
                 .map_err(|f| classify_pkg(Step::Eval, f))?;
-            let mut drvs: Vec<Chosen> = match serde_json::from_slice(&out)
-                .map_err(|e| self.unreadable("nix eval --json", e))?
-            {
-                PackagesResult::Found { drvs } => drvs,
-                PackagesResult::Unknown { unknown } => return Err(unknown_packages(t, unknown)),
-            };
+            match serde_json::from_slice(&out).map_err(|e| self.unreadable("nix eval --json", e))? {
+                PackagesResult::Found { drvs } => Ok(drvs),
+                PackagesResult::Unknown { unknown } => Err(unknown_packages(t, unknown)),
+            }
+        };
+        let mut outs = self
+            .evaluate_then_build(&self.packages_root(t), t, log, evaluate, |f| {
+                classify_pkg(Step::Build, f)
+            })
+            .await?;
+        outs.sort();
+        outs.dedup();
+        Ok(outs)
+    }
+
+    /// What `evaluate` chose, built (see [`Nix::build_chosen`]). The
+    /// `.drv` files the evaluation wrote have no GC root until the build
+    /// makes one: if a collection in between took one, the build fails on
+    /// a path no longer valid, and one more evaluation writes it again.
+    async fn evaluate_then_build<F, Fut>(
+        &self,
+        link: &Path,
+        target: &(dyn std::fmt::Display + Sync),
+        log: BuildLog<'_>,
+        evaluate: F,
+        on_failure: impl Fn(Failure) -> RegistryError,
+    ) -> Result<Vec<PathBuf>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Chosen>>>,
+    {
+        let mut again = true;
+        loop {
+            let mut chosen = evaluate().await?;
+            let mut seen = std::collections::HashSet::new();
+            chosen.retain(|c| seen.insert(c.clone()));
             // (`shell` alone, on a set with none of its packages: nothing
             // to build; `nix build` with no installable would build `.`.)
-            let mut seen = std::collections::HashSet::new();
-            drvs.retain(|c| seen.insert(c.clone()));
-            if drvs.is_empty() {
+            if chosen.is_empty() {
                 return Ok(Vec::new());
             }
             match self
-                .build_chosen(&link, &drvs, t, log, |f| classify_pkg(Step::Build, f))
+                .build_chosen(link, &chosen, target, log, &on_failure)
                 .await
             {
-                Err(_) if again && gone(&drvs) => again = false,
-                built => {
-                    let mut outs = built?;
-                    outs.sort();
-                    outs.dedup();
-                    return Ok(outs);
-                }
+                Err(_) if again && gone(&chosen) => again = false,
+                built => return built,
             }
         }
     }
@@ -327,7 +340,7 @@ impl Nix {
         chosen: &[Chosen],
         target: &(dyn std::fmt::Display + Sync),
         log: BuildLog<'_>,
-        on_failure: impl FnOnce(Failure) -> RegistryError,
+        on_failure: impl Fn(Failure) -> RegistryError,
     ) -> Result<Vec<PathBuf>> {
         tracing::info!(image = %target, "nix build started");
         let started = std::time::Instant::now();
@@ -347,7 +360,7 @@ impl Nix {
                     .map(|c| format!("{}^{}", c.drv_path.display(), c.output_name)),
             );
             let stdout = self
-                .run_logged(Kind::Build, &all, Some(log))
+                .run_slotted(Kind::Build, &all, Some(log), false)
                 .await
                 .map_err(on_failure)?;
             let built: Vec<BuildJson> = serde_json::from_slice(&stdout)
@@ -529,18 +542,8 @@ impl Nix {
         self.spawn("nix", kind, args, None, false).await
     }
 
-    /// [`Nix::run`], each stderr line also handed to `log` as it comes.
-    async fn run_logged(
-        &self,
-        kind: Kind,
-        args: &[String],
-        log: Option<BuildLog<'_>>,
-    ) -> std::result::Result<Vec<u8>, Failure> {
-        self.run_slotted(kind, args, log, false).await
-    }
-
-    /// `nix ARGS`; with `build_slot`, within the build limit whatever its
-    /// kind.
+    /// `nix ARGS`, each stderr line also handed to `log` as it comes; with
+    /// `build_slot`, within the build limit whatever its kind.
     async fn run_slotted(
         &self,
         kind: Kind,
