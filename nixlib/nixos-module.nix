@@ -37,13 +37,6 @@ in
       description = "Address and port to listen on.";
     };
 
-    directListen = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "0.0.0.0:5001";
-      description = "A second address from which large verified layers are sent with sendfile (--direct-listen), which saves memory, not time; openFirewall opens it too.";
-    };
-
     stateDir = mkOption {
       type = types.str;
       default = "/var/lib/flakeport";
@@ -103,8 +96,7 @@ in
         FLAKEPORT_LISTEN = cfg.listen;
         FLAKEPORT_STATE_DIR = cfg.stateDir;
         NIX_REMOTE = "daemon";
-      } // optionalAttrs (cfg.packages != null) { FLAKEPORT_PACKAGES = cfg.packages; }
-      // optionalAttrs (cfg.directListen != null) { FLAKEPORT_DIRECT_LISTEN = cfg.directListen; };
+      } // optionalAttrs (cfg.packages != null) { FLAKEPORT_PACKAGES = cfg.packages; };
       serviceConfig = {
         ExecStart = "${cfg.package}/bin/flakeport serve ${escapeShellArgs (optional (cfg.flake != null) cfg.flake ++ cfg.extraArgs)}";
         User = "flakeport";
@@ -138,7 +130,7 @@ in
 
     networking.firewall.allowedTCPPorts =
       if cfg.openFirewall
-      then [ (portOf cfg.listen) ] ++ optional (cfg.directListen != null) (portOf cfg.directListen)
+      then [ (portOf cfg.listen) ]
       else [ ];
   };
 }

@@ -53,10 +53,6 @@ pub enum RegistryError {
     WarmInvalid { reason: String },
     #[error("webhook refused: {reason}")]
     WebhookDenied { reason: String },
-    /// A request to the `--direct-listen` port whose signed URL is not one
-    /// this server gave, or is out of date.
-    #[error("blob link refused: {reason}")]
-    LinkDenied { reason: String },
     #[error("invalid webhook delivery: {reason}")]
     WebhookInvalid { reason: String },
     #[error("requested range not satisfiable for a blob of {size} bytes")]
@@ -179,7 +175,7 @@ impl RegistryError {
             NotSigning => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
             PaginationInvalid { .. } => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
             WarmInvalid { .. } | WebhookInvalid { .. } => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
-            WebhookDenied { .. } | LinkDenied { .. } => (StatusCode::FORBIDDEN, "DENIED"),
+            WebhookDenied { .. } => (StatusCode::FORBIDDEN, "DENIED"),
             RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
             Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),

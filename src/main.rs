@@ -195,15 +195,6 @@ struct ServeArgs {
     #[arg(long, env = "FLAKEPORT_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
-    /// A second plain-HTTP address (e.g. 0.0.0.0:5001) from which large
-    /// verified layers are sent with sendfile(2): a full GET of one on
-    /// --listen answers 307 to a signed URL there, at the host name the
-    /// client used. It saves memory (no chunk passes through flakeport),
-    /// not time: --listen alone is as fast. Not with --tls-cert (it would
-    /// send the layer in clear).
-    #[arg(long, env = "FLAKEPORT_DIRECT_LISTEN", conflicts_with = "tls_cert")]
-    direct_listen: Option<SocketAddr>,
-
     /// Seconds a client has to send a request's headers (and to finish a
     /// TLS handshake); also how long an idle keep-alive connection stays.
     #[arg(long, env = "FLAKEPORT_HEADER_TIMEOUT", default_value_t = 30)]
@@ -598,28 +589,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
     };
     let streams = std::sync::Arc::new(tokio::sync::Semaphore::new(args.max_streams.max(1)));
-    let direct = match args.direct_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding --direct-listen {addr}"))?;
-            let bound = listener.local_addr()?;
-            let direct = std::sync::Arc::new(
-                registry::direct::Direct::new(bound.port()).context("making a signing key")?,
-            );
-            tracing::info!(direct_listen = %bound, "large verified layers are sent from here with sendfile");
-            let shared = std::sync::Arc::new(registry::direct::Shared::new(
-                images.clone(),
-                streams.clone(),
-                direct.clone(),
-                limits,
-            ));
-            tokio::spawn(registry::direct::serve(listener, shared.clone()));
-            Some((direct, shared))
-        }
-        None => None,
-    };
-    let (direct, direct_listener) = direct.unzip();
     let grace = Duration::from_secs(args.shutdown_grace);
     let at_exit = images.clone();
     let app = registry::app(
@@ -629,19 +598,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             protect_metrics: args.protect_metrics,
             max_streams: args.max_streams,
             streams,
-            direct,
             hooks,
             state_dir: state_dir.clone(),
             web: flakeport::web::Settings { tls: tls.is_some() },
         },
     );
-    let direct_at_signal = direct_listener.clone();
     flakeport::server::serve(listener, app, tls, limits, async move {
         shutdown_signal().await;
         events.close();
-        if let Some(d) = direct_at_signal {
-            d.close();
-        }
         tracing::info!(
             grace_secs = grace.as_secs(),
             "shutting down: no new connections, finishing streams and builds in flight"
@@ -654,9 +618,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
     })
     .await;
-    if let Some(d) = direct_listener {
-        d.drain().await;
-    }
     // Builds whose clients all left run on in tasks of their own.
     images.nix.stop_all().await;
     Ok(())

@@ -121,7 +121,7 @@ pub async fn serve(
 
 /// The next connection; a failed accept (EMFILE and friends) backs off
 /// instead of spinning.
-pub async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, std::net::SocketAddr) {
     loop {
         match listener.accept().await {
             Ok(c) => return c,

@@ -53,8 +53,6 @@ got=$(module_eval '{ enable = true; flake = "github:org/repo"; openFirewall = tr
 if [[ "$got" == '["/nix/store/'*'-flakeport/bin/flakeport serve '"'"'github:org/repo'"'"' '"'"'--compression'"'"' '"'"'gzip'"'"'","flakeport",[5001],true,{"_type":"override","content":["flakeport"],"priority":1500}]' ]]; then
   echo "ok   NixOS module: unit, user, firewall, daemon access (joins the default allowed-users)"
 else echo "FAIL NixOS module: $got"; fails=$((fails + 1)); fi
-got=$(module_eval '{ enable = true; flake = "f"; openFirewall = true; directListen = "0.0.0.0:5002"; }' '[ r.systemd.services.flakeport.environment.FLAKEPORT_DIRECT_LISTEN r.networking.firewall.allowedTCPPorts ]')
-[ "$got" = '["0.0.0.0:5002",[5000,5002]]' ] && echo "ok   NixOS module: directListen sets --direct-listen and opens its port" || { echo "FAIL directListen: $got"; fails=$((fails + 1)); }
 got=$(module_eval '{ enable = false; }' 'r')
 [ "$got" = null ] && echo "ok   NixOS module: disabled adds nothing" || { echo "FAIL disabled: $got"; fails=$((fails + 1)); }
 got=$(module_eval '{ enable = true; packages = "github:NixOS/nixpkgs/nixos-25.05"; }' '[ r.systemd.services.flakeport.environment.FLAKEPORT_PACKAGES (builtins.head r.assertions).assertion r.networking.firewall.allowedTCPPorts ]')

@@ -37,7 +37,6 @@ pub struct Metrics {
     build_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     digest_pass_seconds: Histogram,
     blob_bytes: Family<Labels, Counter>,
-    direct_bytes: Counter,
     cache_lookups: Family<Labels, Counter>,
     manifests_served: Family<Labels, Counter>,
     manifest_seconds: Family<Labels, Histogram, fn() -> Histogram>,
@@ -55,7 +54,6 @@ impl Default for Metrics {
             build_seconds: Family::new_with_constructor(build_buckets),
             digest_pass_seconds: short_buckets(),
             blob_bytes: Family::default(),
-            direct_bytes: Counter::default(),
             cache_lookups: Family::default(),
             manifests_served: Family::default(),
             manifest_seconds: Family::new_with_constructor(short_buckets),
@@ -92,11 +90,6 @@ impl Default for Metrics {
             "blob_bytes_served",
             "Blob bytes sent to clients, by compression (none, gzip, zstd, archive as packed in an image archive, json for configs)",
             m.blob_bytes.clone(),
-        );
-        registry.register(
-            "blob_bytes_sent_directly",
-            "Of those, layer bytes sent from --direct-listen (sendfile for file ranges)",
-            m.direct_bytes.clone(),
         );
         registry.register(
             "cache_lookups",
@@ -215,10 +208,6 @@ impl Metrics {
         self.blob_bytes
             .get_or_create(&vec![("compression", compression)])
             .inc_by(bytes);
-    }
-
-    pub fn direct_bytes(&self, bytes: u64) {
-        self.direct_bytes.inc_by(bytes);
     }
 
     pub fn cache(&self, cache: &'static str, hit: bool) {

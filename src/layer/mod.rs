@@ -298,47 +298,6 @@ impl Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity([u8; 32]);
 
-/// One part of a layer's bytes (see [`LayerTar::pieces`]).
-#[derive(Debug)]
-pub enum Piece<'a> {
-    /// Layer bytes `start..end`, as [`LayerTar::write_range`] makes them.
-    Generated { start: u64, end: u64 },
-    /// `len` bytes of one file from `offset`: the file at `path`, or the
-    /// one already `opened`. `file_size` is its size when scanned; another
-    /// size means it changed.
-    File {
-        path: &'a Path,
-        opened: Option<&'a std::fs::File>,
-        offset: u64,
-        len: u64,
-        file_size: u64,
-    },
-}
-
-impl Piece<'_> {
-    /// A file piece's file, open and of the size it was scanned with (an
-    /// error naming it otherwise); `None` for a generated piece.
-    pub fn open(&self) -> Option<io::Result<std::fs::File>> {
-        let Piece::File {
-            path,
-            opened,
-            file_size,
-            ..
-        } = self
-        else {
-            return None;
-        };
-        Some((|| {
-            let file = match opened {
-                Some(f) => f.try_clone()?,
-                None => std::fs::File::open(path)?,
-            };
-            check_unchanged(path, file.metadata()?.len(), *file_size)?;
-            Ok(file)
-        })())
-    }
-}
-
 /// A scanned layer: its exact size is known, its bytes can be generated.
 #[derive(Debug)]
 pub enum LayerTar {
@@ -577,88 +536,6 @@ impl LayerTar {
             }
             LayerTar::File { .. } | LayerTar::Member { .. } | LayerTar::Opened { .. } => {
                 unreachable!("opened above")
-            }
-        }
-    }
-
-    /// Bytes `start..end` as the parts a sender writes in turn: generated
-    /// ones (tar headers, padding, small files: [`LayerTar::write_range`]
-    /// makes them) and ranges of single files, which the kernel can copy
-    /// to a socket without them passing through this process
-    /// (`sendfile(2)`). Concatenated, they are exactly `write_range`'s
-    /// bytes. A gzipped archive member is generated throughout.
-    pub fn pieces(&self, start: u64, end: u64) -> Vec<Piece<'_>> {
-        let end = end.min(self.size());
-        if start >= end {
-            return Vec::new();
-        }
-        let whole_file = |path, opened, base: u64, file_size| {
-            vec![Piece::File {
-                path,
-                opened,
-                offset: base + start,
-                len: end - start,
-                file_size,
-            }]
-        };
-        match self {
-            LayerTar::File { path, size } => whole_file(path, None, 0, *size),
-            LayerTar::Opened { file, path, size } => whole_file(path, Some(file), 0, *size),
-            LayerTar::Member {
-                packing: Packing::Gzip | Packing::Zstd,
-                ..
-            } => vec![Piece::Generated { start, end }],
-            LayerTar::Member {
-                archive,
-                offset,
-                archive_len,
-                ..
-            } => whole_file(archive, None, *offset, *archive_len),
-            LayerTar::Generated {
-                entries,
-                starts,
-                size,
-                ..
-            } => {
-                let mut pieces = Vec::new();
-                let generated = |pieces: &mut Vec<Piece<'_>>, a: u64, b: u64| {
-                    let (a, b) = (a.max(start), b.min(end));
-                    if a >= b {
-                        return;
-                    }
-                    match pieces.last_mut() {
-                        Some(Piece::Generated { end: e, .. }) if *e == a => *e = b,
-                        _ => pieces.push(Piece::Generated { start: a, end: b }),
-                    }
-                };
-                let first = starts.partition_point(|&s| s <= start).saturating_sub(1);
-                let mut body_end = 0;
-                for (e, &at) in entries.iter().zip(starts).skip(first) {
-                    body_end = at + e.span();
-                    if at >= end {
-                        break;
-                    }
-                    match &e.kind {
-                        EntryKind::File { source, size } if *size > SMALL_FILE => {
-                            let data = at + e.header.len() as u64;
-                            generated(&mut pieces, at, data);
-                            let (a, b) = (data.max(start), (data + size).min(end));
-                            if a < b {
-                                pieces.push(Piece::File {
-                                    path: source,
-                                    opened: None,
-                                    offset: a - data,
-                                    len: b - a,
-                                    file_size: *size,
-                                });
-                            }
-                            generated(&mut pieces, data + size, at + e.span());
-                        }
-                        _ => generated(&mut pieces, at, at + e.span()),
-                    }
-                }
-                generated(&mut pieces, body_end, *size);
-                pieces
             }
         }
     }

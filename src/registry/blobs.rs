@@ -48,7 +48,6 @@ pub async fn get(
     headers: &HeaderMap,
     head: bool,
     client: Option<std::net::IpAddr>,
-    direct: Option<(&super::direct::Direct, &str)>,
 ) -> Result<Response> {
     let blob = images.blob(digest).await?;
     let slot = match (&blob, head) {
@@ -114,19 +113,6 @@ pub async fn get(
                 let trusted = identity.is_some_and(|i| images.layer_trusted(&digest, i));
                 if full {
                     images.events.metrics.cache("verified_layer", trusted);
-                }
-                // Verified and large: the kernel sends it from the direct
-                // listener (see `direct`).
-                if let Some((direct, host)) = direct.filter(|_| full && trusted) {
-                    if super::direct::worth_it(&tar) {
-                        return Response::builder()
-                            .status(StatusCode::TEMPORARY_REDIRECT)
-                            .header(header::LOCATION, direct.location(host, &digest))
-                            .header("Docker-Content-Digest", &digest)
-                            .header(header::CONTENT_LENGTH, 0)
-                            .body(Body::empty())
-                            .map_err(RegistryError::internal);
-                    }
                 }
                 // The first chunk is read before the status is sent: a layer
                 // that cannot be read at all gets an error reply, not a cut body.

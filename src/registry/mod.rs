@@ -2,7 +2,6 @@
 //! hand-written parser ([`route`]), one file per endpoint.
 
 mod blobs;
-pub mod direct;
 pub mod hooks;
 mod manifests;
 pub mod referrers;
@@ -34,11 +33,8 @@ pub struct Settings {
     pub protect_metrics: bool,
     /// Layer streams in flight; past it a blob GET gets 429.
     pub max_streams: usize,
-    /// Their slots (`max_streams` of them), shared with the direct
-    /// listener.
+    /// Their slots (`max_streams` of them).
     pub streams: Arc<Semaphore>,
-    /// With `--direct-listen`: large verified layers are redirected there.
-    pub direct: Option<Arc<direct::Direct>>,
     /// With `--webhook-secret`: `POST /hooks/push` (outside the auth of
     /// `/v2`: a delivery proves the secret instead).
     pub hooks: Option<Arc<hooks::Hooks>>,
@@ -58,7 +54,6 @@ struct Registry {
     images: Arc<Images>,
     streams: Arc<Semaphore>,
     max_streams: usize,
-    direct: Option<Arc<direct::Direct>>,
     state_dir: std::path::PathBuf,
     /// The state dir's size and when it was measured (a walk, so not on
     /// every scrape).
@@ -168,7 +163,6 @@ pub fn app(images: Arc<Images>, settings: Settings) -> Router {
             images,
             streams: settings.streams,
             max_streams: settings.max_streams.max(1),
-            direct: settings.direct,
             state_dir: settings.state_dir,
             state_bytes: std::sync::Mutex::new(None),
         }))
@@ -260,10 +254,6 @@ async fn dispatch(registry: &Registry, req: Request) -> Result<Response> {
             manifests::get(images, &name, &reference, req.headers(), head, client).await
         }
         Route::Blob { digest, .. } => {
-            let direct = registry
-                .direct
-                .as_deref()
-                .zip(route::client_host(req.headers()));
             blobs::get(
                 images,
                 &registry.streams,
@@ -271,7 +261,6 @@ async fn dispatch(registry: &Registry, req: Request) -> Result<Response> {
                 req.headers(),
                 head,
                 client,
-                direct,
             )
             .await
         }
