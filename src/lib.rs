@@ -12,6 +12,7 @@
 //! that change (TLS pair, credentials), [`error`] maps failures to
 //! OCI JSON, [`redact`] keeps credentials out of replies and logs.
 
+pub mod app;
 pub mod auth;
 pub mod build;
 pub mod client;
