@@ -12,8 +12,8 @@
 //! - related MiB / %: bytes of a second image (two of three apps in common)
 //!   not already present from the first.
 
-use flakeport::plan::layering::{auto_layer, group_layers, popularity};
-use flakeport::plan::GraphNode;
+use flakeport::image::plan::layering::{auto_layer, group_layers, popularity};
+use flakeport::image::plan::GraphNode;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 

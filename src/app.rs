@@ -4,8 +4,11 @@
 //! serves until a shutdown future resolves. Nothing here exits the
 //! process or reads signals: that is `main.rs`'s.
 
-use crate::layer::compress::Codec;
-use crate::{build, compressed, images, index, registry, resolve};
+use crate::http::registry;
+use crate::image::layer::compress::Codec;
+use crate::image::{compressed, ledger as index};
+use crate::nix::{self as build, resolve};
+use crate::service as images;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,7 +80,7 @@ pub struct ServeOptions {
         value_enum,
         default_value = "reachable"
     )]
-    pub allow_commits: crate::refs::AllowCommits,
+    pub allow_commits: crate::nix::refs::AllowCommits,
 
     /// Layer compression. `none` (the default) streams tars straight from the
     /// store; `gzip` (level 6) or `zstd` (level 3; OCI clients such as
@@ -246,8 +249,8 @@ impl ServeOptions {
 pub struct Prepared {
     listener: tokio::net::TcpListener,
     router: axum::Router,
-    tls: Option<crate::tls::TlsAcceptor>,
-    limits: crate::server::Limits,
+    tls: Option<crate::http::tls::TlsAcceptor>,
+    limits: crate::http::server::Limits,
     images: Arc<images::Images>,
     events: Arc<crate::events::Events>,
     grace: Duration,
@@ -277,7 +280,7 @@ impl Prepared {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let events = self.events.clone();
         let grace = self.grace;
-        crate::server::serve(
+        crate::http::server::serve(
             self.listener,
             self.router,
             self.tls,
@@ -315,12 +318,13 @@ pub async fn prepare(args: ServeOptions) -> anyhow::Result<Prepared> {
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
     // GC roots must be absolute paths.
     let state_dir = std::fs::canonicalize(&state_dir)?;
-    let scheduler =
-        std::sync::Arc::new(crate::scheduler::Scheduler::new(crate::scheduler::Bounds {
+    let scheduler = std::sync::Arc::new(crate::nix::scheduler::Scheduler::new(
+        crate::nix::scheduler::Bounds {
             max_processes: args.max_processes.max(args.max_builds),
             max_builds: args.max_builds,
             max_queued: args.max_queued,
-        }));
+        },
+    ));
     let nix = build::Nix::start(
         &state_dir,
         Duration::from_secs(args.nix_timeout),
@@ -378,7 +382,7 @@ pub async fn prepare(args: ServeOptions) -> anyhow::Result<Prepared> {
         nix,
         index,
         compressed,
-        crate::refs::RefGate::new(
+        crate::nix::refs::RefGate::new(
             &state_dir,
             Duration::from_secs(args.manifest_ttl),
             args.allow_commits,
@@ -388,16 +392,19 @@ pub async fn prepare(args: ServeOptions) -> anyhow::Result<Prepared> {
         provenance,
     );
     events.start_pull_reports();
-    let auth = crate::auth::Auth::new(
+    let auth = crate::http::auth::Auth::new(
         args.htpasswd.clone(),
         args.token_file.clone(),
         "flakeport".into(),
     )?;
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::TlsAcceptor::new(cert.clone(), key.clone())?),
+        (Some(cert), Some(key)) => Some(crate::http::tls::TlsAcceptor::new(
+            cert.clone(),
+            key.clone(),
+        )?),
         _ => None,
     };
-    match crate::server::raise_fd_limit() {
+    match crate::http::server::raise_fd_limit() {
         Ok(n) => tracing::debug!(open_files = n, "file descriptor limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
     }
@@ -418,7 +425,7 @@ pub async fn prepare(args: ServeOptions) -> anyhow::Result<Prepared> {
             args.listen
         );
     }
-    let policy = crate::retention::Policy {
+    let policy = crate::service::retention::Policy {
         state_dir: state_dir.clone(),
         keep: Duration::from_secs_f64(args.keep_roots.max(0.0) * 86_400.0),
         max_bytes: args.max_state_mib.map(|m| m * 1024 * 1024),
@@ -452,7 +459,7 @@ pub async fn prepare(args: ServeOptions) -> anyhow::Result<Prepared> {
             sweeper.sweep_state(policy.clone()).await;
         }
     });
-    let limits = crate::server::Limits {
+    let limits = crate::http::server::Limits {
         header_read: Duration::from_secs(args.header_timeout.max(1)),
         idle_write: Duration::from_secs(args.idle_timeout.max(1)),
         max_connections: args.max_connections,
@@ -467,7 +474,7 @@ pub async fn prepare(args: ServeOptions) -> anyhow::Result<Prepared> {
             streams,
             hooks,
             state_dir: state_dir.clone(),
-            web: crate::web::Settings { tls: tls.is_some() },
+            web: crate::http::web::Settings { tls: tls.is_some() },
         },
     );
     Ok(Prepared {

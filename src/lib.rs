@@ -13,25 +13,13 @@
 //! OCI JSON, [`redact`] keeps credentials out of replies and logs.
 
 pub mod app;
-pub mod auth;
-pub mod build;
 pub mod client;
-pub mod compressed;
 pub mod error;
 pub mod events;
-pub mod images;
-pub mod index;
-pub mod layer;
-pub mod manifest;
-pub mod plan;
+pub mod http;
+pub mod image;
+pub mod nix;
 pub mod provenance;
 pub mod redact;
-pub mod refs;
-pub mod registry;
-pub mod resolve;
-pub mod retention;
-pub mod scheduler;
-pub mod server;
-pub mod tls;
+pub mod service;
 pub mod watched;
-pub mod web;

@@ -219,7 +219,7 @@ impl Metrics {
     }
 
     pub fn manifest_served(&self, media_type: &str, took: Option<(Duration, bool)>) {
-        let media_type = crate::manifest::known_media_type(media_type);
+        let media_type = crate::image::manifest::known_media_type(media_type);
         self.manifests_served
             .get_or_create(&vec![("media_type", media_type)])
             .inc();

@@ -13,7 +13,7 @@ pub mod slsa;
 pub use record::{Component, Described, Record, Source};
 pub use sign::Signer;
 
-use crate::manifest::{JsonBlob, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST};
+use crate::image::manifest::{JsonBlob, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;

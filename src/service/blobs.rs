@@ -1,0 +1,168 @@
+//! A blob digest -> what to stream: JSON by its bytes, layers scanned (and
+//! compressed) on demand, a digest whose bytes changed dropped everywhere.
+
+use super::Images;
+use crate::error::{RegistryError, Result};
+use crate::image::compressed::CompressedCache;
+use crate::image::layer::{LayerSource, LayerTar};
+use crate::image::manifest::JsonBlob;
+use std::sync::Arc;
+
+/// What a blob GET serves.
+pub enum Blob {
+    Json(Arc<JsonBlob>),
+    Layer {
+        digest: String,
+        tar: Arc<LayerTar>,
+        /// For the bytes-served metric: none, gzip, zstd, or archive (a
+        /// member served as an image archive packed it).
+        compression: &'static str,
+    },
+}
+
+impl Images {
+    /// A manifest or index served before (not a config or other blob).
+    pub fn manifest_by_digest(&self, digest: &str) -> Option<Arc<JsonBlob>> {
+        self.index
+            .get_json(digest)
+            .filter(|b| crate::image::manifest::known_media_type(&b.media_type) != "other")
+    }
+
+    /// A provenance document, fetchable by digest like the image's own
+    /// (see [`crate::http::registry`]'s referrers).
+    pub fn keep_document(&self, blob: &JsonBlob) -> std::io::Result<()> {
+        self.index.put_json(blob)
+    }
+
+    pub async fn blob(&self, digest: &str) -> Result<Blob> {
+        if let Some(j) = self.index.get_json(digest) {
+            return Ok(Blob::Json(j));
+        }
+        let unknown = || RegistryError::BlobUnknown {
+            digest: digest.to_string(),
+        };
+        let layer = self.index.layer(digest).ok_or_else(unknown)?;
+        let size = layer.size;
+        if layer.diff_id.is_some() && layer.packed.is_none() {
+            return match &self.compressed {
+                Some(cache) => self.compressed_blob(cache, digest, layer.source).await,
+                // Served compressed before a restart without --compression.
+                None => Err(unknown()),
+            };
+        }
+        let compression = if layer.packed.is_some() {
+            "archive"
+        } else {
+            "none"
+        };
+        let source = layer.source;
+        self.events
+            .metrics
+            .cache("layer_scan", self.scanned.contains_key(digest));
+        let tar = self
+            .scanned
+            .try_get_with(digest.to_string(), async move {
+                tokio::task::spawn_blocking(move || LayerTar::scan(&source).map(Arc::new))
+                    .await
+                    .map_err(|e| (e.to_string(), false))?
+                    .map_err(|e| (e.to_string(), e.is_transient()))
+            })
+            .await;
+        match tar {
+            Ok(tar) if tar.size() == size => Ok(Blob::Layer {
+                digest: digest.to_string(),
+                tar,
+                compression,
+            }),
+            Ok(tar) => {
+                tracing::error!(
+                    digest,
+                    advertised = size,
+                    now = tar.size(),
+                    "layer size changed; dropping digest"
+                );
+                self.layer_is_corrupt(digest).await;
+                Err(unknown())
+            }
+            Err(e) if e.1 => {
+                tracing::warn!(digest, error = %e.0, "cannot scan layer for now; keeping the digest");
+                Err(RegistryError::layer_unreadable_for_now())
+            }
+            Err(e) => {
+                // Most likely its store paths were garbage-collected.
+                tracing::warn!(digest, error = %e.0, "cannot scan layer; dropping digest");
+                self.layer_is_corrupt(digest).await;
+                Err(unknown())
+            }
+        }
+    }
+
+    /// A compressed layer: opened from the cache right away (eviction cannot
+    /// cut the stream then), compressed again first if it was evicted.
+    async fn compressed_blob(
+        &self,
+        cache: &Arc<CompressedCache>,
+        digest: &str,
+        source: LayerSource,
+    ) -> Result<Blob> {
+        let (cache, want) = (cache.clone(), digest.to_string());
+        let codec = cache.codec.name();
+        let events = self.events.clone();
+        // Errors carry whether they are transient (see layer::is_transient).
+        let opened = tokio::task::spawn_blocking(
+            move || -> std::result::Result<LayerTar, (String, bool)> {
+                let io = |e: std::io::Error| (e.to_string(), crate::image::layer::is_transient(&e));
+                let path = cache.path(&want);
+                let kept = cache.open_blob(&want);
+                events.metrics.cache("compressed", kept.is_some());
+                let file = match kept {
+                    Some(file) => file,
+                    None => {
+                        let tar = LayerTar::scan(&source)
+                            .map_err(|e| (e.to_string(), e.is_transient()))?;
+                        let (c, file) = cache.insert(&tar).map_err(io)?;
+                        if c.digest != want {
+                            return Err((
+                                format!("compressed again to {}, not {want}", c.digest),
+                                false,
+                            ));
+                        }
+                        file
+                    }
+                };
+                let size = file.metadata().map_err(io)?.len();
+                Ok(LayerTar::Opened { file, path, size })
+            },
+        )
+        .await
+        .map_err(RegistryError::internal)?;
+        match opened {
+            Ok(tar) => Ok(Blob::Layer {
+                digest: digest.to_string(),
+                tar: Arc::new(tar),
+                compression: codec,
+            }),
+            Err((e, true)) => {
+                tracing::warn!(digest, error = %e, "cannot serve compressed layer for now; keeping the digest");
+                Err(RegistryError::layer_unreadable_for_now())
+            }
+            Err((e, false)) => {
+                tracing::error!(digest, error = %e, "cannot serve compressed layer; dropping digest");
+                self.layer_is_corrupt(digest).await;
+                Err(RegistryError::BlobUnknown {
+                    digest: digest.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Served bytes did not hash to the digest: drop every cached trace of it.
+    pub async fn layer_is_corrupt(&self, digest: &str) {
+        self.distrust_layer(digest);
+        if let Some(key) = self.index.forget_layer(digest) {
+            self.digesting.invalidate(&key).await;
+        }
+        self.scanned.invalidate(digest).await;
+        self.manifests.invalidate_all();
+    }
+}

@@ -1,0 +1,175 @@
+//! Layers whose bytes a full GET has hashed to their digest, and what their
+//! files were then ([`Identity`]): while the identity holds, a GET streams
+//! them without hashing again, and the small ones from memory. Any write to
+//! a file the layer reads changes the identity, and the next GET verifies.
+
+use crate::image::layer::Identity;
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+/// Layers up to this size are kept in memory once verified...
+pub const HOT_MAX_LAYER: u64 = 16 * 1024 * 1024;
+/// ... if they hold at least this many files: one open and read per file
+/// is what a GET of them costs, while a layer of a few large files streams
+/// from the page cache at about the machine's speed anyway.
+pub const HOT_MIN_FILES: usize = 32;
+
+pub(super) struct TrustedLayers {
+    identities: moka::sync::Cache<String, Identity>,
+    /// The bytes of small verified layers, in one piece (one write to the
+    /// socket rather than one per chunk).
+    hot: Option<moka::sync::Cache<String, Bytes>>,
+    hot_bytes: u64,
+    /// Streams collecting a layer's bytes to keep: one per layer, within the
+    /// hot budget. Without this, 16 clients pulling one new small layer at
+    /// once each held a copy of it until verified (16 x 7 MiB measured).
+    collecting: Arc<Mutex<Collecting>>,
+}
+
+#[derive(Default)]
+struct Collecting {
+    digests: HashSet<String>,
+    bytes: u64,
+}
+
+/// One stream's right to collect a layer's bytes for memory; released when
+/// dropped, whether or not the layer was kept.
+pub struct HotClaim {
+    collecting: Arc<Mutex<Collecting>>,
+    digest: String,
+    size: u64,
+}
+
+impl Drop for HotClaim {
+    fn drop(&mut self) {
+        let mut c = self.collecting.lock().unwrap_or_else(|e| e.into_inner());
+        c.digests.remove(&self.digest);
+        c.bytes -= self.size;
+    }
+}
+
+impl TrustedLayers {
+    /// `hot_bytes`: the memory the bytes of small layers may take (0: none).
+    pub(super) fn new(hot_bytes: u64) -> TrustedLayers {
+        TrustedLayers {
+            identities: moka::sync::Cache::new(100_000),
+            hot: (hot_bytes > 0).then(|| {
+                moka::sync::Cache::builder()
+                    // In KiB, so that the weight fits a u32.
+                    .weigher(|_, bytes: &Bytes| {
+                        u32::try_from(bytes.len() / 1024 + 1).unwrap_or(u32::MAX)
+                    })
+                    .max_capacity(hot_bytes / 1024)
+                    .build()
+            }),
+            hot_bytes,
+            collecting: Arc::default(),
+        }
+    }
+}
+
+impl TrustedLayers {
+    /// For a small layer of many files not in memory yet, when no other
+    /// stream collects it and the bytes being collected stay within the
+    /// budget.
+    fn claim(&self, digest: &str, size: u64, files: usize) -> Option<HotClaim> {
+        if size > HOT_MAX_LAYER || files < HOT_MIN_FILES || self.hot.as_ref()?.contains_key(digest)
+        {
+            return None;
+        }
+        let mut c = self.collecting.lock().unwrap_or_else(|e| e.into_inner());
+        if c.bytes + size > self.hot_bytes || !c.digests.insert(digest.to_string()) {
+            return None;
+        }
+        c.bytes += size;
+        Some(HotClaim {
+            collecting: self.collecting.clone(),
+            digest: digest.to_string(),
+            size,
+        })
+    }
+}
+
+impl super::Images {
+    /// Whether `digest`'s files are as they were when its bytes last hashed
+    /// to it.
+    pub fn layer_trusted(&self, digest: &str, now: Identity) -> bool {
+        self.trusted.identities.get(digest) == Some(now)
+    }
+
+    /// A full GET hashed the layer to its digest, and its files had
+    /// `identity` before and after.
+    pub fn layer_verified(&self, digest: &str, identity: Identity) {
+        self.trusted.identities.insert(digest.to_string(), identity);
+    }
+
+    /// The layer's files changed: the next GET hashes it again.
+    pub fn distrust_layer(&self, digest: &str) {
+        self.trusted.identities.invalidate(digest);
+        if let Some(hot) = &self.trusted.hot {
+            hot.invalidate(digest);
+        }
+    }
+
+    /// A claim to collect the bytes of a layer of `size` bytes and `files`
+    /// files as it streams, to keep them in memory once verified.
+    pub fn claim_hot(&self, digest: &str, size: u64, files: usize) -> Option<HotClaim> {
+        self.trusted.claim(digest, size, files)
+    }
+
+    pub fn keep_hot(&self, claim: HotClaim, chunks: Vec<Bytes>) {
+        let digest = &claim.digest;
+        if let Some(hot) = &self.trusted.hot {
+            let mut whole = bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for c in &chunks {
+                whole.extend_from_slice(c);
+            }
+            hot.insert(digest.to_string(), whole.freeze());
+        }
+    }
+
+    /// Bytes of layers held in memory now.
+    pub fn hot_layer_bytes(&self) -> u64 {
+        self.trusted.hot.as_ref().map_or(0, |h| {
+            h.run_pending_tasks();
+            h.iter().map(|(_, b)| b.len() as u64).sum()
+        })
+    }
+
+    /// The bytes of a small verified layer, if they are in memory.
+    pub fn hot_layer(&self, digest: &str) -> Option<Bytes> {
+        let hit = self.trusted.hot.as_ref()?.get(digest);
+        self.events.metrics.cache("hot_layer", hit.is_some());
+        hit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn one_stream_collects_a_layer_within_the_budget() {
+        let t = TrustedLayers::new(10 * MIB);
+        let a = t
+            .claim("a", 6 * MIB, 100)
+            .expect("small layer of many files");
+        assert!(t.claim("a", 6 * MIB, 100).is_none(), "a second stream of a");
+        assert!(t.claim("b", 6 * MIB, 100).is_none(), "over the budget");
+        assert!(t.claim("c", MIB, 100).is_some(), "within it");
+        drop(a);
+        assert!(
+            t.claim("a", 6 * MIB, 100).is_some(),
+            "released when dropped"
+        );
+        assert!(t.claim("d", MIB, HOT_MIN_FILES - 1).is_none(), "few files");
+        assert!(t.claim("e", HOT_MAX_LAYER + 1, 100).is_none(), "too large");
+        assert!(
+            TrustedLayers::new(0).claim("a", MIB, 100).is_none(),
+            "no hot layers"
+        );
+    }
+}
