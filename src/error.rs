@@ -3,6 +3,7 @@
 //! Every variant maps to a status and an OCI code in one exhaustive `match`,
 //! so adding a variant forces a decision about what clients see.
 
+use crate::events::BuildFailure;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -138,19 +139,19 @@ impl RegistryError {
     }
 
     /// Why producing an image failed, as a metric label.
-    pub fn build_failure(&self) -> &'static str {
+    pub fn build_failure(&self) -> BuildFailure {
         use RegistryError::*;
         match self {
-            BuildFailed { .. } => "build",
-            BuildTimeout { .. } => "timeout",
-            NotAnImage { .. } => "not_an_image",
-            NixOutput { .. } | NixFailed { .. } => "nix_output",
+            BuildFailed { .. } => BuildFailure::Build,
+            BuildTimeout { .. } => BuildFailure::Timeout,
+            NotAnImage { .. } => BuildFailure::NotAnImage,
+            NixOutput { .. } | NixFailed { .. } => BuildFailure::NixOutput,
             NameUnknown { .. } | TagUnknown { .. } | TagNotGit { .. } | PackagesUnknown { .. } => {
-                "not_found"
+                BuildFailure::NotFound
             }
-            TooManyRequests { .. } | Unavailable { .. } => "busy",
+            TooManyRequests { .. } | Unavailable { .. } => BuildFailure::Busy,
             ForSystem { source, .. } => source.build_failure(),
-            _ => "internal",
+            _ => BuildFailure::Internal,
         }
     }
 
@@ -252,3 +253,55 @@ impl IntoResponse for RegistryError {
 }
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// The Nix floor's failures, as clients have always seen them.
+impl From<crate::nix::NixError> for RegistryError {
+    fn from(e: crate::nix::NixError) -> Self {
+        use crate::nix::NixError as N;
+        match e {
+            N::NameUnknown {
+                name,
+                flake,
+                available,
+            } => RegistryError::NameUnknown {
+                name,
+                flake,
+                available,
+            },
+            N::TagUnknown { tag, flake } => RegistryError::TagUnknown { tag, flake },
+            N::TagNotGit { tag, flake } => RegistryError::TagNotGit { tag, flake },
+            N::PackagesUnknown {
+                unknown,
+                source_name,
+            } => RegistryError::PackagesUnknown {
+                unknown,
+                source_name,
+            },
+            N::BuildFailed { target, log_tail } => RegistryError::BuildFailed { target, log_tail },
+            N::BuildTimeout { target, secs } => RegistryError::BuildTimeout { target, secs },
+            N::CommandFailed {
+                command,
+                nix,
+                log_tail,
+            } => RegistryError::NixFailed {
+                command,
+                nix,
+                log_tail,
+            },
+            N::Unreadable {
+                command,
+                nix,
+                reason,
+            } => RegistryError::NixOutput {
+                command,
+                nix,
+                reason,
+            },
+            N::Busy => RegistryError::TooManyRequests {
+                what: N::Busy.to_string(),
+                retry_after_secs: 5,
+            },
+            N::Git(reason) => RegistryError::Internal(reason),
+        }
+    }
+}

@@ -29,6 +29,41 @@ fn short_buckets() -> Histogram {
     ])
 }
 
+/// Why producing an image failed: the `reason` label of
+/// `flakeport_builds_failed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildFailure {
+    Build,
+    Timeout,
+    NotAnImage,
+    /// A Nix command's output could not be read, or a store query failed.
+    NixOutput,
+    /// The name, tag or package is not there: no build was attempted.
+    NotFound,
+    /// A full queue or a short resource: no build was attempted.
+    Busy,
+    Internal,
+}
+
+impl BuildFailure {
+    pub fn label(self) -> &'static str {
+        match self {
+            BuildFailure::Build => "build",
+            BuildFailure::Timeout => "timeout",
+            BuildFailure::NotAnImage => "not_an_image",
+            BuildFailure::NixOutput => "nix_output",
+            BuildFailure::NotFound => "not_found",
+            BuildFailure::Busy => "busy",
+            BuildFailure::Internal => "internal",
+        }
+    }
+
+    /// Whether a build was attempted, so that the pages list it.
+    pub fn was_a_build(self) -> bool {
+        !matches!(self, BuildFailure::NotFound | BuildFailure::Busy)
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     builds_started: Family<Labels, Counter>,
@@ -182,7 +217,7 @@ impl Metrics {
     pub fn build_finished(
         &self,
         kind: &'static str,
-        failure: Option<&'static str>,
+        failure: Option<BuildFailure>,
         took: Duration,
     ) {
         match failure {
@@ -192,7 +227,7 @@ impl Metrics {
                 .inc(),
             Some(reason) => self
                 .builds_failed
-                .get_or_create(&vec![("kind", kind), ("reason", reason)])
+                .get_or_create(&vec![("kind", kind), ("reason", reason.label())])
                 .inc(),
         };
         self.build_seconds
@@ -352,7 +387,7 @@ mod tests {
     fn the_exposition_names_what_happened() {
         let m = Metrics::default();
         m.build_started("flake");
-        m.build_finished("flake", Some("build"), Duration::from_millis(1500));
+        m.build_finished("flake", Some(BuildFailure::Build), Duration::from_millis(1500));
         m.blob_bytes("none", 1234);
         m.cache("manifest", true);
         m.manifest_served("application/vnd.oci.image.manifest.v1+json", None);

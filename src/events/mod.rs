@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod pulls;
 
 pub use builds::{Build, BuildKind, BuildSubject, Builds, ImageSummary, LayerSummary, Outcome};
-pub use metrics::{Metrics, Snapshot};
+pub use metrics::{BuildFailure, Metrics, Snapshot};
 
 use std::sync::Arc;
 

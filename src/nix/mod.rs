@@ -4,6 +4,7 @@
 //! external processes start ([`scheduler`]). No HTTP here, and nothing
 //! about layers.
 
+mod error;
 pub mod path_info;
 pub mod refs;
 pub mod resolve;
@@ -11,6 +12,7 @@ mod runner;
 pub mod scheduler;
 pub mod version;
 
+pub use error::{NixError, Result};
 pub use path_info::{PathInfo, PathInfoError};
 pub use runner::*;
 pub use version::{Flavour, NixVersion, VersionError};

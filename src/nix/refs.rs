@@ -7,7 +7,7 @@
 //! a commit that no ref points at, a bare mirror of the branches and tags in
 //! the state dir that answers "is it an ancestor of one of them".
 
-use crate::error::{RegistryError, Result};
+use super::error::{NixError, Result};
 use crate::nix::scheduler::{self, Job, Kind, Scheduler};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -53,7 +53,7 @@ pub struct RefGate {
     mirrors: PathBuf,
     allow: AllowCommits,
     listed: moka::future::Cache<String, Arc<Vec<GitRef>>>,
-    failed: moka::future::Cache<String, RegistryError>,
+    failed: moka::future::Cache<String, NixError>,
     /// Remotes whose mirror was fetched within the TTL.
     fetched: moka::future::Cache<String, ()>,
     /// (remote, commit) found reachable within the TTL: a pull of a cached
@@ -101,7 +101,7 @@ impl RefGate {
         if tag == "latest" {
             return Ok(Selected::Latest);
         }
-        let unknown = || RegistryError::TagUnknown {
+        let unknown = || NixError::TagUnknown {
             tag: tag.to_string(),
             flake: source.to_string(),
         };
@@ -144,7 +144,7 @@ impl RefGate {
         match listed {
             Ok(refs) => Ok(refs),
             // A full queue says nothing about the remote: not remembered.
-            Err(e) if matches!(*e, RegistryError::TooManyRequests { .. }) => Err((*e).clone()),
+            Err(e) if matches!(*e, NixError::Busy) => Err((*e).clone()),
             Err(e) => {
                 self.failed.insert(remote.to_string(), (*e).clone()).await;
                 Err((*e).clone())
@@ -210,9 +210,9 @@ async fn git(
         build_slot: false,
     };
     scheduler.run(job).await.map_err(|f| match f {
-        scheduler::Failure::Busy => crate::nix::busy(),
-        scheduler::Failure::Spawn(e) => RegistryError::internal(format!("cannot run git: {e}")),
-        scheduler::Failure::Timeout => RegistryError::internal(format!(
+        scheduler::Failure::Busy => NixError::Busy,
+        scheduler::Failure::Spawn(e) => NixError::Git(format!("cannot run git: {e}")),
+        scheduler::Failure::Timeout => NixError::Git(format!(
             "git {} timed out after {} s",
             args.first().unwrap_or(&""),
             GIT_TIMEOUT.as_secs()
@@ -232,7 +232,7 @@ async fn ls_remote(scheduler: &Scheduler, remote: &str) -> Result<Vec<GitRef>> {
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         tracing::warn!(remote, stderr = %stderr.trim(), "git ls-remote failed");
-        return Err(RegistryError::internal(format!(
+        return Err(NixError::Git(format!(
             "git ls-remote {remote} failed: {}",
             stderr.lines().last().unwrap_or("").trim()
         )));
@@ -276,10 +276,10 @@ pub fn parse_ls_remote(text: &str) -> Vec<GitRef> {
 async fn fetch_mirror(scheduler: &Scheduler, dir: &Path, remote: &str) -> Result<()> {
     if !dir.join("HEAD").exists() {
         std::fs::create_dir_all(dir)
-            .map_err(|e| RegistryError::internal(format!("{}: {e}", dir.display())))?;
+            .map_err(|e| NixError::Git(format!("{}: {e}", dir.display())))?;
         let out = git(scheduler, &["init", "--quiet", "--bare"], Some(dir)).await?;
         if !out.status.success() {
-            return Err(RegistryError::internal(format!(
+            return Err(NixError::Git(format!(
                 "git init {}: {}",
                 dir.display(),
                 String::from_utf8_lossy(&out.stderr)
@@ -306,7 +306,7 @@ async fn fetch_mirror(scheduler: &Scheduler, dir: &Path, remote: &str) -> Result
     )
     .await?;
     if !out.status.success() {
-        return Err(RegistryError::internal(format!(
+        return Err(NixError::Git(format!(
             "git fetch {remote} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));

@@ -10,7 +10,7 @@
 use super::path_info::{self, PathInfo};
 use super::version::{NixVersion, VersionError};
 
-use crate::error::{RegistryError, Result};
+use super::error::{NixError, Result};
 use crate::nix::resolve::{BuildTarget, PackageTarget};
 use crate::nix::scheduler::{self, Job, Kind, Scheduler};
 use serde::Deserialize;
@@ -298,7 +298,7 @@ impl Nix {
         target: &(dyn std::fmt::Display + Sync),
         log: BuildLog<'_>,
         evaluate: F,
-        on_failure: impl Fn(Failure) -> RegistryError,
+        on_failure: impl Fn(Failure) -> NixError,
     ) -> Result<Vec<PathBuf>>
     where
         F: Fn() -> Fut,
@@ -337,7 +337,7 @@ impl Nix {
         chosen: &[Chosen],
         target: &(dyn std::fmt::Display + Sync),
         log: BuildLog<'_>,
-        on_failure: impl Fn(Failure) -> RegistryError,
+        on_failure: impl Fn(Failure) -> NixError,
     ) -> Result<Vec<PathBuf>> {
         tracing::info!(image = %target, "nix build started");
         let started = std::time::Instant::now();
@@ -432,8 +432,8 @@ impl Nix {
     }
 
     /// The error for a tool output that cannot be read.
-    fn unreadable(&self, command: &str, reason: impl std::fmt::Display) -> RegistryError {
-        RegistryError::NixOutput {
+    fn unreadable(&self, command: &str, reason: impl std::fmt::Display) -> NixError {
+        NixError::Unreadable {
             command: command.to_string(),
             nix: self.version.to_string(),
             reason: reason.to_string(),
@@ -455,7 +455,7 @@ impl Nix {
         self.locks
             .try_get_with(t.eval_ref().to_string(), eval())
             .await
-            .map_err(|e: Arc<RegistryError>| (*e).clone())
+            .map_err(|e: Arc<NixError>| (*e).clone())
     }
 
     /// The names of `packages.<system>` that are derivations: every one is
@@ -513,8 +513,8 @@ impl Nix {
         args.extend(paths.iter().map(|p| path_str(p)));
         let command = format!("nix {}", args[..args.len() - paths.len()].join(" "));
         let out = self.run(Kind::Query, &args).await.map_err(|f| match f {
-            Failure::Busy => busy(),
-            f => RegistryError::NixFailed {
+            Failure::Busy => NixError::Busy,
+            f => NixError::CommandFailed {
                 command: command.clone(),
                 nix: self.version.to_string(),
                 log_tail: tail(&f.describe()),
@@ -660,14 +660,6 @@ fn chosen_outputs(
         .collect()
 }
 
-/// The reply when too many processes already wait.
-pub fn busy() -> RegistryError {
-    RegistryError::TooManyRequests {
-        what: "too many nix and git processes are waiting to run".into(),
-        retry_after_secs: 5,
-    }
-}
-
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -713,8 +705,8 @@ fn expr_args(t: &BuildTarget, attr: &str) -> Vec<String> {
 
 /// The 404 for a name that is no image of the flake, with the closest
 /// images it does have.
-fn name_unknown(t: &BuildTarget, images: Vec<String>) -> RegistryError {
-    RegistryError::NameUnknown {
+fn name_unknown(t: &BuildTarget, images: Vec<String>) -> NixError {
+    NixError::NameUnknown {
         name: t.attr_path.join("/"),
         flake: t.flake_ref.clone(),
         available: closest(&t.attr_path.join("/"), images, 8),
@@ -723,7 +715,7 @@ fn name_unknown(t: &BuildTarget, images: Vec<String>) -> RegistryError {
 
 /// The 404 for a package path: every unknown package, each with the
 /// closest names at the level where its lookup failed.
-fn unknown_packages(t: &PackageTarget, report: Vec<UnknownPackage>) -> RegistryError {
+fn unknown_packages(t: &PackageTarget, report: Vec<UnknownPackage>) -> NixError {
     let unknown = report
         .into_iter()
         .map(|u| {
@@ -738,7 +730,7 @@ fn unknown_packages(t: &PackageTarget, report: Vec<UnknownPackage>) -> RegistryE
             (u.name, close)
         })
         .collect();
-    RegistryError::PackagesUnknown {
+    NixError::PackagesUnknown {
         unknown,
         source_name: t.location.clone(),
     }
@@ -760,11 +752,11 @@ fn classify(
     step: Step,
     f: Failure,
     timeout: Duration,
-) -> RegistryError {
+) -> NixError {
     let stderr = match f {
-        Failure::Busy => return busy(),
+        Failure::Busy => return NixError::Busy,
         Failure::Timeout => {
-            return RegistryError::BuildTimeout {
+            return NixError::BuildTimeout {
                 target: target.to_string(),
                 secs: timeout.as_secs(),
             }
@@ -772,12 +764,12 @@ fn classify(
         Failure::Exit { stderr } => stderr,
     };
     if step == Step::Eval && tag != "latest" && names_missing_ref(&stderr) {
-        return RegistryError::TagUnknown {
+        return NixError::TagUnknown {
             tag: tag.to_string(),
             flake: source.to_string(),
         };
     }
-    RegistryError::BuildFailed {
+    NixError::BuildFailed {
         target: target.to_string(),
         log_tail: tail(&stderr),
     }
@@ -871,7 +863,7 @@ mod tests {
             panic!("{unknown:?}")
         };
         match name_unknown(&target("latest"), images) {
-            RegistryError::NameUnknown { available, .. } => assert_eq!(available[0], "apps"),
+            NixError::NameUnknown { available, .. } => assert_eq!(available[0], "apps"),
             e => panic!("{e:?}"),
         }
         let found: FlakeResult = serde_json::from_str(
@@ -939,7 +931,7 @@ mod tests {
                     stderr: badref.into()
                 }
             ),
-            RegistryError::TagUnknown { .. }
+            NixError::TagUnknown { .. }
         ));
         // Nix 2.26.3 (libgit2) on a `git+file` flake without ref `v9`;
         // a 2.22+ message as Nix's src/libfetchers/git-utils.cc words it.
@@ -951,7 +943,7 @@ mod tests {
                     stderr: libgit2.into()
                 }
             ),
-            RegistryError::TagUnknown { .. }
+            NixError::TagUnknown { .. }
         ));
         // A builder that says "does not exist" is a failed build, not a
         // missing tag; nor is a missing-ref message inside a build log.
@@ -961,7 +953,7 @@ mod tests {
         ] {
             assert!(matches!(
                 classify_("v9", Failure::Exit { stderr: log.into() }),
-                RegistryError::BuildFailed { .. }
+                NixError::BuildFailed { .. }
             ));
         }
         // GitHub's 422 for an unknown commit: Nix prints a failed
@@ -974,7 +966,7 @@ mod tests {
                     stderr: github.into()
                 }
             ),
-            RegistryError::TagUnknown { .. }
+            NixError::TagUnknown { .. }
         ));
         // The same words from a build: the source was fetched by then.
         assert!(matches!(
@@ -988,14 +980,14 @@ mod tests {
                 },
                 Duration::from_secs(1)
             ),
-            RegistryError::BuildFailed { .. }
+            NixError::BuildFailed { .. }
         ));
         let failed = (1..40)
             .map(|i| format!("line {i}"))
             .collect::<Vec<_>>()
             .join("\n");
         match classify_("latest", Failure::Exit { stderr: failed }) {
-            RegistryError::BuildFailed { log_tail, .. } => {
+            NixError::BuildFailed { log_tail, .. } => {
                 assert!(log_tail.starts_with("line 15\n") && log_tail.ends_with("line 39"))
             }
             e => panic!("{e:?}"),
@@ -1009,7 +1001,7 @@ mod tests {
                 Failure::Timeout,
                 Duration::from_secs(3)
             ),
-            RegistryError::BuildTimeout { secs: 3, .. }
+            NixError::BuildTimeout { secs: 3, .. }
         ));
     }
 

@@ -108,10 +108,11 @@ impl Images {
         let (cache, want) = (cache.clone(), digest.to_string());
         let codec = cache.codec.name();
         let events = self.events.clone();
-        // Errors carry whether they are transient (see layer::is_transient).
-        let opened = tokio::task::spawn_blocking(
-            move || -> std::result::Result<LayerTar, (String, bool)> {
-                let io = |e: std::io::Error| (e.to_string(), crate::image::layer::is_transient(&e));
+        let opened =
+            tokio::task::spawn_blocking(move || -> std::result::Result<LayerTar, Unopened> {
+                let io = |e: std::io::Error| {
+                    Unopened::new(e.to_string(), crate::image::layer::is_transient(&e))
+                };
                 let path = cache.path(&want);
                 let kept = cache.open_blob(&want);
                 events.metrics.cache("compressed", kept.is_some());
@@ -119,34 +120,33 @@ impl Images {
                     Some(file) => file,
                     None => {
                         let tar = LayerTar::scan(&source)
-                            .map_err(|e| (e.to_string(), e.is_transient()))?;
+                            .map_err(|e| Unopened::new(e.to_string(), e.is_transient()))?;
                         let (c, file) = cache.insert(&tar).map_err(io)?;
                         if c.digest != want {
-                            return Err((
-                                format!("compressed again to {}, not {want}", c.digest),
-                                false,
-                            ));
+                            return Err(Unopened::Broken(format!(
+                                "compressed again to {}, not {want}",
+                                c.digest
+                            )));
                         }
                         file
                     }
                 };
                 let size = file.metadata().map_err(io)?.len();
                 Ok(LayerTar::Opened { file, path, size })
-            },
-        )
-        .await
-        .map_err(RegistryError::internal)?;
+            })
+            .await
+            .map_err(RegistryError::internal)?;
         match opened {
             Ok(tar) => Ok(Blob::Layer {
                 digest: digest.to_string(),
                 tar: Arc::new(tar),
                 compression: codec,
             }),
-            Err((e, true)) => {
+            Err(Unopened::ForNow(e)) => {
                 tracing::warn!(digest, error = %e, "cannot serve compressed layer for now; keeping the digest");
                 Err(RegistryError::layer_unreadable_for_now())
             }
-            Err((e, false)) => {
+            Err(Unopened::Broken(e)) => {
                 tracing::error!(digest, error = %e, "cannot serve compressed layer; dropping digest");
                 self.layer_is_corrupt(digest).await;
                 Err(RegistryError::BlobUnknown {
@@ -164,5 +164,24 @@ impl Images {
         }
         self.scanned.invalidate(digest).await;
         self.manifests.invalidate_all();
+    }
+}
+
+/// Why a compressed layer could not be opened.
+enum Unopened {
+    /// Short of descriptors or memory (see `layer::is_transient`): the
+    /// digest is kept and the client retries.
+    ForNow(String),
+    /// The layer's sources changed or its bytes no longer match.
+    Broken(String),
+}
+
+impl Unopened {
+    fn new(reason: String, transient: bool) -> Unopened {
+        if transient {
+            Unopened::ForNow(reason)
+        } else {
+            Unopened::Broken(reason)
+        }
     }
 }

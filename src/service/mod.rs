@@ -29,6 +29,7 @@ use crate::image::manifest::{ImageDocuments, LayerDigest};
 use crate::nix::refs::{RefGate, Selected};
 use crate::nix::resolve::{BuildTarget, FlakeSource, PackageSource, PackageTarget};
 use crate::nix::Nix;
+use crate::nix::NixError;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -401,7 +402,7 @@ impl Images {
                         log_tail: build.tail(crate::events::builds::TAIL_LINES),
                     };
                     // A name that is no image, or a full queue, is no build.
-                    let keep = !matches!(reason, "not_found" | "busy");
+                    let keep = reason.was_a_build();
                     // (The error reply, or the warm task, logs it.)
                     this.events.builds.finish(&build, outcome, keep);
                     Err(e)
@@ -443,11 +444,11 @@ impl Images {
                 return Ok(());
             }
             match self.nix.check_exists(&target).await {
-                Err(e @ RegistryError::NameUnknown { .. }) => unknown = Some(e),
-                other => return other,
+                Err(e @ NixError::NameUnknown { .. }) => unknown = Some(e),
+                other => return Ok(other?),
             }
         }
-        Err(unknown.expect("at least one system"))
+        Err(unknown.expect("at least one system").into())
     }
 
     /// `latest` plus the branches and tags of the source the name comes from.

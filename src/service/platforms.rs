@@ -8,6 +8,7 @@ use super::{ImageKey, Images};
 use crate::error::{RegistryError, Result};
 use crate::image::manifest::{index_documents, ImageDocuments, IndexDocuments, JsonBlob, Platform};
 use crate::nix::refs::Selected;
+use crate::nix::NixError;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -84,8 +85,8 @@ impl Images {
                 };
                 match allowed {
                     // Not a ref of the flake: maybe one of the package set.
-                    Err(RegistryError::TagUnknown { .. }) if has_packages => {}
-                    Err(e) => return Err(e),
+                    Err(NixError::TagUnknown { .. }) if has_packages => {}
+                    Err(e) => return Err(e.into()),
                     Ok(selected) => {
                         let keys = self
                             .settings
