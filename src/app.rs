@@ -44,7 +44,7 @@ pub struct ServeOptions {
     /// (a Docker manifest list for Docker-only clients) over the systems the
     /// image exists for; builds for other systems need a remote builder,
     /// extra-platforms or a binary cache (see the README).
-    #[arg(long, env = "FLAKEPORT_SYSTEM", value_delimiter = ',', value_parser = parse_system)]
+    #[arg(long, env = "FLAKEPORT_SYSTEM", value_delimiter = ',', value_parser = crate::vocab::parse_system)]
     pub system: Vec<String>,
 
     /// Seconds a nix build may take before it is stopped (NIX_TIMEOUT also works).
@@ -209,22 +209,6 @@ fn default_state_dir() -> PathBuf {
 
 fn host_system() -> String {
     format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
-}
-
-/// A Nix system: CPU and kernel, as in `x86_64-linux`.
-pub fn parse_system(s: &str) -> Result<String, String> {
-    let ok = |part: &str| {
-        !part.is_empty()
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    };
-    match s.trim().split_once('-') {
-        Some((cpu, os)) if ok(cpu) && ok(os) => Ok(s.trim().to_string()),
-        _ => Err(format!(
-            "{s:?} is not a Nix system (CPU-KERNEL, e.g. x86_64-linux or aarch64-linux)"
-        )),
-    }
 }
 
 /// Options parsed as the command line would give them, for tests and

@@ -22,4 +22,5 @@ pub mod nix;
 pub mod provenance;
 pub mod redact;
 pub mod service;
+pub mod vocab;
 pub mod watched;

@@ -254,7 +254,7 @@ impl Metrics {
     }
 
     pub fn manifest_served(&self, media_type: &str, took: Option<(Duration, bool)>) {
-        let media_type = crate::image::manifest::known_media_type(media_type);
+        let media_type = crate::vocab::media_type::known(media_type);
         self.manifests_served
             .get_or_create(&vec![("media_type", media_type)])
             .inc();
@@ -387,7 +387,11 @@ mod tests {
     fn the_exposition_names_what_happened() {
         let m = Metrics::default();
         m.build_started("flake");
-        m.build_finished("flake", Some(BuildFailure::Build), Duration::from_millis(1500));
+        m.build_finished(
+            "flake",
+            Some(BuildFailure::Build),
+            Duration::from_millis(1500),
+        );
         m.blob_bytes("none", 1234);
         m.cache("manifest", true);
         m.manifest_served("application/vnd.oci.image.manifest.v1+json", None);

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod registry;
+pub mod request;
 pub mod server;
 pub mod tls;
 pub mod web;

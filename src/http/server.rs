@@ -24,6 +24,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+/// The client's address, which the listener puts on every request (the
+/// terminal's pull lines group requests by it).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::IpAddr);
+
 /// See `max_buf_size` in [`serve`].
 pub const WRITE_BUFFER: usize = 64 * 1024;
 
@@ -78,8 +83,7 @@ pub async fn serve(
         let service = TowerToHyperService::new(tower::util::MapRequest::new(
             app.clone(),
             move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(crate::http::registry::Peer(peer.ip()));
+                req.extensions_mut().insert(Peer(peer.ip()));
                 req
             },
         ));

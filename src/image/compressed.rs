@@ -29,11 +29,11 @@ impl CompressedCache {
         for e in std::fs::read_dir(&dir)? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if let Some(digest) = crate::vocab::Digest::from_hex(&name) {
                 // Older files count as used longer ago.
                 let age = e.metadata()?.modified()?.elapsed().unwrap_or_default();
                 entries.insert(
-                    format!("sha256:{name}"),
+                    digest.into(),
                     (e.metadata()?.len(), now.checked_sub(age).unwrap_or(now)),
                 );
             } else {

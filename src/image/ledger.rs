@@ -397,36 +397,7 @@ impl Drop for FileLock {
     }
 }
 
-/// A GC root and the links Nix made beside it in the same build: the
-/// links of other outputs and further derivations (`ROOT-bin`, `ROOT-1`)
-/// share the root's name up to its first `-` (the hash of the image's
-/// target), so retention keeps or removes them together.
-pub fn root_family(root: &Path) -> Vec<PathBuf> {
-    let (Some(dir), Some(name)) = (root.parent(), root.file_name().and_then(|n| n.to_str())) else {
-        return vec![root.to_path_buf()];
-    };
-    let Some(dash) = name.find('-') else {
-        return vec![root.to_path_buf()];
-    };
-    let prefix = &name[..=dash];
-    let mut family: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_str()
-                        .is_some_and(|n| n.starts_with(prefix))
-                })
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default();
-    if !family.iter().any(|p| p == root) {
-        family.push(root.to_path_buf());
-    }
-    family
-}
+pub use crate::nix::root_family;
 
 /// Set a path's mtime to now, not following a symlink (a GC root's own
 /// mtime is what counts).

@@ -7,20 +7,10 @@ use crate::image::layer::compress::Codec;
 use crate::image::plan::ImagePlan;
 use bytes::Bytes;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+
 use std::sync::Arc;
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
-pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub use crate::vocab::media_type::*;
 
 /// A JSON document with its digest, served byte for byte.
 #[derive(Debug, Clone)]
@@ -50,31 +40,11 @@ impl JsonBlob {
     }
 }
 
-/// A manifest media type as a metric label: one of the four served, else "other".
-pub fn known_media_type(media_type: &str) -> &'static str {
-    [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST]
-        .into_iter()
-        .find(|m| *m == media_type)
-        .unwrap_or("other")
-}
-
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    crate::vocab::Digest::of(bytes).into()
 }
 
-/// Digest and size of one layer, from the digest pass.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct LayerDigest {
-    pub digest: String,
-    pub size: u64,
-    /// For a compressed blob: the digest of the uncompressed tar.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diff_id: Option<String>,
-    /// For a blob that came compressed (a member of an image archive),
-    /// served as it is: its codec, whatever `--compression` says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub packed: Option<Codec>,
-}
+pub use crate::image::layer::LayerDigest;
 
 /// The config blob and both manifest flavours of one image.
 #[derive(Debug, Clone)]
@@ -167,7 +137,7 @@ impl Platform {
         };
         Platform {
             os: os.to_string(),
-            architecture: crate::nix::resolve::oci_arch(system).to_string(),
+            architecture: crate::vocab::oci_arch(system).to_string(),
             variant: variant.map(str::to_string),
         }
     }

@@ -61,9 +61,7 @@ pub struct RefGate {
     reachable: moka::future::Cache<(String, String), ()>,
 }
 
-pub fn is_commit(tag: &str) -> bool {
-    tag.len() == 40 && tag.bytes().all(|b| b.is_ascii_hexdigit())
-}
+pub use crate::vocab::is_commit;
 
 impl RefGate {
     pub fn new(

@@ -48,7 +48,7 @@ impl BuildTarget {
     /// The commit the tag was resolved to: the tag itself when it is one,
     /// else the `rev` the evaluation was locked to (none for `latest`).
     pub fn revision(&self) -> Option<String> {
-        let is_commit = |s: &str| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let is_commit = crate::vocab::is_commit;
         if is_commit(&self.tag) {
             return Some(self.tag.clone());
         }
@@ -143,7 +143,7 @@ impl FlakeSource {
         if tag == "latest" {
             return Ok((self.url.clone(), false));
         }
-        let pinned = tag.len() == 40 && tag.bytes().all(|b| b.is_ascii_hexdigit());
+        let pinned = crate::vocab::is_commit(tag);
         match &self.kind {
             SourceKind::Forge {
                 scheme,
@@ -231,19 +231,7 @@ impl FlakeSource {
     }
 }
 
-/// Nix system -> OCI architecture.
-pub fn oci_arch(system: &str) -> &str {
-    match system.split('-').next().unwrap_or(system) {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "i686" => "386",
-        "armv7l" | "armv6l" => "arm",
-        "riscv64" => "riscv64",
-        "powerpc64le" => "ppc64le",
-        "s390x" => "s390x",
-        other => other,
-    }
-}
+pub use crate::vocab::oci_arch;
 
 #[cfg(test)]
 mod tests {
@@ -475,7 +463,7 @@ impl PackageSource {
         } else {
             host_system.to_string()
         };
-        let pinned = tag.len() == 40 && tag.bytes().all(|b| b.is_ascii_hexdigit());
+        let pinned = crate::vocab::is_commit(tag);
         let (kind, location, git_ref, rev) = match self {
             PackageSource::Flake(f) => ("flake", f.at_tag(tag)?.0, String::new(), String::new()),
             PackageSource::Path { path, git } => {
@@ -520,7 +508,7 @@ fn git_selector(
             flake: source.to_string(),
         });
     }
-    if tag.len() == 40 && tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if crate::vocab::is_commit(tag) {
         return Ok((String::new(), tag.to_ascii_lowercase()));
     }
     match git_ref {

@@ -395,7 +395,7 @@ impl Nix {
             (outputs, made)
         };
         tracing::debug!(image = %target, secs = started.elapsed().as_secs_f64(), "nix build finished");
-        for stale in crate::image::ledger::root_family(link) {
+        for stale in root_family(link) {
             if !made.contains(&stale) {
                 tracing::info!(root = %stale.display(), "GC root of an earlier build, not made again; removed");
                 let _ = std::fs::remove_file(&stale);
@@ -838,6 +838,37 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// A GC root and the links Nix made beside it in the same build: the
+/// links of other outputs and further derivations (`ROOT-bin`, `ROOT-1`)
+/// share the root's name up to its first `-` (the hash of the image's
+/// target), so retention keeps or removes them together.
+pub fn root_family(root: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (root.parent(), root.file_name().and_then(|n| n.to_str())) else {
+        return vec![root.to_path_buf()];
+    };
+    let Some(dash) = name.find('-') else {
+        return vec![root.to_path_buf()];
+    };
+    let prefix = &name[..=dash];
+    let mut family: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.starts_with(prefix))
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !family.iter().any(|p| p == root) {
+        family.push(root.to_path_buf());
+    }
+    family
 }
 
 #[cfg(test)]

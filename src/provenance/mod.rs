@@ -53,9 +53,8 @@ impl Provenance {
     }
 
     fn path(&self, digest: &str) -> Option<PathBuf> {
-        let hex = digest.strip_prefix("sha256:")?;
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| self.dir.join(format!("{hex}.json")))
+        let digest = crate::vocab::Digest::parse(digest).ok()?;
+        Some(self.dir.join(format!("{}.json", digest.hex())))
     }
 
     /// Keep what an image was made of, under both of its manifest digests.

@@ -6,7 +6,6 @@
 //! sharing the state dir) answers for an image it did not build itself.
 
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
 
 /// One manifest the image was served as (OCI, Docker).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,12 +169,7 @@ impl Record {
     }
 }
 
-/// The store path (`/nix/store/<hash>-<name>`) a path is at or below.
-pub fn store_path_of(path: &Path) -> Option<PathBuf> {
-    let rest = path.strip_prefix("/nix/store").ok()?;
-    let first = rest.components().next()?;
-    Some(Path::new("/nix/store").join(first))
-}
+pub use crate::vocab::store_path_of;
 
 #[cfg(test)]
 mod tests {
@@ -225,14 +219,5 @@ mod tests {
         assert_eq!(hash_hex(&format!("sha256:{nix32}")).as_deref(), Some(hex));
         assert_eq!(hash_hex("sha256-short"), None);
         assert_eq!(hash_hex("md5:abc"), None);
-    }
-
-    #[test]
-    fn store_paths_of_files_below_them() {
-        assert_eq!(
-            store_path_of(Path::new("/nix/store/abc-x/bin/sh")),
-            Some(PathBuf::from("/nix/store/abc-x"))
-        );
-        assert_eq!(store_path_of(Path::new("/tmp/x")), None);
     }
 }

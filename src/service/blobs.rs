@@ -25,13 +25,39 @@ impl Images {
     pub fn manifest_by_digest(&self, digest: &str) -> Option<Arc<JsonBlob>> {
         self.index
             .get_json(digest)
-            .filter(|b| crate::image::manifest::known_media_type(&b.media_type) != "other")
+            .filter(|b| crate::vocab::media_type::known(&b.media_type) != "other")
     }
 
-    /// A provenance document, fetchable by digest like the image's own
-    /// (see [`crate::http::registry`]'s referrers).
+    /// A provenance document, fetchable by digest like the image's own.
     pub fn keep_document(&self, blob: &JsonBlob) -> std::io::Result<()> {
         self.index.put_json(blob)
+    }
+
+    /// The provenance artifacts of the manifest `digest` (SBOMs, build
+    /// provenance, the signature), for the identity `reference`
+    /// (`host/name`) signatures name, with every document they name kept
+    /// so that clients fetch it by digest; `None` for a digest not served.
+    pub fn artifacts_of(
+        &self,
+        digest: &str,
+        reference: &str,
+    ) -> Result<Option<Vec<crate::provenance::Artifact>>> {
+        let Some(subject) = self.manifest_by_digest(digest) else {
+            return Ok(None);
+        };
+        let artifacts = self.provenance.artifacts(&subject, reference);
+        self.keep_artifacts(&artifacts)?;
+        Ok(Some(artifacts))
+    }
+
+    /// Every manifest and blob `artifacts` name, fetchable by digest.
+    pub fn keep_artifacts(&self, artifacts: &[crate::provenance::Artifact]) -> Result<()> {
+        for a in artifacts {
+            for blob in std::iter::once(&a.manifest).chain(&a.blobs) {
+                self.keep_document(blob).map_err(RegistryError::internal)?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn blob(&self, digest: &str) -> Result<Blob> {

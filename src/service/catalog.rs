@@ -5,7 +5,6 @@
 
 use super::Images;
 use crate::error::{RegistryError, Result};
-use crate::http::registry::route::valid_name;
 use crate::nix::refs::Selected;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -71,7 +70,7 @@ impl Images {
                     let target = flake.target("catalog", "latest", system, &Selected::Latest)?;
                     for (name, description) in self.nix.image_names(&target).await? {
                         // Names a pull cannot spell (capitals) are left out.
-                        if valid_name(&name).is_ok() {
+                        if crate::vocab::check_name(&name).is_ok() {
                             let known = all.entry(name).or_insert(None);
                             if known.is_none() {
                                 *known = description;

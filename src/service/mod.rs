@@ -21,7 +21,6 @@ pub use trusted::{HotClaim, HOT_MAX_LAYER};
 
 use crate::error::{RegistryError, Result};
 use crate::events::{BuildKind, BuildSubject, Events, Outcome};
-use crate::http::registry::route::valid_tag;
 use crate::image::compressed::CompressedCache;
 use crate::image::layer::{LayerKey, LayerTar};
 use crate::image::ledger::DigestIndex;
@@ -478,7 +477,7 @@ impl Images {
                     .await?
                     .iter()
                     .map(|r| r.short.clone())
-                    .filter(|t| valid_tag(t).is_ok()),
+                    .filter(|t| crate::vocab::is_tag(t)),
             );
         }
         tags.sort();

@@ -60,8 +60,8 @@ pub fn sweep(
     for (path, name) in older_than(index.json_dir(), cutoff) {
         if std::fs::remove_file(&path).is_ok() {
             // `<hex>` is a document, `<hex>.root` its note.
-            if !name.contains('.') {
-                index.forget_json(&format!("sha256:{name}"));
+            if let Some(digest) = crate::vocab::Digest::from_hex(&name) {
+                index.forget_json(&digest);
                 r.documents_removed += 1;
             }
         }

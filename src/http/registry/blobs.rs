@@ -481,7 +481,7 @@ impl Stream {
         })
         .await
         .map_err(|e| io::Error::other(e.to_string()))?;
-        let got = format!("sha256:{}", hex::encode(h.finalize()));
+        let got = crate::vocab::Digest::from_hash(h.finalize().into());
         if got == self.digest {
             return Ok(last);
         }

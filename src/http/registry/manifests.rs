@@ -39,7 +39,7 @@ pub async fn get(
             (*images
                 .manifest_by_digest(d)
                 .ok_or_else(|| RegistryError::ManifestUnknown {
-                    reference: d.clone(),
+                    reference: d.to_string(),
                 })?)
             .clone()
         }

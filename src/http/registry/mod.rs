@@ -11,6 +11,7 @@ pub mod warm;
 
 use crate::error::{RegistryError, Result};
 use crate::http::auth::Auth;
+use crate::http::server::Peer;
 use crate::service::Images;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method};
@@ -43,11 +44,6 @@ pub struct Settings {
     /// The web pages (behind the same auth as `/v2`).
     pub web: crate::http::web::Settings,
 }
-
-/// The client's address, which the listener puts on every request (the
-/// terminal's pull lines group requests by it).
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub std::net::IpAddr);
 
 /// What every handler shares.
 struct Registry {

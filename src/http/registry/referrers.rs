@@ -4,8 +4,8 @@
 //! [`crate::provenance`]; every manifest and blob they name is put in the
 //! digest index, so clients fetch them by digest like any other.
 
-use super::route::client_host;
 use crate::error::{RegistryError, Result};
+use crate::http::request::client_host;
 use crate::image::manifest::JsonBlob;
 use crate::provenance::{referrers_index, Artifact};
 use crate::service::Images;
@@ -75,7 +75,7 @@ pub fn tagged(
             .provenance
             .artifacts(&subject, &reference(headers, name))
     };
-    keep(images, &artifacts)?;
+    images.keep_artifacts(&artifacts)?;
     if signature {
         let sig = artifacts.into_iter().next().ok_or_else(unknown)?;
         return Ok(sig.manifest);
@@ -93,49 +93,9 @@ fn artifacts(
     digest: &str,
     headers: &HeaderMap,
 ) -> Result<Vec<Artifact>> {
-    let Some(subject) = images.manifest_by_digest(digest) else {
-        return Ok(vec![]);
-    };
-    let artifacts = images
-        .provenance
-        .artifacts(&subject, &reference(headers, name));
-    keep(images, &artifacts)?;
-    Ok(artifacts)
-}
-
-/// The document of each artifact of `digest` (artifact type, blob digest),
-/// fetchable at `/v2/<name>/blobs/<digest>`: for the web page's links.
-pub fn documents(
-    images: &Arc<Images>,
-    name: &str,
-    digest: &str,
-    host: &str,
-) -> Vec<(&'static str, String)> {
-    let Some(subject) = images.manifest_by_digest(digest) else {
-        return vec![];
-    };
-    let artifacts = images
-        .provenance
-        .artifacts(&subject, &format!("{host}/{name}"));
-    if keep(images, &artifacts).is_err() {
-        return vec![];
-    }
-    artifacts
-        .iter()
-        .filter_map(|a| Some((a.artifact_type, a.blobs.last()?.digest.clone())))
-        .collect()
-}
-
-/// Every manifest and blob the artifacts name, fetchable by digest.
-fn keep(images: &Images, artifacts: &[Artifact]) -> Result<()> {
-    for a in artifacts {
-        for blob in std::iter::once(&a.manifest).chain(&a.blobs) {
-            images
-                .keep_document(blob)
-                .map_err(RegistryError::internal)?;
-        }
-    }
-    Ok(())
+    Ok(images
+        .artifacts_of(digest, &reference(headers, name))?
+        .unwrap_or_default())
 }
 
 /// `host/name` as the client pulled, the identity a signature names.

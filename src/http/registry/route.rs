@@ -2,20 +2,10 @@
 //! segments, so the endpoint is found from the right.
 
 use crate::error::{RegistryError, Result};
+pub use crate::http::request::{client_host, valid_digest, valid_name, valid_tag};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reference {
-    Tag(String),
-    Digest(String),
-}
-
-impl std::fmt::Display for Reference {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Reference::Tag(t) | Reference::Digest(t) => f.write_str(t),
-        }
-    }
-}
+use crate::vocab::Digest;
+pub use crate::vocab::{digest_tag, Reference};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -27,7 +17,7 @@ pub enum Route {
     },
     Blob {
         name: String,
-        digest: String,
+        digest: Digest,
     },
     /// `/v2/<name>/blobs/uploads/...`: push, always refused.
     Upload,
@@ -37,7 +27,7 @@ pub enum Route {
     /// `/v2/<name>/referrers/<digest>`
     Referrers {
         name: String,
-        digest: String,
+        digest: Digest,
     },
     /// `/v2/_catalog`
     Catalog,
@@ -88,122 +78,6 @@ pub fn parse(rest: &str) -> Result<Route> {
     Err(no_endpoint())
 }
 
-/// The Host header, if it looks like a host (and port): what a client
-/// reached this server by, for pull lines and signed references.
-pub fn client_host(headers: &axum::http::HeaderMap) -> Option<&str> {
-    let given = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())?;
-    let plausible = !given.is_empty()
-        && given.len() <= 255
-        && given
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
-    plausible.then_some(given)
-}
-
-/// `sha256-<hex>` (the referrers tag schema) and `sha256-<hex>.sig`
-/// (cosign's signature tag): the manifest digest they name, and whether it
-/// is the signature.
-pub fn digest_tag(tag: &str) -> Option<(String, bool)> {
-    let (hex, sig) = match tag.strip_suffix(".sig") {
-        Some(h) => (h, true),
-        None => (tag, false),
-    };
-    let hex = hex.strip_prefix("sha256-")?;
-    (hex.len() == 64
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-    .then(|| (format!("sha256:{hex}"), sig))
-}
-
-/// Repository names as the distribution spec defines them:
-/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`.
-pub fn valid_name(name: &str) -> Result<String> {
-    let bad = |rule| {
-        Err(RegistryError::NameInvalid {
-            name: name.to_string(),
-            rule,
-        })
-    };
-    if name.is_empty() {
-        return bad("the name is empty");
-    }
-    if name.len() > 255 {
-        return bad("names are at most 255 characters");
-    }
-    for seg in name.split('/') {
-        if seg.is_empty() {
-            return bad("path segments must not be empty");
-        }
-        if !seg
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        {
-            return bad("only lowercase letters, digits and the separators . _ - / are allowed");
-        }
-        let bytes = seg.as_bytes();
-        if !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
-            return bad("each path segment must start and end with a letter or digit");
-        }
-        // Separators between components: '.', '_', '__' or a run of '-'.
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i].is_ascii_alphanumeric() {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < bytes.len() && !bytes[i].is_ascii_alphanumeric() {
-                i += 1;
-            }
-            let sep = &seg[start..i];
-            let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
-            if !ok {
-                return bad(
-                    "separators are '.', '_', '__' or a run of '-', never mixed or repeated",
-                );
-            }
-        }
-    }
-    Ok(name.to_string())
-}
-
-/// `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`
-pub fn valid_tag(tag: &str) -> Result<String> {
-    let ok = !tag.is_empty()
-        && tag.len() <= 128
-        && (tag.as_bytes()[0].is_ascii_alphanumeric() || tag.as_bytes()[0] == b'_')
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(tag.to_string())
-    } else {
-        Err(RegistryError::TagInvalid {
-            tag: tag.to_string(),
-        })
-    }
-}
-
-/// Only sha256 is ever produced here, so only sha256 is accepted.
-pub fn valid_digest(digest: &str) -> Result<String> {
-    match digest.strip_prefix("sha256:") {
-        Some(hex)
-            if hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-        {
-            Ok(digest.to_string())
-        }
-        _ => Err(RegistryError::DigestInvalid {
-            digest: digest.to_string(),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,14 +99,14 @@ mod tests {
             parse(&format!("app/manifests/{D}")).unwrap(),
             Route::Manifest {
                 name: "app".into(),
-                reference: Reference::Digest(D.into())
+                reference: Reference::Digest(Digest::parse(D).unwrap())
             }
         );
         assert_eq!(
             parse(&format!("a/b/blobs/{D}")).unwrap(),
             Route::Blob {
                 name: "a/b".into(),
-                digest: D.into()
+                digest: Digest::parse(D).unwrap()
             }
         );
         assert_eq!(
@@ -243,20 +117,9 @@ mod tests {
             parse(&format!("a/b/referrers/{D}")).unwrap(),
             Route::Referrers {
                 name: "a/b".into(),
-                digest: D.into()
+                digest: Digest::parse(D).unwrap()
             }
         );
-        let h = "a".repeat(64);
-        assert_eq!(
-            digest_tag(&format!("sha256-{h}")),
-            Some((format!("sha256:{h}"), false))
-        );
-        assert_eq!(
-            digest_tag(&format!("sha256-{h}.sig")),
-            Some((format!("sha256:{h}"), true))
-        );
-        assert_eq!(digest_tag("sha256-abc"), None);
-        assert_eq!(digest_tag("v1.2"), None);
         assert_eq!(
             parse("a/tags/list").unwrap(),
             Route::Tags { name: "a".into() }

@@ -104,7 +104,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// The host a client reached this server by, for pull lines: the request's
 /// Host header if it looks like a host (and port), else a placeholder.
 fn host(req: &Request) -> String {
-    crate::http::registry::route::client_host(req.headers())
+    crate::http::request::client_host(req.headers())
         .unwrap_or("HOST:5000")
         .to_string()
 }

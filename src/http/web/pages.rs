@@ -337,7 +337,15 @@ fn built_image(web: &Web, host: &str, name: &str, img: &ImageSummary, open: bool
 /// Links to the image's SBOMs, build provenance and signature, and to its
 /// referrers list (what `oras discover` and `cosign` read).
 fn provenance(web: &Web, host: &str, name: &str, digest: &str) -> Markup {
-    let documents = crate::http::registry::referrers::documents(&web.images, name, digest, host);
+    let documents: Vec<(&str, String)> = web
+        .images
+        .artifacts_of(digest, &format!("{host}/{name}"))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| Some((a.artifact_type, a.blobs.last()?.digest.clone())))
+        .collect();
     let label = |t: &str| match t {
         crate::provenance::sbom::CYCLONEDX => "SBOM (CycloneDX)",
         crate::provenance::sbom::SPDX => "SBOM (SPDX)",
@@ -355,7 +363,7 @@ fn provenance(web: &Web, host: &str, name: &str, digest: &str) -> Markup {
 }
 
 pub async fn image(web: &Web, host: &str, name: &str) -> Result<Markup> {
-    crate::http::registry::route::valid_name(name)?;
+    crate::http::request::valid_name(name)?;
     // `arm64/x` is `x` built for aarch64-linux.
     let shown = name.trim_start_matches("arm64/");
     let built = web.events.builds.images_of(shown);

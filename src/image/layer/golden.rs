@@ -128,7 +128,7 @@ fn bytes_of(tar: &LayerTar) -> Vec<u8> {
 }
 
 fn sha(bytes: &[u8]) -> String {
-    crate::image::manifest::sha256_digest(bytes)
+    crate::vocab::Digest::of(bytes).into()
 }
 
 fn dump(name: &str, bytes: &[u8]) {

@@ -298,6 +298,20 @@ impl Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity([u8; 32]);
 
+/// Digest and size of one layer, from the digest pass.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerDigest {
+    pub digest: String,
+    pub size: u64,
+    /// For a compressed blob: the digest of the uncompressed tar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
+    /// For a blob that came compressed (a member of an image archive),
+    /// served as it is: its codec, whatever `--compression` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed: Option<compress::Codec>,
+}
+
 /// A scanned layer: its exact size is known, its bytes can be generated.
 #[derive(Debug)]
 pub enum LayerTar {
@@ -936,7 +950,7 @@ pub struct HashingWriter {
 
 impl HashingWriter {
     pub fn finish(self) -> String {
-        format!("sha256:{}", hex::encode(self.hasher.finalize()))
+        crate::vocab::Digest::from_hash(self.hasher.finalize().into()).into()
     }
 }
 

@@ -11,8 +11,8 @@
 
 use super::{ImagePlan, PlanError, PlannedLayer, DEFAULT_CREATED};
 use crate::image::layer::compress::Codec;
+use crate::image::layer::LayerDigest;
 use crate::image::layer::{HashingWriter, LayerSource};
-use crate::image::manifest::{sha256_digest, LayerDigest};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, Write};
@@ -354,7 +354,7 @@ impl Contents {
         let bytes = self
             .json(&name)
             .ok_or_else(|| format!("blob {digest} is missing or not JSON"))?;
-        let got = sha256_digest(&bytes);
+        let got = sha256_of(&bytes);
         if got != digest {
             return Err(format!("blob {digest} hashes to {got}"));
         }
@@ -374,9 +374,7 @@ impl Layout {
     fn blob_name(self, digest: &str) -> Result<String, String> {
         let (alg, hex) = digest
             .split_once(':')
-            .filter(|(a, h)| {
-                *a == "sha256" && h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())
-            })
+            .filter(|(a, h)| *a == "sha256" && crate::vocab::is_sha256_hex(h))
             .ok_or_else(|| format!("{digest:?} is not a sha256 digest"))?;
         Ok(match self {
             Layout::Oci => format!("blobs/{alg}/{hex}"),
@@ -486,7 +484,6 @@ fn docker_image(c: &Contents) -> Result<(Value, Vec<Member>), String> {
 mod tests {
     use super::*;
     use crate::image::layer::LayerTar;
-    use crate::image::manifest::sha256_digest;
 
     /// A docker-archive as `docker save` lays it out, with a symlinked layer.
     fn docker_archive(layer: &[u8], diff_id: &str) -> Vec<u8> {
@@ -523,7 +520,7 @@ mod tests {
     #[test]
     fn docker_archive_plain_and_gzip_serve_the_member_bytes() {
         let layer: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-        let digest = sha256_digest(&layer);
+        let digest = sha256_of(&layer);
         let dir = tempfile::tempdir().unwrap();
         let plain = dir.path().join("a.tar");
         std::fs::write(&plain, docker_archive(&layer, &digest)).unwrap();
@@ -544,7 +541,7 @@ mod tests {
             assert_eq!(p.base_history.len(), 1);
         }
         // A member that does not hash to its diff_id is refused.
-        std::fs::write(&plain, docker_archive(&layer, &sha256_digest(b"other"))).unwrap();
+        std::fs::write(&plain, docker_archive(&layer, &sha256_of(b"other"))).unwrap();
         let err = read(&plain, "amd64").unwrap_err().to_string();
         assert!(err.contains("hashes to"), "{err}");
         // A truncated archive is refused, not half-read.
@@ -556,4 +553,8 @@ mod tests {
             "{err}"
         );
     }
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    crate::vocab::Digest::of(bytes).into()
 }

@@ -21,8 +21,8 @@ pub mod package;
 pub use layering::group_layers;
 pub use package::{plan_package, plan_packages, root_links, ROOT_DIRS};
 
+use crate::image::layer::LayerDigest;
 use crate::image::layer::{LayerSource, Owner, PermRule};
-use crate::image::manifest::LayerDigest;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -217,19 +217,7 @@ impl Closure {
     }
 }
 
-/// `/nix/store/<name>` of a path inside it; `None` for any other path, and
-/// for one with a `..` that could climb out.
-pub fn store_path_of(path: &Path) -> Option<PathBuf> {
-    let rest = path.strip_prefix("/nix/store").ok()?;
-    if !rest
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)))
-    {
-        return None;
-    }
-    let name = rest.components().next()?;
-    Some(Path::new("/nix/store").join(name))
-}
+pub use crate::vocab::store_path_of;
 
 /// One node of the closure graph (`exportReferencesGraph` / `nix path-info`).
 #[derive(Debug, Clone, Deserialize)]

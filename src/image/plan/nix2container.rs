@@ -9,8 +9,8 @@
 
 use super::{archive, Closure, ImagePlan, PlanError, PlannedLayer, DEFAULT_CREATED, DEFAULT_MTIME};
 use crate::image::layer::compress::Codec;
+use crate::image::layer::LayerDigest;
 use crate::image::layer::{LayerSource, Owner, PermRule};
-use crate::image::manifest::LayerDigest;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::PathBuf;
