@@ -480,6 +480,10 @@ fn docker_image(c: &Contents) -> Result<(Value, Vec<Member>), String> {
     Ok((config, layers))
 }
 
+fn sha256_of(bytes: &[u8]) -> String {
+    crate::vocab::Digest::of(bytes).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,8 +557,4 @@ mod tests {
             "{err}"
         );
     }
-}
-
-fn sha256_of(bytes: &[u8]) -> String {
-    crate::vocab::Digest::of(bytes).into()
 }
