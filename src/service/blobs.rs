@@ -23,14 +23,15 @@ pub enum Blob {
 impl Images {
     /// A manifest or index served before (not a config or other blob).
     pub fn manifest_by_digest(&self, digest: &str) -> Option<Arc<JsonBlob>> {
-        self.index
+        self.layers
+            .index
             .get_json(digest)
             .filter(|b| crate::vocab::media_type::known(&b.media_type) != "other")
     }
 
     /// A provenance document, fetchable by digest like the image's own.
     pub fn keep_document(&self, blob: &JsonBlob) -> std::io::Result<()> {
-        self.index.put_json(blob)
+        self.layers.index.put_json(blob)
     }
 
     /// The provenance artifacts of the manifest `digest` (SBOMs, build
@@ -61,16 +62,16 @@ impl Images {
     }
 
     pub async fn blob(&self, digest: &str) -> Result<Blob> {
-        if let Some(j) = self.index.get_json(digest) {
+        if let Some(j) = self.layers.index.get_json(digest) {
             return Ok(Blob::Json(j));
         }
         let unknown = || RegistryError::BlobUnknown {
             digest: digest.to_string(),
         };
-        let layer = self.index.layer(digest).ok_or_else(unknown)?;
+        let layer = self.layers.index.layer(digest).ok_or_else(unknown)?;
         let size = layer.size;
         if layer.diff_id.is_some() && layer.packed.is_none() {
-            return match &self.compressed {
+            return match &self.layers.compressed {
                 Some(cache) => self.compressed_blob(cache, digest, layer.source).await,
                 // Served compressed before a restart without --compression.
                 None => Err(unknown()),
@@ -84,8 +85,9 @@ impl Images {
         let source = layer.source;
         self.events
             .metrics
-            .cache("layer_scan", self.scanned.contains_key(digest));
+            .cache("layer_scan", self.layers.scanned.contains_key(digest));
         let tar = self
+            .layers
             .scanned
             .try_get_with(digest.to_string(), async move {
                 tokio::task::spawn_blocking(move || LayerTar::scan(&source).map(Arc::new))
@@ -184,11 +186,7 @@ impl Images {
 
     /// Served bytes did not hash to the digest: drop every cached trace of it.
     pub async fn layer_is_corrupt(&self, digest: &str) {
-        self.distrust_layer(digest);
-        if let Some(key) = self.index.forget_layer(digest) {
-            self.digesting.invalidate(&key).await;
-        }
-        self.scanned.invalidate(digest).await;
+        self.layers.forget_corrupt(digest).await;
         self.manifests.invalidate_all();
     }
 }

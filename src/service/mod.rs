@@ -10,21 +10,21 @@
 
 mod blobs;
 mod catalog;
+mod layers;
 mod platforms;
 mod produce;
 pub mod retention;
-mod trusted;
 
 pub use blobs::Blob;
+pub use layers::{HotClaim, LayerStore, HOT_MAX_LAYER};
 pub use platforms::Tagged;
-pub use trusted::{HotClaim, HOT_MAX_LAYER};
 
 use crate::error::{RegistryError, Result};
 use crate::events::{BuildKind, BuildSubject, Events, Outcome};
 use crate::image::compressed::CompressedCache;
-use crate::image::layer::{LayerKey, LayerTar};
+use crate::image::layer::LayerTar;
 use crate::image::ledger::DigestIndex;
-use crate::image::manifest::{ImageDocuments, LayerDigest};
+use crate::image::manifest::ImageDocuments;
 use crate::nix::refs::{RefGate, Selected};
 use crate::nix::resolve::{BuildTarget, FlakeSource, PackageSource, PackageTarget};
 use crate::nix::Nix;
@@ -126,21 +126,15 @@ pub struct Images {
     settings: Settings,
     inflight: Mutex<HashMap<ImageKey, PendingImage>>,
     pub nix: Nix,
-    index: DigestIndex,
+    /// The layers' owner: the digest ledger, scans, digest passes, the
+    /// compressed cache and trust.
+    pub layers: Arc<layers::LayerStore>,
     manifests: moka::future::Cache<ImageKey, Arc<ImageDocuments>>,
     /// (name, tag) pairs that are not outputs of the flake, so package-path
     /// pulls skip the flake lookup until the manifest TTL passes.
     not_outputs: moka::sync::Cache<(String, String), ()>,
-    /// Coalesces digest passes of one layer wanted by several images at once.
-    digesting: moka::future::Cache<LayerKey, LayerDigest>,
-    /// Scanned layers (member lists with rendered headers) for blob GETs.
-    scanned: moka::future::Cache<String, Arc<LayerTar>>,
-    /// Digest passes run on blocking threads, one per core.
-    digest_slots: Semaphore,
     /// Reads build outputs into plans; keeps the plans of archives it read.
     planner: Arc<crate::image::plan::Planner>,
-    /// With `--compression gzip|zstd`: the codec and where its blobs are kept.
-    compressed: Option<Arc<CompressedCache>>,
     /// Which tags may be built (before any nix process runs).
     refs: RefGate,
     /// Output paths copied to `--push-to` (not copied again).
@@ -148,7 +142,6 @@ pub struct Images {
     pushes_ok: std::sync::atomic::AtomicU64,
     pushes_failed: std::sync::atomic::AtomicU64,
     catalog: catalog::Catalog,
-    trusted: trusted::TrustedLayers,
     /// Where builds, cache lookups and digest passes are reported.
     pub events: Arc<Events>,
     /// What each produced image was made of: its SBOMs, provenance and
@@ -170,9 +163,26 @@ impl Images {
             .map(|n| n.get())
             .unwrap_or(2);
         let ttl = settings.manifest_ttl;
-        let trusted = trusted::TrustedLayers::new(settings.hot_layer_bytes);
         Arc::new(Images {
-            trusted,
+            layers: Arc::new(layers::LayerStore {
+                digesting: moka::future::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(Duration::from_secs(60))
+                    .build(),
+                // Weighed by members: about 700 bytes each (header and path),
+                // so 50,000 keep this cache near 35 MiB whatever the layers hold.
+                scanned: moka::future::Cache::builder()
+                    .weigher(|_, tar: &Arc<LayerTar>| {
+                        u32::try_from(tar.entry_count()).unwrap_or(u32::MAX)
+                    })
+                    .max_capacity(50_000)
+                    .build(),
+                digest_slots: Semaphore::new(cores),
+                compressed: compressed.map(Arc::new),
+                trust: layers::TrustedLayers::new(settings.hot_layer_bytes),
+                index,
+                events: events.clone(),
+            }),
             settings,
             inflight: Mutex::new(HashMap::new()),
             not_outputs: moka::sync::Cache::builder()
@@ -180,7 +190,6 @@ impl Images {
                 .time_to_live(ttl)
                 .build(),
             nix,
-            index,
             // In bytes of the documents: an image with many layers weighs more.
             manifests: moka::future::Cache::builder()
                 .weigher(|_, d: &Arc<ImageDocuments>| {
@@ -191,21 +200,7 @@ impl Images {
                 .expire_after(TargetExpiry { ttl })
                 .support_invalidation_closures()
                 .build(),
-            digesting: moka::future::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(60))
-                .build(),
-            // Weighed by members: about 700 bytes each (header and path),
-            // so 50,000 keep this cache near 35 MiB whatever the layers hold.
-            scanned: moka::future::Cache::builder()
-                .weigher(|_, tar: &Arc<LayerTar>| {
-                    u32::try_from(tar.entry_count()).unwrap_or(u32::MAX)
-                })
-                .max_capacity(50_000)
-                .build(),
-            digest_slots: Semaphore::new(cores),
             planner: Arc::new(crate::image::plan::Planner::default()),
-            compressed: compressed.map(Arc::new),
             refs,
             pushed: moka::sync::Cache::new(100_000),
             pushes_ok: Default::default(),
@@ -266,7 +261,7 @@ impl Images {
         };
         // Keeps its GC root (and documents) from retention's sweep.
         for blob in [&docs.oci, &docs.docker, &docs.config] {
-            self.index.served(&blob.digest);
+            self.layers.index.served(&blob.digest);
         }
         Ok(docs)
     }
@@ -343,8 +338,8 @@ impl Images {
             crate::service::retention::sweep(
                 &policy,
                 &this.nix,
-                &this.index,
-                this.compressed.as_deref(),
+                &this.layers.index,
+                this.layers.compressed.as_deref(),
             )
         })
         .await;
@@ -353,7 +348,7 @@ impl Images {
                 if r.roots_removed > 0 || r.layers_dropped > 0 {
                     // Cached manifests may name layers whose paths a GC can now take.
                     self.manifests.invalidate_all();
-                    self.scanned.invalidate_all();
+                    self.layers.scanned.invalidate_all();
                 }
                 if r.roots_removed + r.layers_dropped + r.documents_removed + r.mirrors_removed > 0
                 {

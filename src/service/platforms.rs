@@ -185,8 +185,11 @@ impl Images {
         }
         let docs = index_documents(images);
         for blob in [&docs.oci, &docs.docker] {
-            if self.index.get_json(&blob.digest).is_none() {
-                self.index.put_json(blob).map_err(RegistryError::internal)?;
+            if self.layers.index.get_json(&blob.digest).is_none() {
+                self.layers
+                    .index
+                    .put_json(blob)
+                    .map_err(RegistryError::internal)?;
             }
         }
         let subject = keys[0].subject();

@@ -45,15 +45,23 @@ impl Images {
         let (digested, lock) = tokio::join!(self.plan_and_digest(key, &outputs), lock_eval);
         let (plan, closure, layers, [planned, digested]) = digested?;
         let (planned, digested) = (planned - started, digested - started);
-        let docs = documents(&plan, &layers, self.compressed.as_ref().map(|c| c.codec));
+        let docs = documents(
+            &plan,
+            &layers,
+            self.layers.compressed.as_ref().map(|c| c.codec),
+        );
         for blob in [&docs.config, &docs.oci, &docs.docker] {
-            self.index.put_json(blob).map_err(RegistryError::internal)?;
+            self.layers
+                .index
+                .put_json(blob)
+                .map_err(RegistryError::internal)?;
         }
         let root = match key {
             ImageKey::Flake(t) => self.nix.flake_root(t),
             ImageKey::Packages(t) => self.nix.packages_root(t),
         };
-        self.index
+        self.layers
+            .index
             .link_root(
                 &[&docs.oci.digest, &docs.docker.digest, &docs.config.digest],
                 &root,
@@ -214,33 +222,36 @@ impl Images {
     ) -> Result<LayerDigest> {
         // A member that came compressed is served as it is; an uncompressed
         // one is compressed like any layer when the server compresses.
-        if let Some(k) = known.filter(|k| k.packed.is_some() || self.compressed.is_none()) {
+        if let Some(k) = known.filter(|k| k.packed.is_some() || self.layers.compressed.is_none()) {
             let key = source.key();
-            if self.index.layer_digest(&key).as_ref() != Some(k) {
-                self.index
+            if self.layers.index.layer_digest(&key).as_ref() != Some(k) {
+                self.layers
+                    .index
                     .record_layer(key, source, k)
                     .map_err(RegistryError::internal)?;
             }
             return Ok(k.clone());
         }
-        let key = match &self.compressed {
+        let key = match &self.layers.compressed {
             Some(cache) => cache.codec.key(source),
             None => source.key(),
         };
-        let cached = self.index.layer_digest(&key);
+        let cached = self.layers.index.layer_digest(&key);
         self.events.metrics.cache("layer_digest", cached.is_some());
         if let Some(d) = cached {
             return Ok(d);
         }
         let src = source.clone();
-        self.digesting
+        self.layers
+            .digesting
             .try_get_with(key.clone(), async move {
                 let _slot = self
+                    .layers
                     .digest_slots
                     .acquire()
                     .await
                     .map_err(RegistryError::internal)?;
-                let (s, compressed) = (src.clone(), self.compressed.clone());
+                let (s, compressed) = (src.clone(), self.layers.compressed.clone());
                 let started = Instant::now();
                 type Verified = Option<(Arc<LayerTar>, Identity)>;
                 let (d, verified) = tokio::task::spawn_blocking(
@@ -279,14 +290,15 @@ impl Images {
                 .map_err(RegistryError::internal)?
                 .map_err(|e| RegistryError::internal(format!("digest pass failed: {e}")))?;
                 self.events.metrics.digest_pass(started.elapsed());
-                self.index
+                self.layers
+                    .index
                     .record_layer(key, &src, &d)
                     .map_err(RegistryError::internal)?;
                 if let Some((tar, identity)) = verified {
                     // GETs serve this scan, trusted while the files keep
                     // their identity: a new pull's blobs are not hashed twice.
-                    self.scanned.insert(d.digest.clone(), tar).await;
-                    self.layer_verified(&d.digest, identity);
+                    self.layers.scanned.insert(d.digest.clone(), tar).await;
+                    self.layers.layer_verified(&d.digest, identity);
                 }
                 Ok(d)
             })

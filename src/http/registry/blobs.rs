@@ -92,7 +92,7 @@ pub async fn get(
                 // its end. A small layer verified before comes from memory.
                 let full = range.is_none();
                 if full {
-                    if let Some(bytes) = images.hot_layer(&digest) {
+                    if let Some(bytes) = images.layers.hot_layer(&digest) {
                         let served = Served::new(&images.events, client, &digest, compression);
                         let body = from_memory(images.clone(), digest, tar, bytes, served, slot);
                         return resp.body(body).map_err(RegistryError::internal);
@@ -110,7 +110,7 @@ pub async fn get(
                 } else {
                     None
                 };
-                let trusted = identity.is_some_and(|i| images.layer_trusted(&digest, i));
+                let trusted = identity.is_some_and(|i| images.layers.layer_trusted(&digest, i));
                 if full {
                     images.events.metrics.cache("verified_layer", trusted);
                 }
@@ -133,7 +133,7 @@ pub async fn get(
                 };
                 let served = Served::new(&images.events, client, &digest, compression);
                 let keep = if full {
-                    images.claim_hot(&digest, size, tar.entry_count())
+                    images.layers.claim_hot(&digest, size, tar.entry_count())
                 } else {
                     None
                 };
@@ -194,12 +194,12 @@ fn from_memory(
             served.sent(head_len, false);
         }
         let now = checked.await.map_err(|e| io::Error::other(e.to_string()));
-        let trusted = matches!(&now, Ok(Ok(i)) if images.layer_trusted(&digest, *i));
+        let trusted = matches!(&now, Ok(Ok(i)) if images.layers.layer_trusted(&digest, *i));
         images.events.metrics.cache("verified_layer", trusted);
         let last = if trusted {
             Ok(tail)
         } else {
-            images.distrust_layer(&digest);
+            images.layers.distrust_layer(&digest);
             match tokio::task::spawn_blocking(move || tar.digest()).await {
                 Ok(Ok(d)) if d == digest => Ok(tail),
                 Ok(Ok(d)) => {
@@ -505,17 +505,17 @@ impl Stream {
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
         if after.as_ref().ok() != Some(&before) {
-            self.images.distrust_layer(&self.digest);
+            self.images.layers.distrust_layer(&self.digest);
             if !self.verify {
                 tracing::warn!(digest = %self.digest, "layer files changed while streaming; cut short, the next GET verifies");
                 return Err(io::Error::other("layer files changed while they were sent"));
             }
             return Ok(last);
         }
-        self.images.layer_verified(&self.digest, before);
+        self.images.layers.layer_verified(&self.digest, before);
         if let (Some(mut chunks), Some(claim)) = (kept, self.keep.take()) {
             chunks.push(last.clone());
-            self.images.keep_hot(claim, chunks);
+            self.images.layers.keep_hot(claim, chunks);
         }
         Ok(last)
     }

@@ -321,7 +321,7 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
         layer_streams: (registry.max_streams - registry.streams.available_permits()) as u64,
         layer_streams_max: registry.max_streams as u64,
         state_dir_bytes,
-        hot_layer_bytes: images.hot_layer_bytes(),
+        hot_layer_bytes: images.layers.hot_layer_bytes(),
     };
     (
         [(header::CONTENT_TYPE, crate::events::metrics::CONTENT_TYPE)],

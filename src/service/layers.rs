@@ -1,12 +1,19 @@
-//! Layers whose bytes a full GET has hashed to their digest, and what their
-//! files were then ([`Identity`]): while the identity holds, a GET streams
-//! them without hashing again, and the small ones from memory. Any write to
-//! a file the layer reads changes the identity, and the next GET verifies.
+//! The layer store: what is known of every layer served (the digest
+//! ledger, scans, digest passes in flight, the compressed cache), and the
+//! one trust API every blob GET calls. A layer is trusted once a full GET
+//! (or its digest pass) hashed its bytes to its digest, for as long as its
+//! files keep the [`Identity`] they had then: a GET streams it without
+//! hashing again, and a small one from memory. Any write to a file the
+//! layer reads changes the identity, and the next GET verifies.
 
-use crate::image::layer::Identity;
+use crate::events::Events;
+use crate::image::compressed::CompressedCache;
+use crate::image::layer::{Identity, LayerDigest, LayerKey, LayerTar};
+use crate::image::ledger::DigestIndex;
 use bytes::Bytes;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
 
 /// Layers up to this size are kept in memory once verified...
 pub const HOT_MAX_LAYER: u64 = 16 * 1024 * 1024;
@@ -14,6 +21,20 @@ pub const HOT_MAX_LAYER: u64 = 16 * 1024 * 1024;
 /// is what a GET of them costs, while a layer of a few large files streams
 /// from the page cache at about the machine's speed anyway.
 pub const HOT_MIN_FILES: usize = 32;
+
+pub struct LayerStore {
+    pub(super) index: DigestIndex,
+    /// Coalesces digest passes of one layer wanted by several images at once.
+    pub(super) digesting: moka::future::Cache<LayerKey, LayerDigest>,
+    /// Scanned layers (member lists with rendered headers) for blob GETs.
+    pub(super) scanned: moka::future::Cache<String, Arc<LayerTar>>,
+    /// Digest passes run on blocking threads, one per core.
+    pub(super) digest_slots: Semaphore,
+    /// With `--compression gzip|zstd`: the codec and where its blobs are kept.
+    pub(super) compressed: Option<Arc<CompressedCache>>,
+    pub(super) trust: TrustedLayers,
+    pub(super) events: Arc<Events>,
+}
 
 pub(super) struct TrustedLayers {
     identities: moka::sync::Cache<String, Identity>,
@@ -91,23 +112,34 @@ impl TrustedLayers {
     }
 }
 
-impl super::Images {
+impl LayerStore {
     /// Whether `digest`'s files are as they were when its bytes last hashed
     /// to it.
     pub fn layer_trusted(&self, digest: &str, now: Identity) -> bool {
-        self.trusted.identities.get(digest) == Some(now)
+        self.trust.identities.get(digest) == Some(now)
     }
 
     /// A full GET hashed the layer to its digest, and its files had
     /// `identity` before and after.
     pub fn layer_verified(&self, digest: &str, identity: Identity) {
-        self.trusted.identities.insert(digest.to_string(), identity);
+        self.trust.identities.insert(digest.to_string(), identity);
+    }
+
+    /// Bytes served for `digest` did not hash to it: every trace of it
+    /// goes (trust, ledger entry, digest pass, scan), so the next pull
+    /// digests it again. Manifests naming it are the image service's.
+    pub async fn forget_corrupt(&self, digest: &str) {
+        self.distrust_layer(digest);
+        if let Some(key) = self.index.forget_layer(digest) {
+            self.digesting.invalidate(&key).await;
+        }
+        self.scanned.invalidate(digest).await;
     }
 
     /// The layer's files changed: the next GET hashes it again.
     pub fn distrust_layer(&self, digest: &str) {
-        self.trusted.identities.invalidate(digest);
-        if let Some(hot) = &self.trusted.hot {
+        self.trust.identities.invalidate(digest);
+        if let Some(hot) = &self.trust.hot {
             hot.invalidate(digest);
         }
     }
@@ -115,12 +147,12 @@ impl super::Images {
     /// A claim to collect the bytes of a layer of `size` bytes and `files`
     /// files as it streams, to keep them in memory once verified.
     pub fn claim_hot(&self, digest: &str, size: u64, files: usize) -> Option<HotClaim> {
-        self.trusted.claim(digest, size, files)
+        self.trust.claim(digest, size, files)
     }
 
     pub fn keep_hot(&self, claim: HotClaim, chunks: Vec<Bytes>) {
         let digest = &claim.digest;
-        if let Some(hot) = &self.trusted.hot {
+        if let Some(hot) = &self.trust.hot {
             let mut whole = bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
             for c in &chunks {
                 whole.extend_from_slice(c);
@@ -131,7 +163,7 @@ impl super::Images {
 
     /// Bytes of layers held in memory now.
     pub fn hot_layer_bytes(&self) -> u64 {
-        self.trusted.hot.as_ref().map_or(0, |h| {
+        self.trust.hot.as_ref().map_or(0, |h| {
             h.run_pending_tasks();
             h.iter().map(|(_, b)| b.len() as u64).sum()
         })
@@ -139,7 +171,7 @@ impl super::Images {
 
     /// The bytes of a small verified layer, if they are in memory.
     pub fn hot_layer(&self, digest: &str) -> Option<Bytes> {
-        let hit = self.trusted.hot.as_ref()?.get(digest);
+        let hit = self.trust.hot.as_ref()?.get(digest);
         self.events.metrics.cache("hot_layer", hit.is_some());
         hit
     }
