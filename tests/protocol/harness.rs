@@ -148,7 +148,7 @@ pub async fn start_binary(flake: Flake, state: &Path, args: &[&str]) -> Server {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let server = Server {
+    let mut server = Server {
         running: Running::Binary(child),
         base: format!("http://127.0.0.1:{port}"),
         state: state.to_path_buf(),
@@ -156,6 +156,13 @@ pub async fn start_binary(flake: Flake, state: &Path, args: &[&str]) -> Server {
         http: reqwest::Client::new(),
     };
     for _ in 0..100 {
+        // A binary that exits at once (a broken FLAKEPORT_BIN) fails now,
+        // not after the 10 s a slow start may take.
+        if let Running::Binary(child) = &mut server.running {
+            if let Some(exit) = child.try_wait().unwrap() {
+                panic!("flakeport exited at start ({exit}): {}", server.log_text());
+            }
+        }
         // /healthz: open with auth on.
         if server.http.get(server.url("/healthz")).send().await.is_ok() {
             return server;
