@@ -156,7 +156,7 @@ pub struct ServeOptions {
     #[arg(long, env = "FLAKEPORT_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
 
-    /// Images to build at start (NAME or NAME:TAG; the tag defaults to
+    /// ImageService to build at start (NAME or NAME:TAG; the tag defaults to
     /// latest), so their first pull does not wait for a build. With
     /// --webhook-secret, a push warms these names at the pushed branch or
     /// tag (and at latest, for the default branch).
@@ -235,7 +235,7 @@ pub struct Prepared {
     router: axum::Router,
     tls: Option<crate::http::tls::TlsAcceptor>,
     limits: crate::http::server::Limits,
-    images: Arc<images::Images>,
+    images: Arc<images::ImageService>,
     events: Arc<crate::events::Events>,
     grace: Duration,
 }
@@ -346,7 +346,7 @@ pub async fn prepare(args: ServeOptions) -> anyhow::Result<Prepared> {
         crate::provenance::Provenance::open(&state_dir, signer)
             .context("opening the provenance records")?,
     );
-    let images = images::Images::new(
+    let images = images::ImageService::new(
         images::Settings {
             flake,
             packages,
@@ -361,11 +361,14 @@ pub async fn prepare(args: ServeOptions) -> anyhow::Result<Prepared> {
             },
             manifest_ttl: Duration::from_secs(args.manifest_ttl),
             push_to: args.push_to.clone(),
-            hot_layer_bytes: args.hot_layers_mib * 1024 * 1024,
         },
         nix,
-        index,
-        compressed,
+        std::sync::Arc::new(images::LayerStore::new(
+            index,
+            compressed,
+            args.hot_layers_mib * 1024 * 1024,
+            events.clone(),
+        )),
         crate::nix::refs::RefGate::new(
             &state_dir,
             Duration::from_secs(args.manifest_ttl),

@@ -1,7 +1,7 @@
 //! A blob digest -> what to stream: JSON by its bytes, layers scanned (and
 //! compressed) on demand, a digest whose bytes changed dropped everywhere.
 
-use super::Images;
+use super::ImageService;
 use crate::error::{RegistryError, Result};
 use crate::image::compressed::CompressedCache;
 use crate::image::layer::{LayerSource, LayerTar};
@@ -20,7 +20,7 @@ pub enum Blob {
     },
 }
 
-impl Images {
+impl ImageService {
     /// A manifest or index served before (not a config or other blob).
     pub fn manifest_by_digest(&self, digest: &str) -> Option<Arc<JsonBlob>> {
         self.layers

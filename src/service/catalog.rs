@@ -3,7 +3,7 @@
 //! start (the set itself is never listed: evaluating all of nixpkgs for a
 //! listing is not worth it).
 
-use super::Images;
+use super::ImageService;
 use crate::error::{RegistryError, Result};
 use crate::nix::refs::Selected;
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,7 +35,7 @@ impl Catalog {
     }
 }
 
-impl Images {
+impl ImageService {
     /// Every name the catalog lists, sorted.
     pub async fn catalog(self: &Arc<Self>) -> Result<Vec<String>> {
         let mut names: BTreeSet<String> = self.outputs().await?.keys().cloned().collect();

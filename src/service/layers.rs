@@ -36,6 +36,39 @@ pub struct LayerStore {
     pub(super) events: Arc<Events>,
 }
 
+impl LayerStore {
+    /// `hot_bytes`: the memory the bytes of small verified layers may take.
+    pub fn new(
+        index: DigestIndex,
+        compressed: Option<CompressedCache>,
+        hot_bytes: u64,
+        events: Arc<Events>,
+    ) -> LayerStore {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        LayerStore {
+            digesting: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
+            // Weighed by members: about 700 bytes each (header and path),
+            // so 50,000 keep this cache near 35 MiB whatever the layers hold.
+            scanned: moka::future::Cache::builder()
+                .weigher(|_, tar: &Arc<LayerTar>| {
+                    u32::try_from(tar.entry_count()).unwrap_or(u32::MAX)
+                })
+                .max_capacity(50_000)
+                .build(),
+            digest_slots: Semaphore::new(cores),
+            compressed: compressed.map(Arc::new),
+            trust: TrustedLayers::new(hot_bytes),
+            index,
+            events,
+        }
+    }
+}
+
 pub(super) struct TrustedLayers {
     identities: moka::sync::Cache<String, Identity>,
     /// The bytes of small verified layers, in one piece (one write to the

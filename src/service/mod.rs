@@ -21,9 +21,6 @@ pub use platforms::Tagged;
 
 use crate::error::{RegistryError, Result};
 use crate::events::{BuildKind, BuildSubject, Events, Outcome};
-use crate::image::compressed::CompressedCache;
-use crate::image::layer::LayerTar;
-use crate::image::ledger::DigestIndex;
 use crate::image::manifest::ImageDocuments;
 use crate::nix::refs::{RefGate, Selected};
 use crate::nix::resolve::{BuildTarget, FlakeSource, PackageSource, PackageTarget};
@@ -35,10 +32,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 pub struct Settings {
-    /// Images named by the flake's outputs.
+    /// ImageService named by the flake's outputs.
     pub flake: Option<FlakeSource>,
     /// Nixery-style images: every other name is a list of packages of this set.
     pub packages: Option<PackageSource>,
@@ -48,8 +44,6 @@ pub struct Settings {
     pub manifest_ttl: Duration,
     /// `--push-to`: a Nix store URL every built closure is copied to.
     pub push_to: Option<String>,
-    /// `--hot-layers-mib`: memory for the bytes of small verified layers.
-    pub hot_layer_bytes: u64,
 }
 
 /// What one image is built from.
@@ -122,7 +116,7 @@ impl moka::Expiry<ImageKey, Arc<ImageDocuments>> for TargetExpiry {
 
 type PendingImage = Shared<BoxFuture<'static, Result<Arc<ImageDocuments>>>>;
 
-pub struct Images {
+pub struct ImageService {
     settings: Settings,
     inflight: Mutex<HashMap<ImageKey, PendingImage>>,
     pub nix: Nix,
@@ -149,40 +143,18 @@ pub struct Images {
     pub provenance: Arc<crate::provenance::Provenance>,
 }
 
-impl Images {
+impl ImageService {
     pub fn new(
         settings: Settings,
         nix: Nix,
-        index: DigestIndex,
-        compressed: Option<CompressedCache>,
+        layers: Arc<LayerStore>,
         refs: RefGate,
         events: Arc<Events>,
         provenance: Arc<crate::provenance::Provenance>,
-    ) -> Arc<Images> {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+    ) -> Arc<ImageService> {
         let ttl = settings.manifest_ttl;
-        Arc::new(Images {
-            layers: Arc::new(layers::LayerStore {
-                digesting: moka::future::Cache::builder()
-                    .max_capacity(10_000)
-                    .time_to_live(Duration::from_secs(60))
-                    .build(),
-                // Weighed by members: about 700 bytes each (header and path),
-                // so 50,000 keep this cache near 35 MiB whatever the layers hold.
-                scanned: moka::future::Cache::builder()
-                    .weigher(|_, tar: &Arc<LayerTar>| {
-                        u32::try_from(tar.entry_count()).unwrap_or(u32::MAX)
-                    })
-                    .max_capacity(50_000)
-                    .build(),
-                digest_slots: Semaphore::new(cores),
-                compressed: compressed.map(Arc::new),
-                trust: layers::TrustedLayers::new(settings.hot_layer_bytes),
-                index,
-                events: events.clone(),
-            }),
+        Arc::new(ImageService {
+            layers,
             settings,
             inflight: Mutex::new(HashMap::new()),
             not_outputs: moka::sync::Cache::builder()

@@ -4,7 +4,7 @@
 //! tag, naming the system, so no client ever gets an index with an entry
 //! missing.
 
-use super::{ImageKey, Images};
+use super::{ImageKey, ImageService};
 use crate::error::{RegistryError, Result};
 use crate::image::manifest::{index_documents, ImageDocuments, IndexDocuments, JsonBlob, Platform};
 use crate::nix::refs::Selected;
@@ -58,7 +58,7 @@ impl ImageKey {
     }
 }
 
-impl Images {
+impl ImageService {
     /// The image or index for `name:tag`. A flake output keeps its name;
     /// any other name is a package path of the package set, if there is
     /// one. Concurrent pulls share one build per system, which runs in a
@@ -68,7 +68,7 @@ impl Images {
             .await
     }
 
-    /// [`Images::tagged`]; `waited` is set if an image was not ready.
+    /// [`ImageService::tagged`]; `waited` is set if an image was not ready.
     pub async fn tagged_waiting(
         self: &Arc<Self>,
         name: &str,

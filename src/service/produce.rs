@@ -1,6 +1,6 @@
 //! resolve -> build -> plan -> digest -> manifest for one image.
 
-use super::{ImageKey, Images};
+use super::{ImageKey, ImageService};
 use crate::error::{RegistryError, Result};
 use crate::events::{Build, ImageSummary, LayerSummary};
 use crate::image::layer::{Identity, LayerSource, LayerTar};
@@ -20,7 +20,7 @@ pub(super) struct Produced {
     pub summary: ImageSummary,
 }
 
-impl Images {
+impl ImageService {
     /// The image's documents, and the build outputs they were made from;
     /// the build's log goes to `build` as it comes.
     pub(super) async fn produce(&self, key: &ImageKey, build: &Build) -> Result<Produced> {

@@ -8,7 +8,7 @@
 
 use crate::error::{RegistryError, Result};
 use crate::http::registry::route::valid_tag;
-use crate::service::Images;
+use crate::service::ImageService;
 use crate::watched::Reloading;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -65,7 +65,7 @@ enum Delivery {
 }
 
 pub async fn post(
-    images: &Arc<Images>,
+    images: &Arc<ImageService>,
     hooks: &Hooks,
     headers: &HeaderMap,
     body: &[u8],

@@ -3,14 +3,14 @@
 use super::route::{digest_tag, Reference};
 use crate::error::{RegistryError, Result};
 use crate::image::manifest::Accepts;
-use crate::service::Images;
+use crate::service::ImageService;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use std::sync::Arc;
 
 pub async fn get(
-    images: &Arc<Images>,
+    images: &Arc<ImageService>,
     name: &str,
     reference: &Reference,
     headers: &HeaderMap,

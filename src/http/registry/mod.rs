@@ -12,7 +12,7 @@ pub mod warm;
 use crate::error::{RegistryError, Result};
 use crate::http::auth::Auth;
 use crate::http::server::Peer;
-use crate::service::Images;
+use crate::service::ImageService;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
@@ -47,7 +47,7 @@ pub struct Settings {
 
 /// What every handler shares.
 struct Registry {
-    images: Arc<Images>,
+    images: Arc<ImageService>,
     streams: Arc<Semaphore>,
     max_streams: usize,
     state_dir: std::path::PathBuf,
@@ -56,7 +56,7 @@ struct Registry {
     state_bytes: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
 
-pub fn app(images: Arc<Images>, settings: Settings) -> Router {
+pub fn app(images: Arc<ImageService>, settings: Settings) -> Router {
     let access = &settings;
     let guarded = |router: Router<Arc<Registry>>, auth: Option<Arc<Auth>>| match auth {
         Some(auth) => router.layer(middleware::from_fn(move |req: Request, next: Next| {
@@ -175,7 +175,7 @@ fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
 }
 
 async fn push_hook(
-    images: &Arc<Images>,
+    images: &Arc<ImageService>,
     hooks: Option<&hooks::Hooks>,
     req: Request,
 ) -> Result<Response> {

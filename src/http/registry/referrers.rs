@@ -8,7 +8,7 @@ use crate::error::{RegistryError, Result};
 use crate::http::request::client_host;
 use crate::image::manifest::JsonBlob;
 use crate::provenance::{referrers_index, Artifact};
-use crate::service::Images;
+use crate::service::ImageService;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 /// The referrers list of `digest`: 200 with an image index, empty for a
 /// digest this registry knows nothing of (the spec forbids a 404 here).
 pub fn get(
-    images: &Arc<Images>,
+    images: &Arc<ImageService>,
     name: &str,
     digest: &str,
     query: Option<&str>,
@@ -50,7 +50,7 @@ pub fn get(
 /// What a `sha256-<hex>` or `sha256-<hex>.sig` tag serves as a manifest:
 /// the referrers index, or the signature.
 pub fn tagged(
-    images: &Arc<Images>,
+    images: &Arc<ImageService>,
     name: &str,
     digest: &str,
     signature: bool,
@@ -88,7 +88,7 @@ pub fn tagged(
 }
 
 fn artifacts(
-    images: &Arc<Images>,
+    images: &Arc<ImageService>,
     name: &str,
     digest: &str,
     headers: &HeaderMap,

@@ -2,12 +2,12 @@
 //! `last` pagination the distribution spec gives both.
 
 use crate::error::{RegistryError, Result};
-use crate::service::Images;
+use crate::service::ImageService;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
-pub async fn get(images: &Arc<Images>, name: &str, query: Option<&str>) -> Result<Response> {
+pub async fn get(images: &Arc<ImageService>, name: &str, query: Option<&str>) -> Result<Response> {
     let (n, last) = pagination(query)?;
     let all = images.tags(name).await?;
     let (page, next) = paginate(all, n, last.as_deref());
@@ -15,7 +15,7 @@ pub async fn get(images: &Arc<Images>, name: &str, query: Option<&str>) -> Resul
     Ok(with_link(body, next, &format!("/v2/{name}/tags/list"), n))
 }
 
-pub async fn catalog(images: &Arc<Images>, query: Option<&str>) -> Result<Response> {
+pub async fn catalog(images: &Arc<ImageService>, query: Option<&str>) -> Result<Response> {
     let (n, last) = pagination(query)?;
     let all = images.catalog().await?;
     let (page, next) = paginate(all, n, last.as_deref());

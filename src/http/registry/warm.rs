@@ -5,7 +5,7 @@
 
 use crate::error::{RegistryError, Result};
 use crate::http::registry::route::{valid_name, valid_tag};
-use crate::service::Images;
+use crate::service::ImageService;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ const MAX_IMAGES: usize = 64;
 /// One warming build per image, each in a task of its own (it goes on if
 /// the client leaves), logged when it ends. `--warm` at start, `POST
 /// /warm` and push webhooks all warm through here.
-pub fn start(images: &Arc<Images>, wanted: &[(String, String)]) -> Vec<WarmTask> {
+pub fn start(images: &Arc<ImageService>, wanted: &[(String, String)]) -> Vec<WarmTask> {
     wanted
         .iter()
         .cloned()
@@ -43,7 +43,7 @@ pub fn parse_image(text: &str) -> Result<(String, String)> {
     Ok((valid_name(name)?, valid_tag(tag)?))
 }
 
-pub async fn post(images: &Arc<Images>, query: Option<&str>) -> Result<Response> {
+pub async fn post(images: &Arc<ImageService>, query: Option<&str>) -> Result<Response> {
     let (wanted, wait) = parse(query)?;
     let tasks = start(images, &wanted);
     let names: Vec<String> = wanted.iter().map(|(n, t)| format!("{n}:{t}")).collect();

@@ -14,7 +14,7 @@ mod pages;
 
 use crate::error::RegistryError;
 use crate::events::Events;
-use crate::service::Images;
+use crate::service::ImageService;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,14 +31,14 @@ pub struct Settings {
 
 #[derive(Clone)]
 struct Web {
-    images: Arc<Images>,
+    images: Arc<ImageService>,
     events: Arc<Events>,
     settings: Settings,
 }
 
 /// The pages' routes, for any state of the router they join.
 pub fn router<S: Clone + Send + Sync + 'static>(
-    images: Arc<Images>,
+    images: Arc<ImageService>,
     settings: Settings,
 ) -> Router<S> {
     let web = Web {

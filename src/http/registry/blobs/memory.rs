@@ -1,7 +1,7 @@
 //! The body of a small layer verified before: its bytes from memory.
 
 use super::{read_failed, Served, CHUNK};
-use crate::service::Images;
+use crate::service::ImageService;
 use axum::body::Body;
 use bytes::Bytes;
 use std::io;
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 /// as a streamed layer's would be; when they still match (only touched),
 /// the body completes and the next GET verifies afresh.
 pub(super) fn from_memory(
-    images: Arc<Images>,
+    images: Arc<ImageService>,
     digest: String,
     tar: Arc<crate::image::layer::LayerTar>,
     bytes: Bytes,

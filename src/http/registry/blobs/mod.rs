@@ -21,7 +21,7 @@ use served::Served;
 use stream::Stream;
 
 use crate::error::{RegistryError, Result};
-use crate::service::{Blob, Images};
+use crate::service::{Blob, ImageService};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
@@ -53,7 +53,7 @@ const REFILL_ROOM: usize = CHANNEL_DEPTH / 2;
 const PULL_CHUNK: usize = 256 * 1024;
 
 pub async fn get(
-    images: &Arc<Images>,
+    images: &Arc<ImageService>,
     streams: &Arc<Semaphore>,
     digest: &str,
     headers: &HeaderMap,
@@ -236,7 +236,7 @@ pub(super) fn range_of(spec: Option<&str>, size: u64) -> Result<Option<(u64, u64
 
 /// A layer that cannot be opened at all: 503 if the machine is short of
 /// something, else the store changed and the digest goes.
-async fn unreadable(images: &Arc<Images>, digest: &str, e: io::Error) -> RegistryError {
+async fn unreadable(images: &Arc<ImageService>, digest: &str, e: io::Error) -> RegistryError {
     if read_failed(images, digest, &e).await {
         return RegistryError::layer_unreadable_for_now();
     }
@@ -249,7 +249,7 @@ async fn unreadable(images: &Arc<Images>, digest: &str, e: io::Error) -> Registr
 /// is short of something the digest is kept (true: the client may retry);
 /// else the store changed under us (a file resized or vanished), what was
 /// digested cannot be served, and the digest is dropped.
-pub(super) async fn read_failed(images: &Images, digest: &str, e: &io::Error) -> bool {
+pub(super) async fn read_failed(images: &ImageService, digest: &str, e: &io::Error) -> bool {
     if crate::image::layer::is_transient(e) {
         tracing::warn!(digest, error = %e, "layer read failed for now; keeping the digest");
         return true;

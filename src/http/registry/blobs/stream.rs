@@ -3,7 +3,7 @@
 //! files it read. Its two bodies are in `produced.rs` and `pulled.rs`.
 
 use super::{read_failed, Served};
-use crate::service::Images;
+use crate::service::ImageService;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::io;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 /// What a layer stream needs after the handler has returned.
 pub(super) struct Stream {
-    pub(super) images: Arc<Images>,
+    pub(super) images: Arc<ImageService>,
     pub(super) digest: String,
     /// A full-body stream is hashed and its last chunk held back until the
     /// digest matches; a range cannot be checked.
