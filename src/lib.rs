@@ -1,16 +1,19 @@
 //! flakeport: a pull-only OCI registry that builds images on demand with Nix
 //! and streams their layers straight out of /nix/store.
 //!
-//! Modules follow the path of a pull: [`server`] (connections, plain or
-//! [`tls`]) -> [`auth`] (who may pull) -> [`registry`] (HTTP) -> [`refs`]
-//! (which tags may be built) -> [`resolve`] (name + tag -> target) ->
-//! [`build`] (which nix commands) -> [`scheduler`] (runs every nix and git
-//! process, bounded) -> [`plan`] (layers) -> [`layer`] (tar bytes) ->
-//! [`manifest`] (JSON); [`provenance`] (SBOMs, build provenance and
-//! signatures attached to manifests); [`images`] ties them together, [`index`] remembers
-//! digests, [`retention`] bounds the state dir, [`watched`] reloads files
-//! that change (TLS pair, credentials), [`error`] maps failures to
-//! OCI JSON, [`redact`] keeps credentials out of replies and logs.
+//! Floors, from the top; each uses only the floors below it
+//! (ARCHITECTURE.md, checked by `tests/architecture.rs`):
+//! - [`app`] builds the server from the `serve` options;
+//! - [`http`]: connections, auth, the distribution API, the pages;
+//! - [`service`]: the image service (builds, manifests, catalog) and the
+//!   layer store (ledger, scans, digest passes, trust), and retention;
+//! - [`error`]: the one place failures become OCI error JSON;
+//! - [`provenance`]: SBOMs, build provenance and signatures;
+//! - [`image`]: build outputs -> layer plans -> tar bytes -> documents;
+//! - [`nix`]: refs, names and tags -> targets, the `nix` commands, and
+//!   the scheduler, where every process starts;
+//! - [`events`]: what happens, for pages, metrics and the terminal;
+//! - [`vocab`], [`redact`], [`watched`], [`client`]: leaves.
 
 pub mod app;
 pub mod client;

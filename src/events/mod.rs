@@ -1,4 +1,4 @@
-//! What happens, for whoever watches: `images` and `registry` report here
+//! What happens, for whoever watches: the service and the registry report here
 //! (a build started, a log line, a manifest or blob sent, an error), and
 //! the web pages, `/metrics` and the terminal read it. Nothing here does
 //! work of its own, and nothing here knows HTTP or Nix.

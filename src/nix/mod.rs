@@ -1,6 +1,6 @@
 //! The Nix floor: which tags may be built ([`refs`]), what a name and tag
 //! mean ([`resolve`]), the `nix` commands that evaluate and build them
-//! ([`runner`], reading [`version`] and [`path_info`]), and the one place
+//! (`runner`, reading [`version`] and [`path_info`]), and the one place
 //! external processes start ([`scheduler`]). No HTTP here, and nothing
 //! about layers.
 

@@ -15,7 +15,7 @@
 //!   stop them all ([`Scheduler::stop_all`]): `process::exit` runs no
 //!   `kill_on_drop`.
 //!
-//! Nothing here knows what the processes do; `build` and `refs` decide that.
+//! Nothing here knows what the processes do; the runner and `refs` decide that.
 
 use std::collections::HashSet;
 use std::process::Stdio;

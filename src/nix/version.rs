@@ -1,6 +1,6 @@
 //! Which Nix runs our builds: read once from `nix --version` at start, and
 //! the one place that knows what each version can do, so that the rest of
-//! `build` asks for a capability instead of comparing version numbers.
+//! The runner asks for a capability instead of comparing version numbers.
 
 use std::fmt;
 

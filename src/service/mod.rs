@@ -5,7 +5,7 @@
 //! - `blobs`: digest -> what to stream, scans, the compressed cache;
 //! - `platforms`: name + tag -> one image, or an index over `--system`;
 //! - `catalog`: the names `/v2/_catalog` lists;
-//! - `trusted`: layers verified once, streamed without hashing (small ones
+//! - `layers`: the layer store; layers verified once, streamed without hashing (small ones
 //!   from memory) while their files are unchanged.
 
 mod blobs;
