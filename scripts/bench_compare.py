@@ -26,6 +26,8 @@ def score(flakeport, registry, notes):
     if m:
         return float(m.group(1))
     f, r = first_figure(flakeport), first_figure(registry)
+    if notes.startswith("columns:"):  # two flakeport columns (Nix versions): the first's time
+        r = None
     if f and r and f[1] == r[1] and f[0] > 0 and r[0] > 0:
         return f[0] / r[0] if f[1] in ("ms", "s") else r[0] / f[0]
     if f and f[1] in ("ms", "s"):
@@ -34,12 +36,28 @@ def score(flakeport, registry, notes):
 
 
 def rows(path):
+    """Row name -> (flakeport column, score). Names and notes may hold
+    " | " themselves: the two figure columns are the first pair of cells
+    that look like figures."""
+    figure = re.compile(r"^(\d+(\.\d+)? ?(ms|s|MiB/s|req/s)\b|-$)")
     out = {}
+    parent = ""
     for line in open(path):
+        # An indented row ("  same, Range...") belongs to the row above it.
+        sub = line.startswith("  ")
         parts = [p.strip() for p in line.rstrip("\n").split(" | ")]
-        if len(parts) != 4 or parts[0] in ("benchmark", "") or set(parts[0]) == {"-"}:
+        at = next(
+            (i for i in range(1, len(parts) - 1) if figure.match(parts[i]) and figure.match(parts[i + 1])),
+            None,
+        )
+        if at is None or parts[0] == "benchmark" or set(parts[0]) <= {"-"}:
             continue
-        name, flakeport, registry, notes = parts
+        name = " | ".join(parts[:at])
+        if sub:
+            name = f"{parent[:24]}: {name}"
+        else:
+            parent = name
+        flakeport, registry, notes = parts[at], parts[at + 1], " | ".join(parts[at + 2 :])
         out[name] = (flakeport, score(flakeport, registry, notes))
     return out
 

@@ -8,7 +8,7 @@ use crate::http::registry;
 use crate::image::layer::compress::Codec;
 use crate::image::{compressed, ledger as index};
 use crate::nix::{self as build, resolve};
-use crate::service as images;
+use crate::service;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -156,7 +156,7 @@ pub struct ServeOptions {
     #[arg(long, env = "FLAKEPORT_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
 
-    /// ImageService to build at start (NAME or NAME:TAG; the tag defaults to
+    /// Images to build at start (NAME or NAME:TAG; the tag defaults to
     /// latest), so their first pull does not wait for a build. With
     /// --webhook-secret, a push warms these names at the pushed branch or
     /// tag (and at latest, for the default branch).
@@ -235,7 +235,7 @@ pub struct Prepared {
     router: axum::Router,
     tls: Option<crate::http::tls::TlsAcceptor>,
     limits: crate::http::server::Limits,
-    images: Arc<images::ImageService>,
+    images: Arc<service::ImageService>,
     events: Arc<crate::events::Events>,
     grace: Duration,
 }
@@ -346,8 +346,8 @@ pub async fn prepare(args: ServeOptions) -> anyhow::Result<Prepared> {
         crate::provenance::Provenance::open(&state_dir, signer)
             .context("opening the provenance records")?,
     );
-    let images = images::ImageService::new(
-        images::Settings {
+    let images = service::ImageService::new(
+        service::Settings {
             flake,
             packages,
             systems: {
@@ -363,7 +363,7 @@ pub async fn prepare(args: ServeOptions) -> anyhow::Result<Prepared> {
             push_to: args.push_to.clone(),
         },
         nix,
-        std::sync::Arc::new(images::LayerStore::new(
+        std::sync::Arc::new(service::LayerStore::new(
             index,
             compressed,
             args.hot_layers_mib * 1024 * 1024,

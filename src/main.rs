@@ -39,7 +39,7 @@ enum Command {
 
 #[derive(Args)]
 struct WarmArgs {
-    /// ImageService to build: NAME or NAME:TAG (the tag defaults to latest).
+    /// Images to build: NAME or NAME:TAG (the tag defaults to latest).
     #[arg(required = true)]
     images: Vec<String>,
 

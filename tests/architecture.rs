@@ -23,14 +23,19 @@ const FLOORS: &[&[&str]] = &[
 /// Where an external process may start (`Command::new`).
 const PROCESSES_START_IN: &[&str] = &["src/nix/scheduler.rs"];
 
-/// Where sha2 may be used. Layer and document bytes: `vocab` (a
-/// document's digest), `image/layer` (the digest pass), and the blob GET
-/// that verifies a layer while it streams. The others hash no content:
-/// names of GC roots and git mirrors (nix), token and webhook MACs (http).
+/// Where bytes may be hashed (sha2, or the layer engine's
+/// `HashingWriter`). Content: `vocab` (a document's digest), `image/layer`
+/// (the digest pass, layer keys), an image archive's members as they are
+/// read (`image/plan/archive.rs`), and the blob GET that verifies a layer
+/// while it streams. The others hash no content: names of GC roots and git
+/// mirrors (nix), token and webhook MACs (http).
 const HASHING_IN: &[&str] = &[
     "src/vocab.rs",
     "src/image/layer/mod.rs",
+    "src/image/layer/source.rs",
+    "src/image/layer/tests.rs",
     "src/image/layer/compress.rs",
+    "src/image/plan/archive.rs",
     "src/http/registry/blobs/produced.rs",
     "src/http/registry/blobs/stream.rs",
     "src/nix/runner.rs",
@@ -87,11 +92,10 @@ fn module_of(path: &Path) -> Vec<String> {
     parts
 }
 
-/// Every `crate::a::b` a file names (also inside `use crate::{a, b}`), as
-/// its first two segments.
+/// Every `crate::a::b` a file names, also inside `use crate::{a, b::{c, d}}`,
+/// as its first two segments.
 fn uses(text: &str) -> BTreeSet<Vec<String>> {
     let path = regex::Regex::new(r"\bcrate::([a-z_]+)(?:::([a-z_]+))?").unwrap();
-    let group = regex::Regex::new(r"\bcrate::\{([^}]*)\}").unwrap();
     let mut out = BTreeSet::new();
     for c in path.captures_iter(text) {
         let mut m = vec![c[1].to_string()];
@@ -100,20 +104,70 @@ fn uses(text: &str) -> BTreeSet<Vec<String>> {
         }
         out.insert(m);
     }
-    for c in group.captures_iter(text) {
-        for item in c[1].split(',') {
-            let segs: Vec<String> = item
-                .trim()
-                .split("::")
-                .take(2)
-                .map(|s| s.trim().to_string())
-                .collect();
-            if !segs[0].is_empty() {
-                out.insert(segs);
-            }
-        }
+    let mut rest = text;
+    while let Some(at) = rest.find("crate::{") {
+        let group = &rest[at + "crate::".len()..];
+        let (paths, len) = expand(group);
+        out.extend(paths.into_iter().filter(|p| !p.is_empty()).map(|mut p| {
+            p.truncate(2);
+            p
+        }));
+        rest = &group[len..];
     }
     out
+}
+
+/// The paths of a `{...}` group of a `use`, nested groups expanded:
+/// `{a, b::{c, d}}` -> [a], [b, c], [b, d]; and how many bytes it spans.
+fn expand(group: &str) -> (Vec<Vec<String>>, usize) {
+    let mut paths = Vec::new();
+    let mut prefix: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut i = 1; // past '{'
+    let bytes = group.as_bytes();
+    let finish = |prefix: &mut Vec<String>, word: &mut String, paths: &mut Vec<Vec<String>>| {
+        let mut p = std::mem::take(prefix);
+        if !word.trim().is_empty() {
+            p.push(word.trim().to_string());
+        }
+        word.clear();
+        if !p.is_empty() {
+            paths.push(p);
+        }
+    };
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' => {
+                let (inner, len) = expand(&group[i..]);
+                if !word.trim().is_empty() {
+                    prefix.push(word.trim().to_string());
+                }
+                word.clear();
+                for p in inner {
+                    let mut full = prefix.clone();
+                    full.extend(p);
+                    paths.push(full);
+                }
+                prefix.clear();
+                i += len;
+                continue;
+            }
+            b'}' => {
+                finish(&mut prefix, &mut word, &mut paths);
+                return (paths, i + 1);
+            }
+            b',' => finish(&mut prefix, &mut word, &mut paths),
+            b':' if bytes.get(i + 1) == Some(&b':') => {
+                prefix.push(word.trim().to_string());
+                word.clear();
+                i += 2;
+                continue;
+            }
+            c => word.push(c as char),
+        }
+        i += 1;
+    }
+    (paths, group.len())
 }
 
 fn floor(top: &str) -> usize {
@@ -219,15 +273,32 @@ fn the_layer_engine_uses_only_the_vocabulary() {
     );
 }
 
+/// Errors become replies in `error.rs` only: the HTTP floor never looks
+/// inside a lower floor's error.
+#[test]
+fn http_never_handles_a_lower_floors_error() {
+    let mut wrong = Vec::new();
+    for (file, text) in sources() {
+        if file.starts_with("src/http") && (text.contains("NixError") || text.contains("PlanError")) {
+            wrong.push(file.display().to_string());
+        }
+    }
+    assert!(wrong.is_empty(), "HTTP code matches a domain error:\n{}", wrong.join("\n"));
+}
+
 #[test]
 fn processes_start_in_one_place_and_bytes_are_hashed_in_few() {
     let mut wrong = Vec::new();
     for (file, text) in sources() {
         let f = file.to_string_lossy();
-        if text.contains("Command::new") && !PROCESSES_START_IN.contains(&f.as_ref()) {
+        let starts = text.contains("Command::new") || text.contains("process::Command");
+        if starts && !PROCESSES_START_IN.contains(&f.as_ref()) {
             wrong.push(format!("{f} starts a process"));
         }
-        if text.contains("sha2::") && !HASHING_IN.contains(&f.as_ref()) {
+        let hashes = ["sha2::", "Sha256", "HashingWriter"]
+            .iter()
+            .any(|h| text.contains(h));
+        if hashes && !HASHING_IN.contains(&f.as_ref()) {
             wrong.push(format!("{f} hashes"));
         }
     }

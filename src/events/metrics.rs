@@ -98,12 +98,12 @@ impl Default for Metrics {
         };
         registry.register(
             "builds_started",
-            "ImageService whose production (nix build, plan, digests) started, by kind (flake output or package path)",
+            "Images whose production (nix build, plan, digests) started, by kind (flake output or package path)",
             m.builds_started.clone(),
         );
         registry.register(
             "builds_succeeded",
-            "ImageService produced, by kind",
+            "Images produced, by kind",
             m.builds_succeeded.clone(),
         );
         registry.register(
@@ -352,7 +352,7 @@ impl Metrics {
             ),
             (
                 "images_in_progress",
-                "ImageService being produced (built, planned, digested) now",
+                "Images being produced (built, planned, digested) now",
                 s.images_in_progress,
             ),
             ("layer_streams", "Layer streams in flight", s.layer_streams),

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct Settings {
-    /// ImageService named by the flake's outputs.
+    /// Images named by the flake's outputs.
     pub flake: Option<FlakeSource>,
     /// Nixery-style images: every other name is a list of packages of this set.
     pub packages: Option<PackageSource>,

@@ -17,6 +17,31 @@ async fn build_info_names_flakeport_and_the_nix_version() {
     assert_eq!(s.counter(&series).await, 1, "{series}");
 }
 
+/// The HELP text is part of what a dashboard shows: it says what is
+/// counted, in the reader's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Nix; scripts/test runs it"]
+async fn help_says_what_each_metric_counts() {
+    let s = in_process(&[]).await;
+    let text = String::from_utf8(s.bytes("/metrics").await).unwrap();
+    let help = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("# HELP {name} ")))
+            .unwrap_or_else(|| panic!("no HELP for {name}:\n{text}"))
+            .to_string()
+    };
+    for (name, starts) in [
+        ("flakeport_builds_started", "Images whose production"),
+        ("flakeport_builds_succeeded", "Images produced"),
+        ("flakeport_images_in_progress", "Images being produced"),
+    ] {
+        assert!(help(name).starts_with(starts), "{name}: {}", help(name));
+    }
+    for line in text.lines().filter(|l| l.starts_with("# HELP ")) {
+        assert!(!line.contains("ImageService"), "{line}");
+    }
+}
+
 mod built {
     use crate::harness::*;
     use reqwest::Method;

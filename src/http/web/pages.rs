@@ -211,7 +211,7 @@ pub async fn home(web: &Web, host: &str) -> Markup {
             }
         }
         section #images {
-            h2 { "ImageService" }
+            h2 { "Images" }
             @match &outputs {
                 Err(e) => pre.error { "cannot list the flake's outputs: " (e) },
                 Ok(o) if o.is_empty() && images.flake_url().is_some() => p { "The flake has no image outputs for these systems." },

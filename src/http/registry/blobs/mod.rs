@@ -184,8 +184,8 @@ pub async fn get(
     resp.body(body).map_err(RegistryError::internal)
 }
 
-/// One of the `--max-streams` slots a layer stream holds while it lives
-/// (on either listener), or 429.
+/// One of the `--max-streams` slots a layer stream holds while it lives,
+/// or 429.
 pub(super) fn stream_slot(streams: &Arc<Semaphore>) -> Result<tokio::sync::OwnedSemaphorePermit> {
     streams
         .clone()

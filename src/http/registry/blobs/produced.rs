@@ -18,7 +18,7 @@ impl Stream {
     /// keeps up is fed by one thread without a hand-off per chunk. Once the
     /// channel is full the thread is given back and the stream waits for
     /// room without one, so a client that stops reading holds no thread,
-    /// and at most [`CHANNEL_DEPTH`] chunks plus the one hyper is writing.
+    /// and at most [`CHANNEL_DEPTH`](super::CHANNEL_DEPTH) chunks plus the one hyper is writing.
     /// The last chunk goes only once the digest matches.
     pub(super) async fn produce(
         mut self,
