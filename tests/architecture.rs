@@ -279,11 +279,16 @@ fn the_layer_engine_uses_only_the_vocabulary() {
 fn http_never_handles_a_lower_floors_error() {
     let mut wrong = Vec::new();
     for (file, text) in sources() {
-        if file.starts_with("src/http") && (text.contains("NixError") || text.contains("PlanError")) {
+        if file.starts_with("src/http") && (text.contains("NixError") || text.contains("PlanError"))
+        {
             wrong.push(file.display().to_string());
         }
     }
-    assert!(wrong.is_empty(), "HTTP code matches a domain error:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "HTTP code matches a domain error:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]

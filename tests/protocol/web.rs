@@ -14,5 +14,8 @@ async fn the_home_page_names_the_nix_builds_run() {
         "the home page lacks {want:?}:\n{home}"
     );
     // Words a reader sees are not the code's names for things.
-    assert!(home.contains("<h2>Images</h2>"), "no Images heading:\n{home}");
+    assert!(
+        home.contains("<h2>Images</h2>"),
+        "no Images heading:\n{home}"
+    );
 }
