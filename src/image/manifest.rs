@@ -24,7 +24,7 @@ impl JsonBlob {
     /// Bytes as they are (a document written elsewhere, pretty or not).
     pub fn from_bytes(media_type: &str, bytes: Vec<u8>) -> JsonBlob {
         JsonBlob {
-            digest: sha256_digest(&bytes),
+            digest: crate::vocab::Digest::of(&bytes).into(),
             media_type: media_type.to_string(),
             bytes: Bytes::from(bytes),
         }
@@ -33,15 +33,11 @@ impl JsonBlob {
     pub fn new(media_type: &str, value: &Value) -> JsonBlob {
         let bytes = serde_json::to_vec(value).expect("JSON values serialise");
         JsonBlob {
-            digest: sha256_digest(&bytes),
+            digest: crate::vocab::Digest::of(&bytes).into(),
             media_type: media_type.to_string(),
             bytes: Bytes::from(bytes),
         }
     }
-}
-
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    crate::vocab::Digest::of(bytes).into()
 }
 
 pub use crate::image::layer::LayerDigest;
@@ -290,7 +286,10 @@ mod tests {
         let m: Value = serde_json::from_slice(&a.docker.bytes).unwrap();
         assert_eq!(m["config"]["digest"], a.config.digest.as_str());
         assert_eq!(m["layers"][0]["mediaType"], DOCKER_LAYER);
-        assert_eq!(a.oci.digest, sha256_digest(&a.oci.bytes));
+        assert_eq!(
+            a.oci.digest,
+            crate::vocab::Digest::of(&a.oci.bytes).to_string()
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::{ImagePlan, PlanError, PlannedLayer, DEFAULT_CREATED};
 use crate::image::layer::compress::Codec;
 use crate::image::layer::LayerDigest;
 use crate::image::layer::{HashingWriter, LayerSource};
+use crate::vocab::Digest;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, Write};
@@ -354,7 +355,7 @@ impl Contents {
         let bytes = self
             .json(&name)
             .ok_or_else(|| format!("blob {digest} is missing or not JSON"))?;
-        let got = sha256_of(&bytes);
+        let got = Digest::of(&bytes).to_string();
         if got != digest {
             return Err(format!("blob {digest} hashes to {got}"));
         }
@@ -480,10 +481,6 @@ fn docker_image(c: &Contents) -> Result<(Value, Vec<Member>), String> {
     Ok((config, layers))
 }
 
-fn sha256_of(bytes: &[u8]) -> String {
-    crate::vocab::Digest::of(bytes).into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,7 +521,7 @@ mod tests {
     #[test]
     fn docker_archive_plain_and_gzip_serve_the_member_bytes() {
         let layer: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-        let digest = sha256_of(&layer);
+        let digest = Digest::of(&layer).to_string();
         let dir = tempfile::tempdir().unwrap();
         let plain = dir.path().join("a.tar");
         std::fs::write(&plain, docker_archive(&layer, &digest)).unwrap();
@@ -545,7 +542,11 @@ mod tests {
             assert_eq!(p.base_history.len(), 1);
         }
         // A member that does not hash to its diff_id is refused.
-        std::fs::write(&plain, docker_archive(&layer, &sha256_of(b"other"))).unwrap();
+        std::fs::write(
+            &plain,
+            docker_archive(&layer, &Digest::of(b"other").to_string()),
+        )
+        .unwrap();
         let err = read(&plain, "amd64").unwrap_err().to_string();
         assert!(err.contains("hashes to"), "{err}");
         // A truncated archive is refused, not half-read.
