@@ -96,25 +96,20 @@ pub async fn get(
     let full = range.is_none();
     let whole_layer = layer.as_ref().filter(|_| full && !head);
     let hot = whole_layer.and_then(|(d, _, _)| images.layers.hot_layer(d));
-    let mut identity = None;
-    let mut collect = None;
+    let (mut identity, mut trusted, mut collect) = (None, false, None);
     if let (Some((digest, tar, _)), None) = (whole_layer, &hot) {
         let t = tar.clone();
-        identity = match tokio::task::spawn_blocking(move || t.identity())
+        let now = match tokio::task::spawn_blocking(move || t.identity())
             .await
             .map_err(RegistryError::internal)?
         {
-            Ok(i) => Some(i),
+            Ok(i) => i,
             Err(e) => return Err(unreadable(images, digest, e).await),
         };
-        collect = images.layers.claim_hot(digest, size, tar.entry_count());
-    }
-    let trusted = match (&layer, identity) {
-        (Some((digest, _, _)), Some(i)) => images.layers.layer_trusted(digest, i),
-        _ => false,
-    };
-    if identity.is_some() {
+        trusted = images.layers.layer_trusted(digest, now);
         images.events.metrics.cache("verified_layer", trusted);
+        identity = Some(now);
+        collect = images.layers.claim_hot(digest, size, tar.entry_count());
     }
     let strategy = choose(Known {
         head,
