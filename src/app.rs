@@ -367,6 +367,8 @@ pub async fn prepare(args: ServeOptions) -> anyhow::Result<Prepared> {
             index,
             compressed,
             args.hot_layers_mib * 1024 * 1024,
+            crate::image::vouched::Vouches::open(&state_dir)
+                .context("opening the vouched layers")?,
             events.clone(),
         )),
         crate::nix::refs::RefGate::new(

@@ -25,5 +25,6 @@ pub mod nix;
 pub mod provenance;
 pub mod redact;
 pub mod service;
+pub mod snapshotter;
 pub mod vocab;
 pub mod watched;

@@ -35,6 +35,10 @@ enum Command {
     /// Ask a running flakeport to build images now (POST /warm), so that
     /// their first pull finds them ready.
     Warm(WarmArgs),
+    /// A containerd snapshotter (proxy plugin) that makes the layers this
+    /// node's flakeport served from /nix/store instead of fetching and
+    /// unpacking them.
+    Snapshotter(flakeport::snapshotter::SnapshotterOptions),
 }
 
 #[derive(Args)]
@@ -156,6 +160,13 @@ fn main() -> anyhow::Result<()> {
         (Some(Command::Warm(w)), _) => {
             init_log("text");
             return warm(w);
+        }
+        (Some(Command::Snapshotter(o)), _) => {
+            init_log("text");
+            return tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(flakeport::snapshotter::run(o, shutdown_signal()));
         }
         (None, None) => unreachable!("clap requires FLAKE or --packages"),
     };

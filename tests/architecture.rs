@@ -16,7 +16,7 @@ const FLOORS: &[&[&str]] = &[
     &["provenance"],
     &["error"],
     &["service"],
-    &["http"],
+    &["http", "snapshotter"],
     &["app"],
 ];
 
@@ -35,6 +35,7 @@ const HASHING_IN: &[&str] = &[
     "src/image/layer/source.rs",
     "src/image/layer/tests.rs",
     "src/image/layer/compress.rs",
+    "src/image/layer/tree.rs",
     "src/image/plan/archive.rs",
     "src/http/registry/blobs/produced.rs",
     "src/http/registry/blobs/stream.rs",

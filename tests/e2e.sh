@@ -15,8 +15,10 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd) # lint-ok
 . "$ROOT/tests/lib.sh"
 BIN=${FLAKEPORT_BIN:-$ROOT/target/release/flakeport}
+# The snapshotter runs here, beside containerd, whatever Nix serves.
+SNAP_BIN=$BIN
 
-lint=$(grep -nE '&&|\blocal [A-Za-z_][A-Za-z_0-9]*=\$\(|\bfor [A-Za-z_]+ in [^;]*\$\([^s(]|(\[|\beq|\bne) [^#]*"\$\([^(]' "$0" | grep -vE 'lint-ok|^[0-9]+:[[:space:]]*#') # lint-ok
+lint=$(grep -nE '&&|\blocal [A-Za-z_][A-Za-z_0-9]*=\$\(|\bfor [A-Za-z_]+ in [^;]*\$\([^s(]|(\[|\beq|\bne) [^#]*"\$\([^(]' "$0" "$ROOT/tests/e2e-snapshotter.sh" | grep -vE 'lint-ok|:[0-9]+:[[:space:]]*#') # lint-ok
 if [ -n "$lint" ]; then # lint-ok
   echo "tests/e2e.sh: these lines can hide a failing step (see the comment at the top):"
   echo "$lint"
@@ -66,6 +68,7 @@ cleanup() {
   sleep 1
   for p in $pids; do kill -9 "$p" 2>/dev/null; done
   umount -R "$W"/ctd/root 2>/dev/null
+  umount -R "$W"/sn/mnt "$W"/sn/ctd/root 2>/dev/null
   if [ -e "$W/made-dirs" ]; then xargs rm -rf < "$W/made-dirs"; fi
   if [ -n "${KEEP:-}" ]; then echo "kept $W"; else rm -rf "$W" 2>/dev/null; fi
 }
@@ -1825,6 +1828,8 @@ t_nix_versions() {
 if [ -z "${E2E_NIX_ROOT:-}" ]; then
   check "Nix 2.26 (a Debian 13 root) and the host's Nix serve byte-identical manifests, configs and layers for one revision: conf v1, tags, plain and multi-output packages, nixpkgs confs, fromImage, archives (plain, gzip, zstd, OCI), nix2container, fakeroot, package paths" t_nix_versions
 fi
+
+. "$ROOT/tests/e2e-snapshotter.sh"
 
 echo
 echo "e2e: $PASSED passed, ${#FAILED[@]} failed"

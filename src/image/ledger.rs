@@ -417,6 +417,88 @@ pub fn touch(path: &Path) {
     };
 }
 
+/// The ledger as another process reads it (the containerd snapshotter):
+/// which source stands for each uncompressed layer digest (a diff ID). It
+/// reads only what was appended since it last looked, and starts over when
+/// the file was replaced by a compacted copy.
+pub struct LedgerReader {
+    path: PathBuf,
+    /// Device and inode of the file read so far.
+    file: Option<(u64, u64)>,
+    offset: u64,
+    by_diff: std::collections::HashMap<String, LayerSource>,
+    /// Blob digest -> diff ID, to apply `drop` lines.
+    diff_of: std::collections::HashMap<String, String>,
+}
+
+impl LedgerReader {
+    pub fn new(state_dir: &Path) -> LedgerReader {
+        LedgerReader {
+            path: state_dir.join("layers.jsonl"),
+            file: None,
+            offset: 0,
+            by_diff: Default::default(),
+            diff_of: Default::default(),
+        }
+    }
+
+    /// Read what was appended since the last call (none yet: no ledger).
+    pub fn refresh(&mut self) -> std::io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
+        let mut f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let meta = f.metadata()?;
+        let id = (meta.dev(), meta.ino());
+        if self.file != Some(id) || meta.len() < self.offset {
+            self.file = Some(id);
+            self.offset = 0;
+            self.by_diff.clear();
+            self.diff_of.clear();
+        }
+        f.seek(SeekFrom::Start(self.offset))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        // A line still being written waits for the next call.
+        let whole = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for line in buf[..whole].split(|&b| b == b'\n') {
+            match serde_json::from_slice::<Line>(line) {
+                Ok(Line::Layer {
+                    digest,
+                    source,
+                    diff_id,
+                    packed: None,
+                    ..
+                }) => {
+                    let diff = diff_id.unwrap_or_else(|| digest.clone());
+                    self.by_diff.insert(diff.clone(), source);
+                    self.diff_of.insert(digest, diff);
+                }
+                Ok(Line::Drop { drop }) => {
+                    if let Some(diff) = self.diff_of.remove(&drop) {
+                        self.by_diff.remove(&diff);
+                    }
+                }
+                // Archive members (served as they came), torn or foreign lines.
+                Ok(Line::Layer { .. }) | Err(_) => {}
+            }
+        }
+        self.offset += whole as u64;
+        Ok(())
+    }
+
+    pub fn diff_ids(&self) -> impl Iterator<Item = &str> {
+        self.by_diff.keys().map(String::as_str)
+    }
+
+    pub fn source(&self, diff_id: &str) -> Option<&LayerSource> {
+        self.by_diff.get(diff_id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

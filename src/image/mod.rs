@@ -8,3 +8,4 @@ pub mod layer;
 pub mod ledger;
 pub mod manifest;
 pub mod plan;
+pub mod vouched;

@@ -10,6 +10,7 @@ use crate::events::Events;
 use crate::image::compressed::CompressedCache;
 use crate::image::layer::{Identity, LayerDigest, LayerKey, LayerTar};
 use crate::image::ledger::DigestIndex;
+use crate::image::vouched::Vouches;
 use bytes::Bytes;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,8 @@ pub struct LayerStore {
     /// With `--compression gzip|zstd`: the codec and where its blobs are kept.
     pub(super) compressed: Option<Arc<CompressedCache>>,
     pub(super) trust: TrustedLayers,
+    /// What the snapshotter may make from the store (see [`Vouches`]).
+    pub(super) vouches: Vouches,
     pub(super) events: Arc<Events>,
 }
 
@@ -42,6 +45,7 @@ impl LayerStore {
         index: DigestIndex,
         compressed: Option<CompressedCache>,
         hot_bytes: u64,
+        vouches: Vouches,
         events: Arc<Events>,
     ) -> LayerStore {
         let cores = std::thread::available_parallelism()
@@ -64,6 +68,7 @@ impl LayerStore {
             compressed: compressed.map(Arc::new),
             trust: TrustedLayers::new(hot_bytes),
             index,
+            vouches,
             events,
         }
     }
@@ -163,10 +168,17 @@ impl LayerStore {
     /// digests it again. Manifests naming it are the image service's.
     pub async fn forget_corrupt(&self, digest: &str) {
         self.distrust_layer(digest);
+        self.vouches.withdraw(digest);
         if let Some(key) = self.index.forget_layer(digest) {
             self.digesting.invalidate(&key).await;
         }
         self.scanned.invalidate(digest).await;
+    }
+
+    /// A full GET hashed `tar`'s bytes to `digest`, its files unchanged:
+    /// the snapshotter may make it from the store. Blocking.
+    pub fn vouch(&self, digest: &str, tar: &LayerTar) {
+        self.vouches.vouch_for(digest, tar);
     }
 
     /// The layer's files changed: the next GET hashes it again.

@@ -253,6 +253,7 @@ impl ImageService {
                     .await
                     .map_err(RegistryError::internal)?;
                 let (s, compressed) = (src.clone(), self.layers.compressed.clone());
+                let vouches = self.layers.vouches.clone();
                 let started = Instant::now();
                 type Verified = Option<(Arc<LayerTar>, Identity)>;
                 let (d, verified) = tokio::task::spawn_blocking(
@@ -260,7 +261,11 @@ impl ImageService {
                         let tar = LayerTar::scan(&s).map_err(std::io::Error::other)?;
                         match compressed {
                             Some(cache) => {
+                                let before = tar.identity()?;
                                 let (c, _) = cache.insert(&tar)?;
+                                if tar.identity()? == before {
+                                    vouches.vouch_for(&c.diff_id, &tar);
+                                }
                                 let d = LayerDigest {
                                     digest: c.digest,
                                     size: c.size,
@@ -276,6 +281,9 @@ impl ImageService {
                                 // a first GET would verify it.
                                 let before = tar.identity()?;
                                 let (digest, held) = tar.digest_since(before)?;
+                                if held {
+                                    vouches.vouch_for(&digest, &tar);
+                                }
                                 let d = LayerDigest {
                                     digest,
                                     size: tar.size(),

@@ -23,6 +23,7 @@ mod read;
 mod scan;
 mod source;
 mod tar;
+pub mod tree;
 
 pub use checks::*;
 pub use read::*;
@@ -53,12 +54,26 @@ enum EntryKind {
     Symlink { target: Vec<u8> },
 }
 
-/// One archive member; its metadata lives in the rendered header.
+/// One archive member. Its metadata lives in the rendered header, and
+/// again in [`Meta`] for a tree made of the layer (see [`tree`]).
 #[derive(Debug, Clone)]
 pub struct Entry {
     kind: EntryKind,
     /// Header blocks (PAX + ustar) rendered once during the scan.
     header: Vec<u8>,
+    meta: Meta,
+}
+
+/// What the header says of an entry, as a tree made of the layer must
+/// show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Meta {
+    /// The member's name without its trailing slash (`/nix/store/...`).
+    path: Box<[u8]>,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
 }
 
 impl Entry {

@@ -80,7 +80,14 @@ impl<'a> Scanner<'a> {
                 _ => b"",
             },
         });
-        self.entries.push(Entry { kind, header });
+        let meta = Meta {
+            path: bare.into(),
+            mode,
+            uid: owner.uid,
+            gid: owner.gid,
+            mtime: self.mtime,
+        };
+        self.entries.push(Entry { kind, header, meta });
     }
 
     /// Depth-first, children sorted by name bytes: this is exactly the
