@@ -68,6 +68,7 @@ impl Vouches {
     pub fn vouch_for(&self, diff_id: &str, tar: &crate::image::layer::LayerTar) {
         match tar.fingerprint() {
             Ok(Some(print)) => {
+                tracing::debug!(diff_id, "vouched for a layer");
                 if let Err(e) = self.record(diff_id, print) {
                     tracing::warn!(error = %e, diff_id, "cannot record a vouched layer");
                 }

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 /// its 7 MiB. If the files changed, the store's bytes are hashed at once:
 /// when they no longer match, the body is cut short and the digest dropped,
 /// as a streamed layer's would be; when they still match (only touched),
-/// the body completes and the next GET verifies afresh.
+/// the body completes, the next GET verifies afresh, and the snapshotter
+/// may make the layer from the store again (vouched for by that hash).
 pub(super) fn from_memory(
     images: Arc<ImageService>,
     digest: String,
@@ -46,7 +47,18 @@ pub(super) fn from_memory(
             Ok(tail)
         } else {
             images.layers.distrust_layer(&digest);
-            match tokio::task::spawn_blocking(move || tar.digest()).await {
+            // Hashed from files that held still meanwhile, the layer is
+            // vouched for to the snapshotter again.
+            let before = now.ok().and_then(Result::ok);
+            let (layers, d) = (images.layers.clone(), digest.clone());
+            let hashed = tokio::task::spawn_blocking(move || {
+                let got = tar.digest()?;
+                if got == d && before.is_some() && tar.identity().ok() == before {
+                    layers.vouch(&d, &tar);
+                }
+                Ok::<_, io::Error>(got)
+            });
+            match hashed.await {
                 Ok(Ok(d)) if d == digest => Ok(tail),
                 Ok(Ok(d)) => {
                     tracing::error!(%digest, got = %d, "a layer in memory no longer matches the store; dropping its digest");
