@@ -45,6 +45,28 @@
           name = "img1g";
           contents = builtins.genList (i: random "p${toString i}-10m" 10) 100;
         };
+        # 100,000 files of 1 to 64 bytes in 1,000 directories: what making a
+        # layer's tree costs per file (the snapshotter).
+        files100k = lib.streamLayeredImageConf {
+          name = "files100k";
+          contents = [
+            (pkgs.runCommand "files-100k" { } ''
+              i=0
+              while [ $i -lt 1000 ]; do mkdir -p $out/d$i; i=$((i + 1)); done
+              i=0
+              while [ $i -lt 100000 ]; do
+                echo "file $i of a hundred thousand, $(( i % 37 ))" > $out/d$((i / 100))/f$i
+                i=$((i + 1))
+              done
+            '')
+          ];
+        };
+        # img192 and 1 MiB more: a second image sharing most of its layers.
+        img192plus = lib.streamLayeredImageConf {
+          name = "img192plus";
+          contents = map (i: random "part${toString i}-32m" 32) [ 1 2 3 4 5 6 ] ++ [ pkgs.busybox (random "extra-1m" 1) ];
+          config.Cmd = [ "/bin/sh" ];
+        };
         # 192 MiB in six layers, so the digest pass can use both cores.
         img192 = lib.streamLayeredImageConf {
           name = "img192";

@@ -163,6 +163,15 @@ fn main() -> anyhow::Result<()> {
         }
         (Some(Command::Snapshotter(o)), _) => {
             init_log("text");
+            // Before the runtime's threads exist (see the function).
+            match flakeport::snapshotter::see_through_store_mounts(&o.root) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    mounts = n,
+                    "/nix/store is a bind mount: took it off in the snapshotter's own mount namespace, so that store files can be hard-linked"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot see through the bind mount on /nix/store: layers made from the store will be copied"),
+            }
             return tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?

@@ -90,6 +90,74 @@ pub async fn run(
     served.context("serving the snapshots API")
 }
 
+/// NixOS mounts /nix/store read-only over itself, and a hard link cannot
+/// cross from one mount to another, even within one filesystem. Called
+/// before any thread starts: if a store file cannot be linked into `root`
+/// across such a mount, the snapshotter moves into a mount namespace of its
+/// own and takes the bind mounts off /nix/store there, so that the store is
+/// reached through the mount that holds `root` too. Nothing changes for
+/// any other process. Returns how many mounts it took off.
+pub fn see_through_store_mounts(root: &Path) -> std::io::Result<usize> {
+    std::fs::create_dir_all(root)?;
+    let Some(file) = some_store_file() else {
+        return Ok(0);
+    };
+    let probe = root.join(".link-probe");
+    let link = || {
+        let _ = std::fs::remove_file(&probe);
+        let r = std::fs::hard_link(&file, &probe);
+        let _ = std::fs::remove_file(&probe);
+        r
+    };
+    // Another filesystem altogether: no mount namespace helps (and taking
+    // its mount off would hide the store).
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/nix/store")?.dev() != std::fs::metadata(root)?.dev() {
+        return Ok(0);
+    }
+    let mut taken = 0;
+    loop {
+        match link() {
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) && taken < 4 => {}
+            _ => return Ok(taken),
+        }
+        let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+        let (slash, store) = (c("/"), c("/nix/store"));
+        // SAFETY: plain syscalls on valid C strings; single-threaded here,
+        // so the new namespace is the whole process's.
+        unsafe {
+            if taken == 0 {
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        std::ptr::null(),
+                        slash.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::umount2(store.as_ptr(), libc::MNT_DETACH) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        taken += 1;
+    }
+}
+
+/// A regular file at the top of /nix/store (a `.drv`, or a store path that
+/// is one file), to probe hard links with.
+fn some_store_file() -> Option<PathBuf> {
+    std::fs::read_dir("/nix/store")
+        .ok()?
+        .flatten()
+        .take(10_000)
+        .map(|e| e.path())
+        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+}
+
 pub struct Snapshotter {
     root: PathBuf,
     gc_roots: PathBuf,
@@ -136,15 +204,9 @@ impl Snapshotter {
     /// Whether a store file can be hard-linked into the root: if not, every
     /// layer made from the store is copied, and the operator should know.
     fn probe_links(&self) {
-        let Ok(entries) = std::fs::read_dir("/nix/store") else {
+        let Some(file) = some_store_file() else {
             return;
         };
-        let file = entries
-            .flatten()
-            .take(10_000)
-            .map(|e| e.path())
-            .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()));
-        let Some(file) = file else { return };
         let probe = self.root.join(".link-probe");
         let _ = std::fs::remove_file(&probe);
         match std::fs::hard_link(&file, &probe) {
@@ -154,7 +216,7 @@ impl Snapshotter {
             Err(e) => tracing::warn!(
                 error = %e,
                 root = %self.root.display(),
-                "cannot hard-link store files into the root: layers made from the store will be copied (put --root on the mount that holds /nix/store)"
+                "cannot hard-link store files into the root: layers made from the store will be copied (put --root on the filesystem that holds /nix/store)"
             ),
         }
     }
