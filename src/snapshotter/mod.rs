@@ -126,18 +126,17 @@ pub fn see_through_store_mounts(root: &Path) -> std::io::Result<usize> {
         // SAFETY: plain syscalls on valid C strings; single-threaded here,
         // so the new namespace is the whole process's.
         unsafe {
-            if taken == 0 {
-                if libc::unshare(libc::CLONE_NEWNS) != 0
+            if taken == 0
+                && (libc::unshare(libc::CLONE_NEWNS) != 0
                     || libc::mount(
                         std::ptr::null(),
                         slash.as_ptr(),
                         std::ptr::null(),
                         libc::MS_REC | libc::MS_PRIVATE,
                         std::ptr::null(),
-                    ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                    ) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             if libc::umount2(store.as_ptr(), libc::MNT_DETACH) != 0 {
                 return Err(std::io::Error::last_os_error());
