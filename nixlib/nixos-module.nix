@@ -49,6 +49,31 @@ in
       description = "Open the listen port in the firewall.";
     };
 
+    snapshotter = {
+      enable = mkEnableOption ''
+        the containerd snapshotter (`flakeport snapshotter`): layers this
+        flakeport served are made from /nix/store instead of being fetched
+        and unpacked. A unit of its own, started before containerd, and a
+        proxy plugin "flakeport" in virtualisation.containerd.settings'';
+      cri = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Make it CRI's snapshotter (kubelet's pulls and pods). When it is
+          down, containerd starts no pod at all: see the README.'';
+      };
+      socket = mkOption {
+        type = types.str;
+        default = "/run/flakeport/snapshotter.sock";
+        description = "The unix socket containerd dials.";
+      };
+      root = mkOption {
+        type = types.str;
+        default = "/nix/var/flakeport/snapshotter";
+        description = "Where snapshots are kept: on the filesystem of /nix/store, so that layers are hard links.";
+      };
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -127,6 +152,31 @@ in
         UMask = "0027";
       };
     };
+
+    # Root: it gives a layer's files their owners and makes GC roots. It
+    # reads the registry's state dir, and takes NixOS's read-only bind
+    # mount off /nix/store in a mount namespace of its own.
+    systemd.services.flakeport-snapshotter = mkIf cfg.snapshotter.enable {
+      description = "flakeport containerd snapshotter";
+      wantedBy = [ "multi-user.target" ];
+      before = [ "containerd.service" ];
+      serviceConfig = {
+        ExecStart = "${cfg.package}/bin/flakeport snapshotter ${escapeShellArgs [
+          "--registry-state" cfg.stateDir "--socket" cfg.snapshotter.socket "--root" cfg.snapshotter.root ]}";
+        Restart = "always";
+        # Stop the server, not the containers' mounts (they are the kernel's).
+        KillMode = "process";
+      };
+    };
+    virtualisation.containerd.settings = mkIf cfg.snapshotter.enable ({
+      proxy_plugins.flakeport = {
+        type = "snapshot";
+        address = cfg.snapshotter.socket;
+        exports.root = cfg.snapshotter.root;
+      };
+    } // optionalAttrs cfg.snapshotter.cri {
+      plugins."io.containerd.grpc.v1.cri".containerd.snapshotter = "flakeport";
+    });
 
     networking.firewall.allowedTCPPorts =
       if cfg.openFirewall

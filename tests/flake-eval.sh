@@ -42,7 +42,7 @@ module_eval() { # module_eval SETTINGS EXPR-ON-r [NIX-SETTINGS]: the host's nix.
       lib = import '"$ROOT"'/tests/nixpkgs-stub/lib.nix;
       pkgs = import '"$ROOT"'/tests/nixpkgs-stub/pkgs.nix { inherit lib; system = "x86_64-linux"; } // { flakeport = builtins.derivation { name = "flakeport"; system = "x86_64-linux"; builder = "/bin/sh"; }; };
       opts = (import '"$ROOT"'/nixlib/nixos-module.nix { config = { }; inherit lib pkgs; }).options.services.flakeport;
-      defaults = builtins.mapAttrs (_: o: o.default) opts;
+      defaults = builtins.mapAttrs (_: o: o.default or (builtins.mapAttrs (_: x: x.default) o)) opts;
       cfg = defaults // ('"$1"');
       m = import '"$ROOT"'/nixlib/nixos-module.nix { config = { services.flakeport = cfg; nix.package = pkgs.nix; nix.settings = '"${3:-{ \}}"'; }; inherit lib pkgs; };
       r = if m.config.condition then m.config.content else null;
@@ -53,6 +53,13 @@ got=$(module_eval '{ enable = true; flake = "github:org/repo"; openFirewall = tr
 if [[ "$got" == '["/nix/store/'*'-flakeport/bin/flakeport serve '"'"'github:org/repo'"'"' '"'"'--compression'"'"' '"'"'gzip'"'"'","flakeport",[5001],true,{"_type":"override","content":["flakeport"],"priority":1500}]' ]]; then
   echo "ok   NixOS module: unit, user, firewall, daemon access (joins the default allowed-users)"
 else echo "FAIL NixOS module: $got"; fails=$((fails + 1)); fi
+got=$(module_eval '{ enable = true; flake = "github:org/repo"; snapshotter = { enable = true; cri = true; socket = "/run/fp.sock"; root = "/nix/var/fp"; }; }' \
+  '[ r.systemd.services.flakeport-snapshotter.condition r.systemd.services.flakeport-snapshotter.content.serviceConfig.ExecStart r.virtualisation.containerd.settings.content.proxy_plugins.flakeport r.virtualisation.containerd.settings.content.plugins ]')
+if [[ "$got" == '[true,"/nix/store/'*'-flakeport/bin/flakeport snapshotter '"'"'--registry-state'"'"' '"'"'/var/lib/flakeport'"'"' '"'"'--socket'"'"' '"'"'/run/fp.sock'"'"' '"'"'--root'"'"' '"'"'/nix/var/fp'"'"'",{"address":"/run/fp.sock","exports":{"root":"/nix/var/fp"},"type":"snapshot"},{"io.containerd.grpc.v1.cri":{"containerd":{"snapshotter":"flakeport"}}}]' ]]; then
+  echo "ok   NixOS module: the snapshotter's unit, containerd's proxy plugin, CRI's snapshotter"
+else echo "FAIL NixOS module snapshotter: $got"; fails=$((fails + 1)); fi
+got=$(module_eval '{ enable = true; flake = "github:org/repo"; }' '[ r.systemd.services.flakeport-snapshotter.condition r.virtualisation.containerd.settings.condition ]')
+[ "$got" = '[false,false]' ] && echo "ok   NixOS module: no snapshotter unless enabled" || { echo "FAIL snapshotter default: $got"; fails=$((fails + 1)); }
 got=$(module_eval '{ enable = false; }' 'r')
 [ "$got" = null ] && echo "ok   NixOS module: disabled adds nothing" || { echo "FAIL disabled: $got"; fails=$((fails + 1)); }
 got=$(module_eval '{ enable = true; packages = "github:NixOS/nixpkgs/nixos-25.05"; }' '[ r.systemd.services.flakeport.environment.FLAKEPORT_PACKAGES (builtins.head r.assertions).assertion r.networking.firewall.allowedTCPPorts ]')
