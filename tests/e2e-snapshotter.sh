@@ -141,7 +141,8 @@ t_snap_usage() {
   local chain usage size
   # app's bottom layer (busybox, made from the store): what Usage reports
   # is the tree's own directories and links, not the files it links.
-  chain=$(layers_of app:latest | head -1)
+  chain=$(layers_of app:latest)
+  chain=$(head -1 <<<"$chain")
   size=$(curl -fsSI "http://$R/v2/app/blobs/$chain" | tr -d '\r' | awk 'tolower($1) == "content-length:" {print $2}')
   usage=$(sctr -n k8s.io snapshots --snapshotter flakeport usage "$chain" | awk 'NR == 2 {print $2 $3}')
   python3 - "$usage" "$size" <<'PY'

@@ -346,14 +346,17 @@ mod tests {
         std::fs::write(sp.join("bin/tool"), b"#!/bin/sh\necho hi\n").unwrap();
         std::fs::write(sp.join("bin/sub/data"), vec![7u8; 10_000]).unwrap();
         std::fs::write(sp.join("owned"), b"mine").unwrap();
+        // Mode and owner as the layer's, but not the mtime: copied too.
+        std::fs::write(sp.join("touched"), b"later").unwrap();
         std::os::unix::fs::symlink("tool", sp.join("bin/alias")).unwrap();
-        for (f, mode) in [
-            ("bin/tool", 0o555),
-            ("bin/sub/data", 0o444),
-            ("owned", 0o444),
+        for (f, mode, mtime) in [
+            ("bin/tool", 0o555, 1),
+            ("bin/sub/data", 0o444, 1),
+            ("owned", 0o444, 1),
+            ("touched", 0o444, 5),
         ] {
             std::fs::set_permissions(sp.join(f), std::fs::Permissions::from_mode(mode)).unwrap();
-            set_mtime(&sp.join(f), 1).unwrap();
+            set_mtime(&sp.join(f), mtime).unwrap();
         }
         let source = LayerSource::StorePaths {
             paths: vec![sp.clone()],
@@ -369,7 +372,7 @@ mod tests {
         let tar = LayerTar::scan(&source).unwrap();
         let made = tmp.path().join("made");
         let cost = tar.make_tree(&made).unwrap();
-        assert_eq!((cost.linked, cost.copied), (2, 1), "{cost:?}");
+        assert_eq!((cost.linked, cost.copied), (2, 2), "{cost:?}");
         assert_eq!(cost.entries, tar.entry_count() as u64);
 
         let mut bytes = Vec::new();
