@@ -358,6 +358,9 @@ mod tests {
             std::fs::set_permissions(sp.join(f), std::fs::Permissions::from_mode(mode)).unwrap();
             set_mtime(&sp.join(f), mtime).unwrap();
         }
+        // A store directory is 0555: the tree's must be too.
+        std::fs::set_permissions(sp.join("bin/sub"), std::fs::Permissions::from_mode(0o555))
+            .unwrap();
         let source = LayerSource::StorePaths {
             paths: vec![sp.clone()],
             mtime: 1,
