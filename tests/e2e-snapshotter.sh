@@ -47,7 +47,8 @@ start_sn_containerd() {
   echo "containerd did not start"; tail "$SN/ctd/log"; return 1
 }
 sctr() { ctr --address "$SN/ctd/containerd.sock" "$@"; }
-made_count() { awk '/layer made from the store/ {n++} END {print n+0}' "$SN/snap.log"; }
+log_count() { awk -v what="$1" 'index($0, what) {n++} END {print n+0}' "$SN/snap.log"; } # log_count TEXT: lines of the snapshotter's log with TEXT
+made_count() { log_count 'layer made from the store'; }
 layers_of() { # layers_of NAME:TAG: the layer digests of its manifest, one a line
   curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$R/v2/${1%%:*}/manifests/${1##*:}" |
     json '"\n".join(l["digest"] for l in d["layers"])'
@@ -58,7 +59,7 @@ top_config() { # top_config NAME:TAG: the digest of the image's config
 }
 top_chain() { # top_chain NAME:TAG: the chain ID of the image's top layer, from its config's diff_ids
   local config
-  config=$(curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$R/v2/${1%%:*}/manifests/${1##*:}" | json 'd["config"]["digest"]')
+  config=$(top_config "$1")
   curl -fsS "http://$R/v2/${1%%:*}/blobs/$config" | python3 -c '
 import hashlib, json, sys
 chain = None
@@ -179,11 +180,10 @@ check "snapshotter: a write inside the container goes to its upper dir; the stor
 remove_image() {
   local refs config
   refs=$(sctr -n k8s.io images ls -q | grep -F "$R/${1%%:*}")
-  config=$(curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$R/v2/${1%%:*}/manifests/${1##*:}" | json 'd["config"]["digest"]')
+  config=$(top_config "$1")
   # shellcheck disable=SC2086
   sctr -n k8s.io images rm --sync $refs "$config" >/dev/null
 }
-fallbacks() { awk -v why="$1" 'index($0, why) {n++} END {print n+0}' "$SN/snap.log"; }
 
 t_snap_altered() {
   local ep d before after layers fetched have made
@@ -199,9 +199,9 @@ t_snap_altered() {
   chmod 555 "$ep"
   chmod u-w "$d"
   touch -h -d @1 "$d"
-  before=$(fallbacks 'its files changed since flakeport hashed them')
+  before=$(log_count 'its files changed since flakeport hashed them')
   tree_of flakeport multiout:latest "$SN/tree-f-multiout"
-  after=$(fallbacks 'its files changed since flakeport hashed them')
+  after=$(log_count 'its files changed since flakeport hashed them')
   eq "$((after - before))" 1 "layers of multiout left to containerd"
   # (After: containerd shares blobs between namespaces, so this pull
   # fetches nothing from flakeport.)

@@ -99,16 +99,9 @@ pub async fn run(
 /// any other process. Returns how many mounts it took off.
 pub fn see_through_store_mounts(root: &Path) -> std::io::Result<usize> {
     std::fs::create_dir_all(root)?;
-    let Some(file) = some_store_file() else {
+    if link_probe(root).is_none() {
         return Ok(0);
-    };
-    let probe = root.join(".link-probe");
-    let link = || {
-        let _ = std::fs::remove_file(&probe);
-        let r = std::fs::hard_link(&file, &probe);
-        let _ = std::fs::remove_file(&probe);
-        r
-    };
+    }
     // Another filesystem altogether: no mount namespace helps (and taking
     // its mount off would hide the store).
     use std::os::unix::fs::MetadataExt;
@@ -117,8 +110,8 @@ pub fn see_through_store_mounts(root: &Path) -> std::io::Result<usize> {
     }
     let mut taken = 0;
     loop {
-        match link() {
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) && taken < 4 => {}
+        match link_probe(root) {
+            Some(Err(e)) if e.raw_os_error() == Some(libc::EXDEV) && taken < 4 => {}
             _ => return Ok(taken),
         }
         let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
@@ -146,15 +139,21 @@ pub fn see_through_store_mounts(root: &Path) -> std::io::Result<usize> {
     }
 }
 
-/// A regular file at the top of /nix/store (a `.drv`, or a store path that
-/// is one file), to probe hard links with.
-fn some_store_file() -> Option<PathBuf> {
-    std::fs::read_dir("/nix/store")
+/// Whether a store file can be hard-linked into `root`, tried with a
+/// regular file at the top of /nix/store (a `.drv`, or a store path that
+/// is one file); `None` when there is none to try.
+fn link_probe(root: &Path) -> Option<std::io::Result<()>> {
+    let file = std::fs::read_dir("/nix/store")
         .ok()?
         .flatten()
         .take(10_000)
         .map(|e| e.path())
-        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))?;
+    let probe = root.join(".link-probe");
+    let _ = std::fs::remove_file(&probe);
+    let linked = std::fs::hard_link(&file, &probe);
+    let _ = std::fs::remove_file(&probe);
+    Some(linked)
 }
 
 pub struct Snapshotter {
@@ -203,20 +202,12 @@ impl Snapshotter {
     /// Whether a store file can be hard-linked into the root: if not, every
     /// layer made from the store is copied, and the operator should know.
     fn probe_links(&self) {
-        let Some(file) = some_store_file() else {
-            return;
-        };
-        let probe = self.root.join(".link-probe");
-        let _ = std::fs::remove_file(&probe);
-        match std::fs::hard_link(&file, &probe) {
-            Ok(()) => {
-                let _ = std::fs::remove_file(&probe);
-            }
-            Err(e) => tracing::warn!(
+        if let Some(Err(e)) = link_probe(&self.root) {
+            tracing::warn!(
                 error = %e,
                 root = %self.root.display(),
                 "cannot hard-link store files into the root: layers made from the store will be copied (put --root on the filesystem that holds /nix/store)"
-            ),
+            );
         }
     }
 

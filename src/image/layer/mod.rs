@@ -442,19 +442,7 @@ impl LayerTar {
         if let LayerTar::Generated { scan, .. } = self {
             h.update(scan.to_le_bytes());
         }
-        let mut add = |m: std::fs::Metadata| {
-            for v in [
-                m.dev(),
-                m.ino(),
-                m.size(),
-                m.mtime() as u64,
-                m.mtime_nsec() as u64,
-                m.ctime() as u64,
-                m.ctime_nsec() as u64,
-            ] {
-                h.update(v.to_le_bytes());
-            }
-        };
+        let mut add = |m: std::fs::Metadata| hash_stat(&mut h, &m, true);
         match self {
             LayerTar::Generated { entries, .. } => {
                 for e in entries {
@@ -499,6 +487,25 @@ impl LayerTar {
 pub struct HashingWriter {
     hasher: Sha256,
     pub written: u64,
+}
+
+/// Device, inode, size and mtime of a file, hashed into `h`, and its
+/// ctime too for an [`Identity`] (a [`tree::Fingerprint`] leaves it out:
+/// a hard link moves it).
+fn hash_stat(h: &mut Sha256, m: &std::fs::Metadata, ctime: bool) {
+    for v in [
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+    ] {
+        h.update(v.to_le_bytes());
+    }
+    if ctime {
+        h.update((m.ctime() as u64).to_le_bytes());
+        h.update((m.ctime_nsec() as u64).to_le_bytes());
+    }
 }
 
 impl HashingWriter {

@@ -67,16 +67,7 @@ impl LayerTar {
         for e in entries {
             h.update(&e.header);
             if let EntryKind::File { source, .. } = &e.kind {
-                let m = std::fs::symlink_metadata(source)?;
-                for v in [
-                    m.dev(),
-                    m.ino(),
-                    m.size(),
-                    m.mtime() as u64,
-                    m.mtime_nsec() as u64,
-                ] {
-                    h.update(v.to_le_bytes());
-                }
+                hash_stat(&mut h, &std::fs::symlink_metadata(source)?, false);
             }
         }
         Ok(Some(Fingerprint(h.finalize().into())))
@@ -108,10 +99,7 @@ impl LayerTar {
         for e in entries {
             cost.entries += 1;
             let at = dest.join(relative(&e.meta.path)?);
-            if let Some(parent) = at
-                .parent()
-                .filter(|p| !dir_at.contains_key(*p) && !made.contains(*p))
-            {
+            if let Some(parent) = at.parent().filter(|p| !made.contains(*p)) {
                 // Unpacking makes a missing parent 0755 too.
                 std::fs::create_dir_all(parent)?;
                 made.insert(parent.to_path_buf());
