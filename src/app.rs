@@ -6,7 +6,7 @@
 
 use crate::http::registry;
 use crate::image::layer::compress::Codec;
-use crate::image::{compressed, ledger as index};
+use crate::image::ledger as index;
 use crate::nix::{self as build, resolve};
 use crate::service;
 use anyhow::Context;
@@ -89,8 +89,9 @@ pub struct ServeOptions {
     #[arg(long, env = "FLAKEPORT_COMPRESSION", default_value = "none", value_parser = ["none", "gzip", "zstd"])]
     pub compression: String,
 
-    /// Most MiB of compressed layers kept in the state dir; least recently
-    /// used go first, and are compressed again when asked for.
+    /// Most MiB of layer files kept in the state dir: compressed layers, and
+    /// members of gzip or zstd image archives kept decompressed. Least
+    /// recently used go first, and are made again when asked for.
     #[arg(long, env = "FLAKEPORT_COMPRESSED_CACHE_MIB", default_value_t = 10240)]
     pub compressed_cache_mib: u64,
 
@@ -183,9 +184,9 @@ pub struct ServeOptions {
     #[arg(long, env = "FLAKEPORT_KEEP_ROOTS", default_value_t = 30.0)]
     pub keep_roots: f64,
 
-    /// Most MiB the state dir may hold: compressed layers (least recently
+    /// Most MiB the state dir may hold: kept layer files (least recently
     /// used first), then git mirrors, are removed to fit. Checked at start
-    /// and hourly.
+    /// and hourly; kept layer files stay within what it leaves them.
     #[arg(long, env = "FLAKEPORT_MAX_STATE_MIB")]
     pub max_state_mib: Option<u64>,
 
@@ -323,16 +324,14 @@ pub async fn prepare(args: ServeOptions) -> anyhow::Result<Prepared> {
         "using Nix"
     );
     let index = index::DigestIndex::open(&state_dir).context("opening the digest index")?;
-    let compressed = Codec::parse(&args.compression)
-        .map(|codec| {
-            compressed::CompressedCache::open(
-                &state_dir,
-                codec,
-                args.compressed_cache_mib * 1024 * 1024,
-            )
-        })
-        .transpose()
-        .context("opening the compressed layer cache")?;
+    let kept = std::sync::Arc::new(
+        crate::image::kept::KeptFiles::open(&state_dir, args.compressed_cache_mib * 1024 * 1024)
+            .context("opening the kept layer files (compressed layers, archive members)")?,
+    );
+    if let Some(max) = args.max_state_mib {
+        crate::service::retention::fit_kept(max * 1024 * 1024, &state_dir, &kept);
+    }
+    let codec = Codec::parse(&args.compression);
     let events = crate::events::Events::new();
     let signer = match &args.signing_key {
         Some(path) => Some(
@@ -365,7 +364,8 @@ pub async fn prepare(args: ServeOptions) -> anyhow::Result<Prepared> {
         nix,
         std::sync::Arc::new(service::LayerStore::new(
             index,
-            compressed,
+            kept,
+            codec,
             args.hot_layers_mib * 1024 * 1024,
             crate::image::vouched::Vouches::open(&state_dir)
                 .context("opening the vouched layers")?,

@@ -36,6 +36,10 @@ pub enum RegistryError {
     ManifestUnknown { reference: String },
     #[error("blob {digest} is not served by this registry")]
     BlobUnknown { digest: String },
+    /// A layer whose source can no longer give its bytes (an image archive
+    /// in the store found truncated or damaged): the digest is dropped.
+    #[error("blob {digest} is no longer served: {reason}")]
+    BlobGone { digest: String, reason: String },
     #[error("nix build of {target} failed; last lines of the log:\n{log_tail}")]
     BuildFailed { target: String, log_tail: String },
     #[error("nix build of {target} timed out after {secs} s; raise it with --nix-timeout or FLAKEPORT_NIX_TIMEOUT")]
@@ -166,7 +170,7 @@ impl RegistryError {
             | TagNotGit { .. }
             | ManifestUnknown { .. }
             | PackagesUnknown { .. } => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
-            BlobUnknown { .. } => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+            BlobUnknown { .. } | BlobGone { .. } => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
             BuildFailed { .. } | NotAnImage { .. } | NixOutput { .. } | NixFailed { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
             }

@@ -25,9 +25,10 @@ const PROCESSES_START_IN: &[&str] = &["src/nix/scheduler.rs"];
 
 /// Where bytes may be hashed (sha2, or the layer engine's
 /// `HashingWriter`). Content: `vocab` (a document's digest), `image/layer`
-/// (the digest pass, layer keys), an image archive's members as they are
-/// read (`image/plan/archive.rs`), and the blob GET that verifies a layer
-/// while it streams. The others hash no content: names of GC roots and git
+/// (the digest pass, layer keys, a compressed archive's members as they
+/// are kept), an image archive's members as they are read
+/// (`image/plan/archive.rs`), and the blob GET that verifies a layer while
+/// it streams. The others hash no content: names of GC roots and git
 /// mirrors (nix), token and webhook MACs (http).
 const HASHING_IN: &[&str] = &[
     "src/vocab.rs",
@@ -35,6 +36,7 @@ const HASHING_IN: &[&str] = &[
     "src/image/layer/source.rs",
     "src/image/layer/tests.rs",
     "src/image/layer/compress.rs",
+    "src/image/layer/members.rs",
     "src/image/layer/tree.rs",
     "src/image/plan/archive.rs",
     "src/http/registry/blobs/produced.rs",

@@ -128,7 +128,7 @@ impl Default for Metrics {
         );
         registry.register(
             "cache_lookups",
-            "Cache lookups by cache (manifest, layer_digest, layer_scan, compressed; verified_layer: a full GET of a layer whose files are as when it was hashed; hot_layer: its bytes in memory) and result (hit, miss)",
+            "Cache lookups by cache (manifest, layer_digest, layer_scan, compressed; archive_member: a member of a gzip or zstd archive kept decompressed; verified_layer: a full GET of a layer whose files are as when it was hashed; hot_layer: its bytes in memory) and result (hit, miss)",
             m.cache_lookups.clone(),
         );
         registry.register(
@@ -173,11 +173,12 @@ impl Default for Metrics {
 }
 
 /// The caches `cache_lookups` counts.
-pub const CACHES: [&str; 6] = [
+pub const CACHES: [&str; 7] = [
     "manifest",
     "layer_digest",
     "layer_scan",
     "compressed",
+    "archive_member",
     "verified_layer",
     "hot_layer",
 ];

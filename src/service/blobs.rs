@@ -6,6 +6,7 @@ use crate::error::{RegistryError, Result};
 use crate::image::compressed::CompressedCache;
 use crate::image::layer::{LayerSource, LayerTar};
 use crate::image::manifest::JsonBlob;
+use crate::image::members::Filled;
 use std::sync::Arc;
 
 /// What a blob GET serves.
@@ -61,7 +62,10 @@ impl ImageService {
         Ok(())
     }
 
-    pub async fn blob(&self, digest: &str) -> Result<Blob> {
+    /// `body`: the bytes will be read (not a HEAD), so a member of a
+    /// compressed archive is served from its kept copy, made first if
+    /// need be.
+    pub async fn blob(&self, digest: &str, body: bool) -> Result<Blob> {
         if let Some(j) = self.layers.index.get_json(digest) {
             return Ok(Blob::Json(j));
         }
@@ -99,7 +103,10 @@ impl ImageService {
         match tar {
             Ok(tar) if tar.size() == size => Ok(Blob::Layer {
                 digest: digest.to_string(),
-                tar,
+                tar: match body && tar.is_compressed_member() {
+                    true => self.member_blob(digest, tar).await?,
+                    false => tar,
+                },
                 compression,
             }),
             Ok(tar) => {
@@ -179,6 +186,63 @@ impl ImageService {
                 self.layer_is_corrupt(digest).await;
                 Err(RegistryError::BlobUnknown {
                     digest: digest.to_string(),
+                })
+            }
+        }
+    }
+
+    /// A member of a gzip or zstd archive, from its kept copy: hashed again
+    /// first unless its file is as it was when it last hashed right, and
+    /// made (with the archive's other layers, in one pass) if not kept or
+    /// not right. One larger than the budget is read from the archive.
+    async fn member_blob(&self, digest: &str, member: Arc<LayerTar>) -> Result<Arc<LayerTar>> {
+        let (layers, want, events) = (self.layers.clone(), digest.to_string(), self.events.clone());
+        let archived = member.clone();
+        let kept = tokio::task::spawn_blocking(move || -> std::io::Result<Option<LayerTar>> {
+            let copy = layers.members.open(&want, archived.size());
+            events.metrics.cache("archive_member", copy.is_some());
+            if let Some(copy) = copy {
+                let identity = copy.identity()?;
+                if layers.layer_trusted(&want, identity) {
+                    return Ok(Some(copy));
+                }
+                // Not as it was when it last hashed right (a restart, or
+                // a write to it): hashed before a byte of it is served.
+                let (hashed, held) = copy.digest_since(identity)?;
+                if hashed == want && held {
+                    layers.layer_verified(&want, identity);
+                    return Ok(Some(copy));
+                }
+                tracing::warn!(digest = %want, hashed_to = %hashed, "a kept archive member no longer hashes to its digest; discarded, decompressing it again");
+                layers.members.discard(&want);
+            }
+            let known = |d: &str| {
+                layers.index.layer(d).is_some_and(|l| {
+                    matches!(l.source, LayerSource::ArchiveMember { gzip, zstd, .. } if gzip || zstd)
+                })
+            };
+            match layers.members.fill(&want, &archived, &known)? {
+                Filled::Kept(copy) => {
+                    // Its bytes hashed to the digest as they were written.
+                    layers.layer_verified(&want, copy.identity()?);
+                    Ok(Some(copy))
+                }
+                Filled::TooLarge => Ok(None),
+            }
+        });
+        match kept.await.map_err(RegistryError::internal)? {
+            Ok(Some(copy)) => Ok(Arc::new(copy)),
+            Ok(None) => Ok(member),
+            Err(e) if crate::image::layer::is_transient(&e) => {
+                tracing::warn!(digest, error = %e, "cannot keep an archive member for now; keeping the digest");
+                Err(RegistryError::layer_unreadable_for_now())
+            }
+            Err(e) => {
+                tracing::error!(digest, error = %e, "cannot read an archive member; dropping the digest");
+                self.layer_is_corrupt(digest).await;
+                Err(RegistryError::BlobGone {
+                    digest: digest.to_string(),
+                    reason: e.to_string(),
                 })
             }
         }

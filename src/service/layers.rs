@@ -8,8 +8,11 @@
 
 use crate::events::Events;
 use crate::image::compressed::CompressedCache;
+use crate::image::kept::KeptFiles;
+use crate::image::layer::compress::Codec;
 use crate::image::layer::{Identity, LayerDigest, LayerKey, LayerTar};
 use crate::image::ledger::DigestIndex;
+use crate::image::members::MemberCache;
 use crate::image::vouched::Vouches;
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -33,6 +36,10 @@ pub struct LayerStore {
     pub(super) digest_slots: Semaphore,
     /// With `--compression gzip|zstd`: the codec and where its blobs are kept.
     pub(super) compressed: Option<Arc<CompressedCache>>,
+    /// Members of gzip and zstd image archives, kept decompressed.
+    pub(super) members: Arc<MemberCache>,
+    /// The files of both, under one budget.
+    pub(super) kept: Arc<KeptFiles>,
     pub(super) trust: TrustedLayers,
     /// What the snapshotter may make from the store (see [`Vouches`]).
     pub(super) vouches: Vouches,
@@ -40,10 +47,12 @@ pub struct LayerStore {
 }
 
 impl LayerStore {
-    /// `hot_bytes`: the memory the bytes of small verified layers may take.
+    /// `codec`: `--compression`; `hot_bytes`: the memory the bytes of
+    /// small verified layers may take.
     pub fn new(
         index: DigestIndex,
-        compressed: Option<CompressedCache>,
+        kept: Arc<KeptFiles>,
+        codec: Option<Codec>,
         hot_bytes: u64,
         vouches: Vouches,
         events: Arc<Events>,
@@ -65,7 +74,9 @@ impl LayerStore {
                 .max_capacity(50_000)
                 .build(),
             digest_slots: Semaphore::new(cores),
-            compressed: compressed.map(Arc::new),
+            compressed: codec.map(|c| Arc::new(CompressedCache::new(c, kept.clone()))),
+            members: Arc::new(MemberCache::new(kept.clone())),
+            kept,
             trust: TrustedLayers::new(hot_bytes),
             index,
             vouches,

@@ -311,7 +311,7 @@ impl ImageService {
                 &policy,
                 &this.nix,
                 &this.layers.index,
-                this.layers.compressed.as_deref(),
+                &this.layers.kept,
             )
         })
         .await;

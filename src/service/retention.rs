@@ -11,10 +11,12 @@
 //! - index lines of layers whose store paths are gone (rewriting
 //!   `layers.jsonl` with one line per live digest, so restart time follows
 //!   what is live, not what ever was);
-//! - with `--max-state-mib`, least recently used compressed layers and
-//!   then git mirrors (fetched again when needed) until the dir fits.
+//! - with `--max-state-mib`, least recently used kept layer files
+//!   (compressed layers, archive members) and then git mirrors (fetched
+//!   again when needed) until the dir fits. Kept layer files written
+//!   until the next sweep stay within what the rest of the dir leaves.
 
-use crate::image::compressed::CompressedCache;
+use crate::image::kept::KeptFiles;
 use crate::image::ledger::DigestIndex;
 use crate::nix::Nix;
 use std::path::{Path, PathBuf};
@@ -41,12 +43,7 @@ pub struct Report {
     pub state_bytes: Option<u64>,
 }
 
-pub fn sweep(
-    policy: &Policy,
-    nix: &Nix,
-    index: &DigestIndex,
-    compressed: Option<&CompressedCache>,
-) -> Report {
+pub fn sweep(policy: &Policy, nix: &Nix, index: &DigestIndex, kept: &KeptFiles) -> Report {
     let mut r = Report::default();
     let cutoff = SystemTime::now()
         .checked_sub(policy.keep)
@@ -67,20 +64,13 @@ pub fn sweep(
         }
     }
     match index.compact() {
-        Ok((kept, dropped)) => (r.layers_kept, r.layers_dropped) = (kept, dropped),
+        Ok((live, dropped)) => (r.layers_kept, r.layers_dropped) = (live, dropped),
         Err(e) => tracing::error!(error = %e, "cannot compact layers.jsonl"),
     }
     // The dir is walked only to enforce a cap: a git mirror can hold many
     // files, and nothing else needs the total.
     if let Some(max) = policy.max_bytes {
-        let mut bytes = dir_bytes(&policy.state_dir);
-        if bytes > max {
-            if let Some(c) = compressed {
-                let others = bytes.saturating_sub(c.bytes());
-                c.shrink_to(max.saturating_sub(others));
-                bytes = others + c.bytes();
-            }
-        }
+        let mut bytes = fit_kept(max, &policy.state_dir, kept);
         if bytes > max {
             let mut mirrors = older_than(&policy.state_dir.join("git"), SystemTime::now());
             // Least recently fetched first.
@@ -96,6 +86,8 @@ pub fn sweep(
                 }
             }
         }
+        // Mirrors removed leave kept files more room.
+        kept.shrink_to(max.saturating_sub(bytes.saturating_sub(kept.bytes())));
         if bytes > max {
             tracing::warn!(
                 bytes,
@@ -106,6 +98,16 @@ pub fn sweep(
         r.state_bytes = Some(bytes);
     }
     r
+}
+
+/// Kept layer files fit in what the rest of the state dir leaves them of
+/// `max` bytes, now and as they are written until this is called again
+/// (at start, before the first GET, then by each sweep). Returns the
+/// state dir's bytes.
+pub fn fit_kept(max: u64, state_dir: &Path, kept: &KeptFiles) -> u64 {
+    let others = dir_bytes(state_dir).saturating_sub(kept.bytes());
+    kept.shrink_to(max.saturating_sub(others));
+    others + kept.bytes()
 }
 
 fn mtime(p: &Path) -> SystemTime {
@@ -269,7 +271,8 @@ mod tests {
             keep: Duration::from_secs(30 * 86_400),
             max_bytes: Some(512 * 1024),
         };
-        let r = sweep(&policy, &nix, &index, None);
+        let kept = crate::image::kept::KeptFiles::open(state.path(), u64::MAX).unwrap();
+        let r = sweep(&policy, &nix, &index, &kept);
         assert_eq!(r.roots_removed, 2, "{r:?}");
         assert!(old_root.symlink_metadata().is_err() && old_bin.symlink_metadata().is_err());
         assert!(kept_root.symlink_metadata().is_ok() && kept_bin.symlink_metadata().is_ok());

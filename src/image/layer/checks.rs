@@ -43,7 +43,7 @@ pub(super) fn shorter_than_scanned(path: &Path) -> io::Error {
     )
 }
 
-pub(super) fn check_unchanged(path: &Path, now: u64, scanned: u64) -> io::Result<()> {
+pub fn check_unchanged(path: &Path, now: u64, scanned: u64) -> io::Result<()> {
     if now != scanned {
         return Err(io::Error::other(format!(
             "{} changed size since the layer was scanned ({scanned} -> {now} bytes)",

@@ -19,6 +19,7 @@
 
 mod checks;
 pub mod compress;
+mod members;
 mod read;
 mod scan;
 mod source;
@@ -26,6 +27,7 @@ mod tar;
 pub mod tree;
 
 pub use checks::*;
+pub use members::*;
 pub use read::*;
 use scan::*;
 pub use source::*;
@@ -287,6 +289,12 @@ impl LayerTar {
                 Ok(s.finish())
             }
         }
+    }
+
+    /// A member of a gzip or zstd archive: read from the archive, only by
+    /// decompressing it from its start.
+    pub fn is_compressed_member(&self) -> bool {
+        matches!(self, LayerTar::Member { packing, .. } if *packing != Packing::Plain)
     }
 
     /// Archive members held in memory (for cache weights).

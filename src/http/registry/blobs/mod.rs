@@ -60,7 +60,7 @@ pub async fn get(
     head: bool,
     client: Option<std::net::IpAddr>,
 ) -> Result<Response> {
-    let blob = images.blob(digest).await?;
+    let blob = images.blob(digest, !head).await?;
     let slot = match (&blob, head) {
         (Blob::Layer { .. }, false) => Some(stream_slot(streams)?),
         _ => None,
