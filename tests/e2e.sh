@@ -69,6 +69,7 @@ cleanup() {
   for p in $pids; do kill -9 "$p" 2>/dev/null; done
   umount -R "$W"/ctd/root 2>/dev/null
   umount -R "$W"/sn/mnt "$W"/sn/ctd/root 2>/dev/null
+  umount "$W"/state-full 2>/dev/null
   if [ -e "$W/made-dirs" ]; then xargs rm -rf < "$W/made-dirs"; fi
   if [ -n "${KEEP:-}" ]; then echo "kept $W"; else rm -rf "$W" 2>/dev/null; fi
 }
@@ -612,6 +613,21 @@ t_members_state_cap() {
   stop_server "$PC_PID"
 }
 check "archive members: --max-state-mib bounds the kept copies (what does not fit is read from the archive)" t_members_state_cap
+
+t_members_disk_full() {
+  local log
+  # A state dir on a 1.5 MiB tmpfs: busybox's layer (1.9 MiB) fits the
+  # budget but not the disk. Its GETs are served from the archive.
+  mkdir -p "$W/state-full"
+  mount -t tmpfs -o size=1536k none "$W/state-full"
+  start_server PF "$W/state-full"
+  same_members "127.0.0.1:$PF" pulled-gz pulled-gz
+  log=$(cat "$W/server-$PF.log")
+  has_line "$log" "cannot keep archive members in the state dir.*No space left" "the full disk logged"
+  stop_server "$PF_PID"
+  umount "$W/state-full"
+}
+check "archive members: a state dir too full to keep a copy: served from the archive, not dropped" t_members_disk_full
 
 t_members_damaged() {
   local archive d got

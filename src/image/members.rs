@@ -11,7 +11,9 @@
 //! restart, or a write to it), and discards it if it does not.
 
 use crate::image::kept::{KeptFiles, Shelf};
-use crate::image::layer::{unpack_members, LayerTar, MemberShelf, MemberSpan, Packing};
+use crate::image::layer::{
+    unpack_members, LayerTar, MemberShelf, MemberSpan, Packing, UnpackError,
+};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter};
@@ -29,8 +31,9 @@ pub struct MemberCache {
 pub enum Filled {
     /// Its copy, opened: nothing can evict it from under the stream.
     Kept(LayerTar),
-    /// It is larger than the budget leaves: served from the archive.
-    TooLarge,
+    /// It is larger than the budget leaves, or the state dir could not
+    /// take it (a full disk): served from the archive.
+    NotKept,
 }
 
 impl MemberCache {
@@ -90,7 +93,7 @@ impl MemberCache {
             ));
         }
         if *size > self.kept.limit() {
-            return Ok(Filled::TooLarge);
+            return Ok(Filled::NotKept);
         }
         let pass = self.pass(archive);
         let _one_at_a_time = pass.lock().unwrap_or_else(|p| p.into_inner());
@@ -122,10 +125,14 @@ impl MemberCache {
             // Its bytes hashed right before the damage: it is served, and
             // the members after it get the error when asked for.
             (Some(file), _, Err(e)) => {
-                tracing::warn!(digest, error = %e, "kept an archive member before the archive's damage");
+                tracing::warn!(digest, error = %e, "kept an archive member, then the pass stopped");
                 file
             }
-            (None, _, Err(e)) => return Err(e),
+            (None, _, Err(UnpackError::Shelf(e))) => {
+                tracing::warn!(digest, error = %e, "cannot keep archive members in the state dir; decompressing per GET");
+                return Ok(Filled::NotKept);
+            }
+            (None, _, Err(UnpackError::Archive(e))) => return Err(e),
             (None, Some(other), Ok(())) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,

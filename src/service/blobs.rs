@@ -227,7 +227,7 @@ impl ImageService {
                     layers.layer_verified(&want, copy.identity()?);
                     Ok(Some(copy))
                 }
-                Filled::TooLarge => Ok(None),
+                Filled::NotKept => Ok(None),
             }
         });
         match kept.await.map_err(RegistryError::internal)? {

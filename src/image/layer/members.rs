@@ -24,25 +24,51 @@ pub trait MemberShelf {
     fn shelve(&mut self, span: MemberSpan, out: Self::Out, digest: String) -> io::Result<()>;
 }
 
+/// Why a pass over an archive stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// The archive ends early or does not decompress (the message names
+    /// it), or cannot be opened.
+    #[error("{0}")]
+    Archive(io::Error),
+    /// The shelf could not take a member (a full disk).
+    #[error("{0}")]
+    Shelf(io::Error),
+}
+
 /// Decompresses `archive` once, start to end, giving each regular member
-/// to `shelf`. An archive that ends early or does not decompress is an
-/// error that names it; what `shelf` was given before stands.
+/// to `shelf`. What `shelf` was given before an error stands.
 pub fn unpack_members(
     archive: &Path,
     packing: Packing,
     shelf: &mut impl MemberShelf,
-) -> io::Result<()> {
+) -> Result<(), UnpackError> {
+    unpack(archive, packing, shelf).map_err(|e| match e {
+        Failed::Reading(e) => UnpackError::Archive(e),
+        Failed::Shelving(e) => UnpackError::Shelf(e),
+    })
+}
+
+/// Which side of the pass failed.
+enum Failed {
+    Reading(io::Error),
+    Shelving(io::Error),
+}
+
+fn unpack(archive: &Path, packing: Packing, shelf: &mut impl MemberShelf) -> Result<(), Failed> {
+    let shelving = Failed::Shelving;
     let named = |e: io::Error| {
-        io::Error::new(
+        Failed::Reading(io::Error::new(
             e.kind(),
             format!("{} is truncated or damaged: {e}", archive.display()),
-        )
+        ))
     };
-    let file = io::BufReader::with_capacity(1 << 20, std::fs::File::open(archive)?);
+    let file = std::fs::File::open(archive).map_err(Failed::Reading)?;
+    let file = io::BufReader::with_capacity(1 << 20, file);
     let stream: Box<dyn Read> = match packing {
         Packing::Plain => Box::new(file),
         Packing::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        Packing::Zstd => Box::new(zstd_decoder(file)?),
+        Packing::Zstd => Box::new(zstd_decoder(file).map_err(named)?),
     };
     let mut tar = ::tar::Archive::new(stream);
     for entry in tar.entries().map_err(named)? {
@@ -54,7 +80,7 @@ pub fn unpack_members(
             offset: entry.raw_file_position(),
             size: entry.size(),
         };
-        let Some(out) = shelf.place(span)? else {
+        let Some(out) = shelf.place(span).map_err(shelving)? else {
             continue;
         };
         let mut tee = Tee {
@@ -68,7 +94,7 @@ pub fn unpack_members(
             if n == 0 {
                 break;
             }
-            tee.write_all(&buf[..n])?;
+            tee.write_all(&buf[..n]).map_err(shelving)?;
         }
         if tee.hash.written != span.size {
             return Err(named(io::Error::new(
@@ -79,7 +105,9 @@ pub fn unpack_members(
                 ),
             )));
         }
-        shelf.shelve(span, tee.out, tee.hash.finish())?;
+        shelf
+            .shelve(span, tee.out, tee.hash.finish())
+            .map_err(shelving)?;
     }
     Ok(())
 }
@@ -210,6 +238,7 @@ mod tests {
         for path in [cut, damaged] {
             let mut kept = Kept::default();
             let e = unpack_members(&path, Packing::Gzip, &mut kept).unwrap_err();
+            assert!(matches!(e, UnpackError::Archive(_)), "{e:?}");
             assert!(
                 e.to_string().contains(&path.display().to_string())
                     && e.to_string().contains("truncated or damaged"),
@@ -219,5 +248,34 @@ mod tests {
                 assert_eq!(out.len() as u64, span.size, "only whole members shelved");
             }
         }
+    }
+
+    /// A shelf that cannot take a member (a full disk) stops the pass with
+    /// its own error, not the archive's.
+    #[test]
+    fn a_shelf_that_cannot_write_is_not_a_damaged_archive() {
+        struct Full;
+        impl MemberShelf for Full {
+            type Out = Full;
+            fn place(&mut self, _: MemberSpan) -> io::Result<Option<Full>> {
+                Ok(Some(Full))
+            }
+            fn shelve(&mut self, _: MemberSpan, _: Full, _: String) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.tar.gz");
+        std::fs::write(&path, gzip(&archive())).unwrap();
+        let e = unpack_members(&path, Packing::Gzip, &mut Full).unwrap_err();
+        assert!(matches!(e, UnpackError::Shelf(_)), "{e:?}");
     }
 }
