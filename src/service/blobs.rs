@@ -202,18 +202,30 @@ impl ImageService {
             let copy = layers.members.open(&want, archived.size());
             events.metrics.cache("archive_member", copy.is_some());
             if let Some(copy) = copy {
-                let identity = copy.identity()?;
-                if layers.layer_trusted(&want, identity) {
-                    return Ok(Some(copy));
+                // Served unhashed only as it was when it last hashed right;
+                // else (a restart, a write to it) hashed before a byte of it
+                // is served. A copy that cannot be read is the state dir's
+                // trouble, not the archive's: it goes, like a wrong one.
+                let checked = copy.identity().and_then(|identity| {
+                    if layers.layer_trusted(&want, identity) {
+                        return Ok(None);
+                    }
+                    let (hashed, held) = copy.digest_since(identity)?;
+                    if hashed == want && held {
+                        layers.layer_verified(&want, identity);
+                        return Ok(None);
+                    }
+                    Ok(Some(format!("it hashes to {hashed}")))
+                });
+                match checked {
+                    Ok(None) => return Ok(Some(copy)),
+                    Ok(Some(why)) => {
+                        tracing::warn!(digest = %want, why, "a kept archive member no longer hashes to its digest; discarded, decompressing it again")
+                    }
+                    Err(e) => {
+                        tracing::warn!(digest = %want, error = %e, "cannot read a kept archive member; discarded, decompressing it again")
+                    }
                 }
-                // Not as it was when it last hashed right (a restart, or
-                // a write to it): hashed before a byte of it is served.
-                let (hashed, held) = copy.digest_since(identity)?;
-                if hashed == want && held {
-                    layers.layer_verified(&want, identity);
-                    return Ok(Some(copy));
-                }
-                tracing::warn!(digest = %want, hashed_to = %hashed, "a kept archive member no longer hashes to its digest; discarded, decompressing it again");
                 layers.members.discard(&want);
             }
             let known = |d: &str| {
@@ -224,7 +236,9 @@ impl ImageService {
             match layers.members.fill(&want, &archived, &known)? {
                 Filled::Kept(copy) => {
                     // Its bytes hashed to the digest as they were written.
-                    layers.layer_verified(&want, copy.identity()?);
+                    if let Ok(identity) = copy.identity() {
+                        layers.layer_verified(&want, identity);
+                    }
                     Ok(Some(copy))
                 }
                 Filled::NotKept => Ok(None),
