@@ -154,7 +154,7 @@ check "snapshotter: Usage of a layer made from the store counts its own inodes, 
 
 t_snap_store_untouched() {
   local f out mode held p
-  f=$(nix eval --raw "git+file://$W/repo#packages.x86_64-linux.hello.outPath")/bin/hello
+  f=$(out_path hello)/bin/hello
   cri_pull "$R/stock:v1"
   out=$(sctr -n k8s.io run --rm --snapshotter flakeport "$R/stock:v1" "snw-$$" /bin/sh -c "echo tampered >> $f; chmod 777 $f; tail -1 $f")
   eq "$out" tampered "the write inside the container"
@@ -221,7 +221,7 @@ check "snapshotter: a store path changed before Prepare is fetched instead (righ
 
 t_snap_gc() {
   local hello out held p roots
-  hello=$(nix eval --raw "git+file://$W/repo#packages.x86_64-linux.hello.outPath")/bin/hello
+  hello=$(out_path hello)/bin/hello
   sctr -n k8s.io run -d --snapshotter flakeport "$R/stock:v1" "sngc-$$" /bin/sh -c 'sleep 60' >/dev/null
   nix-collect-garbage > "$SN/gc.log" 2>&1
   out=$(sctr -n k8s.io tasks exec --exec-id "x$$" "sngc-$$" "$hello")

@@ -127,6 +127,7 @@ blob_sha() { # blob_sha URL: download (failing on any HTTP error) and hash
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+out_path() { nix eval --raw "git+file://$W/repo#packages.x86_64-linux.$1.outPath"; } # out_path ATTR: its store path
 metric() { # metric PORT NAME [CURL ARGS...]: a sample of /metrics
   local v
   v=$(curl -fsS "${@:3}" "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n {print $2}')
@@ -523,13 +524,13 @@ name = json.load(t.extractfile("manifest.json"))[0]["Layers"][n]
 sys.stdout.buffer.write(t.extractfile(name).read())
 PY
 }
-out_path() { nix eval --raw "git+file://$W/repo#packages.x86_64-linux.$1.outPath"; } # out_path ATTR
 # same_members HOST IMAGE ATTR: every layer GET of IMAGE equals its member
 # of ATTR's archive, byte for byte, twice (first and warm).
 same_members() {
-  local archive digests d i=0
+  local archive m digests d i=0
   archive=$(out_path "$3")
-  digests=$(curl -fsS "http://$1/v2/$2/manifests/latest" | json '"\n".join(l["digest"] for l in d["layers"])')
+  m=$(curl -fsS "http://$1/v2/$2/manifests/latest")
+  digests=$(layer_digests "$m")
   for d in $digests; do
     member_of "$archive" "$i" > "$W/member.want"
     for _ in 1 2; do
@@ -540,7 +541,11 @@ same_members() {
   done
 }
 kept_of() { ls "$1/members"; } # kept_of STATE: the names of the kept copies
-hex_of() { curl -fsS "http://$1/v2/$2/manifests/latest" | json '"\n".join(l["digest"][7:] for l in d["layers"])'; } # hex_of HOST IMAGE
+hex_of() { # hex_of HOST IMAGE: its layer digests' hex, one a line
+  local m
+  m=$(curl -fsS "http://$1/v2/$2/manifests/latest")
+  layer_digests "$m" | sed 's/^sha256://'
+}
 
 start_server PK "$W/state-kept" || exit 1
 t_members_kept() {
@@ -672,7 +677,7 @@ t_stock_conf() {
   docker pull -q "$R/stock-owned:latest" >/dev/null
   out=$(docker run --rm --network none "$R/stock-owned:latest")
   eq "$out" linked "docker run stock-owned"
-  conf=$(nix eval --raw "git+file://$W/repo#packages.x86_64-linux.stock-owned.conf.outPath")
+  conf=$(out_path stock-owned.conf)
   rm -rf "$W/stock-owned"
   skopeo copy -q --src-tls-verify=false "docker://$R/stock-owned:latest" "oci:$W/stock-owned:x"
   python3 "$ROOT/tests/nixpkgs_conf.py" "$conf" "$W/stock-owned"
@@ -711,7 +716,7 @@ check "fromImage (nixlib, nixpkgs conf, another output): base layers shared, con
 t_nixlib_args() {
   local out store got
   # The config's references are in the image, though contents is empty.
-  store=$(nix eval --raw "git+file://$W/repo#packages.x86_64-linux.hello.outPath")
+  store=$(out_path hello)
   ctr image pull --plain-http "$R/refs:latest" >/dev/null
   out=$(ctr run --rm "$R/refs:latest" "fpr-$$")
   eq "$out" 'hello from nix' "ctr run refs (Entrypoint ${store}/bin/hello)"
@@ -724,12 +729,12 @@ t_nixlib_args() {
   eq "$got" 1777 "perms folded into the fakeroot layer"
   # enableFakechroot: the commands saw the image as / (its /bin/sh is
   # busybox from the store; the host's / has an etc, the image's has not).
-  store=$(nix eval --raw "git+file://$W/repo#packages.x86_64-linux.busybox.outPath")
+  store=$(out_path busybox)
   out=$(docker run --rm --network none "$R/fakechroot:latest")
   eq "$out" "bin dev nix proc srv sys tmp / $store/bin/sh" "ls / and readlink /bin/sh in fakeRootCommands"
   # includeNixDB: the image's store is registered, valid, with its references.
   unpack "$R/nixdb:latest" "$W/nixdb"
-  store=$(nix eval --raw "git+file://$W/repo#packages.x86_64-linux.greeter.outPath")
+  store=$(out_path greeter)
   out=$(nix-store --store "local?root=$W/nixdb/bundle/rootfs" -qR "$store")
   got=$(wc -l <<<"$out")
   eq "$got" 3 "closure of greeter in the image's database ($out)"

@@ -48,7 +48,7 @@ impl MemberCache {
     /// marked used. A copy of another size is no copy of it: it goes.
     pub fn open(&self, digest: &str, size: u64) -> Option<LayerTar> {
         let file = self.kept.open_kept(Shelf::Members, digest)?;
-        match opened(file, self.kept.path(Shelf::Members, digest)) {
+        match LayerTar::opened(file, self.kept.path(Shelf::Members, digest)) {
             Ok(tar) if tar.size() == size => Some(tar),
             _ => {
                 tracing::warn!(
@@ -161,7 +161,7 @@ impl MemberCache {
             ms = started.elapsed().as_millis() as u64,
             "archive members decompressed and kept"
         );
-        Ok(Filled::Kept(opened(
+        Ok(Filled::Kept(LayerTar::opened(
             file,
             self.kept.path(Shelf::Members, digest),
         )?))
@@ -173,12 +173,6 @@ impl MemberCache {
         passes.retain(|_, p| Arc::strong_count(p) > 1);
         passes.entry(archive.to_path_buf()).or_default().clone()
     }
-}
-
-/// A kept file as a layer whose bytes it holds.
-fn opened(file: File, path: PathBuf) -> io::Result<LayerTar> {
-    let size = file.metadata()?.len();
-    Ok(LayerTar::Opened { file, path, size })
 }
 
 /// Where one pass puts the members it keeps.

@@ -166,8 +166,7 @@ impl ImageService {
                         file
                     }
                 };
-                let size = file.metadata().map_err(io)?.len();
-                Ok(LayerTar::Opened { file, path, size })
+                LayerTar::opened(file, path).map_err(io)
             })
             .await
             .map_err(RegistryError::internal)?;

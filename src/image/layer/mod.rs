@@ -291,6 +291,13 @@ impl LayerTar {
         }
     }
 
+    /// A file already open, as a layer of its bytes (see
+    /// [`LayerTar::Opened`]).
+    pub fn opened(file: std::fs::File, path: PathBuf) -> io::Result<LayerTar> {
+        let size = file.metadata()?.len();
+        Ok(LayerTar::Opened { file, path, size })
+    }
+
     /// A member of a gzip or zstd archive: read from the archive, only by
     /// decompressing it from its start.
     pub fn is_compressed_member(&self) -> bool {
