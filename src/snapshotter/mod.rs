@@ -14,7 +14,7 @@
 //!
 //! Separate from the registry's process: a restarted registry does not
 //! stop containers from starting, and a restarted snapshotter finds its
-//! snapshots in its root (`metadata.json`).
+//! snapshots in its root (`metadata.json` and its journal).
 
 pub mod proto;
 mod state;
@@ -27,7 +27,7 @@ use proto::{
     CleanupRequest, CommitRequest, Info, InfoResponse, KeyRequest, ListRequest, Mount,
     MountsResponse, PrepareRequest, UpdateRequest, UsageResponse,
 };
-use state::{dir_of, disk_usage, now, Kind, Made, Snapshot, State};
+use state::{dir_of, disk_usage, now, Kind, Made, Metadata, Snapshot, State};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tonic::{Response, Status};
@@ -159,7 +159,7 @@ fn link_probe(root: &Path) -> Option<std::io::Result<()>> {
 pub struct Snapshotter {
     root: PathBuf,
     gc_roots: PathBuf,
-    state: Mutex<State>,
+    state: Mutex<Metadata>,
     ledger: Mutex<LedgerReader>,
     vouches: Vouches,
     /// One layer is made from the store at a time: two pulls of one image
@@ -170,7 +170,7 @@ pub struct Snapshotter {
 impl Snapshotter {
     pub fn open(opts: &SnapshotterOptions) -> anyhow::Result<Snapshotter> {
         std::fs::create_dir_all(opts.root.join("snapshots"))?;
-        let state = State::load(&opts.root)?;
+        let state = Metadata::open(&opts.root)?;
         let s = Snapshotter {
             root: opts.root.clone(),
             gc_roots: opts.gc_roots.clone(),
@@ -189,13 +189,14 @@ impl Snapshotter {
         Ok(s)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Metadata> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn save(&self, state: &State) -> Result<(), Status> {
+    /// Make the change to `keys` durable (see `state.rs`).
+    fn record(&self, state: &mut Metadata, keys: &[&str]) -> Result<(), Status> {
         state
-            .save(&self.root)
+            .record(keys)
             .map_err(|e| Status::internal(format!("saving the snapshotter's metadata: {e}")))
     }
 
@@ -346,7 +347,7 @@ impl Snapshotter {
                 made: None,
             },
         );
-        if let Err(e) = self.save(&state) {
+        if let Err(e) = self.record(&mut state, &[&r.key]) {
             state.snapshots.remove(&r.key);
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
@@ -501,7 +502,7 @@ impl Snapshotter {
                 }),
             },
         );
-        if let Err(e) = self.save(&state) {
+        if let Err(e) = self.record(&mut state, &[&name]) {
             state.snapshots.remove(&name);
             drop(state);
             let _ = std::fs::remove_dir_all(&dir);
@@ -640,7 +641,7 @@ impl proto::Snapshots for Snapshotter {
                 ..active.clone()
             },
         );
-        if let Err(e) = self.save(&state) {
+        if let Err(e) = self.record(&mut state, &[&r.key, &r.name]) {
             state.snapshots.remove(&r.name);
             state.snapshots.insert(r.key, active);
             return Err(e);
@@ -665,7 +666,7 @@ impl proto::Snapshots for Snapshotter {
             }
             let id = s.id;
             let removed = state.snapshots.remove(&r.key);
-            if let Err(e) = self.save(&state) {
+            if let Err(e) = self.record(&mut state, &[&r.key]) {
                 if let Some(s) = removed {
                     state.snapshots.insert(r.key, s);
                 }
@@ -719,7 +720,7 @@ impl proto::Snapshots for Snapshotter {
         }
         s.updated = now();
         let out = Self::info(&info.name, s);
-        if let Err(e) = self.save(&state) {
+        if let Err(e) = self.record(&mut state, &[&info.name]) {
             state.snapshots.insert(info.name, before);
             return Err(e);
         }
