@@ -440,6 +440,14 @@ pub async fn prepare(args: ServeOptions) -> anyhow::Result<Prepared> {
         }
         None => None,
     };
+    let layers = images.layers.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            every.tick().await;
+            layers.give_back_released();
+        }
+    });
     let sweeper = images.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(SWEEP_EVERY);

@@ -2,6 +2,7 @@
 //! compressed) on demand, a digest whose bytes changed dropped everywhere.
 
 use super::ImageService;
+use super::SCANNED_MEMBERS;
 use crate::error::{RegistryError, Result};
 use crate::image::compressed::CompressedCache;
 use crate::image::layer::{LayerSource, LayerTar};
@@ -100,6 +101,11 @@ impl ImageService {
                     .map_err(|e| (e.to_string(), e.is_transient()))
             })
             .await;
+        if let Ok(tar) = &tar {
+            if tar.entry_count() > SCANNED_MEMBERS {
+                self.layers.keep_scan(digest, tar.clone()).await;
+            }
+        }
         match tar {
             Ok(tar) if tar.size() == size => Ok(Blob::Layer {
                 digest: digest.to_string(),

@@ -16,7 +16,7 @@ mod produce;
 pub mod retention;
 
 pub use blobs::Blob;
-pub use layers::{HotClaim, LayerStore, HOT_MAX_LAYER};
+pub use layers::{give_back_freed_memory, HotClaim, LayerStore, HOT_MAX_LAYER, SCANNED_MEMBERS};
 pub use platforms::Tagged;
 
 use crate::error::{RegistryError, Result};

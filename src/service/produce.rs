@@ -254,11 +254,13 @@ impl ImageService {
                     .map_err(RegistryError::internal)?;
                 let (s, compressed) = (src.clone(), self.layers.compressed.clone());
                 let vouches = self.layers.vouches.clone();
+                let large = self.layers.released.clone();
                 let started = Instant::now();
                 type Verified = Option<(Arc<LayerTar>, Identity)>;
                 let (d, verified) = tokio::task::spawn_blocking(
                     move || -> std::io::Result<(LayerDigest, Verified)> {
-                        let tar = LayerTar::scan(&s).map_err(std::io::Error::other)?;
+                        let tar = Arc::new(LayerTar::scan(&s).map_err(std::io::Error::other)?);
+                        large.watch(&tar);
                         match compressed {
                             Some(cache) => {
                                 let before = tar.identity()?;
@@ -290,7 +292,7 @@ impl ImageService {
                                     diff_id: None,
                                     packed: None,
                                 };
-                                Ok((d, held.then(|| (Arc::new(tar), before))))
+                                Ok((d, held.then_some((tar, before))))
                             }
                         }
                     },
@@ -306,7 +308,7 @@ impl ImageService {
                 if let Some((tar, identity)) = verified {
                     // GETs serve this scan, trusted while the files keep
                     // their identity: a new pull's blobs are not hashed twice.
-                    self.layers.scanned.insert(d.digest.clone(), tar).await;
+                    self.layers.keep_scan(&d.digest, tar).await;
                     self.layers.layer_verified(&d.digest, identity);
                 }
                 Ok(d)

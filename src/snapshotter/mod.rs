@@ -22,6 +22,7 @@ mod state;
 use crate::image::layer::{LayerSource, LayerTar};
 use crate::image::ledger::LedgerReader;
 use crate::image::vouched::Vouches;
+use crate::service::{give_back_freed_memory, SCANNED_MEMBERS};
 use crate::vocab::Digest;
 use proto::{
     CleanupRequest, CommitRequest, Info, InfoResponse, KeyRequest, ListRequest, Mount,
@@ -475,6 +476,12 @@ impl Snapshotter {
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r);
+        if let Ok(cost) = &made {
+            if cost.entries > SCANNED_MEMBERS as u64 {
+                // The scan is dropped: its many small blocks go back.
+                give_back_freed_memory();
+            }
+        }
         let cost = match made {
             Ok(cost) => cost,
             Err(e) => {
