@@ -169,7 +169,12 @@ impl Metadata {
         }
         self.journal_bytes += line.len() as u64;
         if self.journal_bytes > self.base_bytes.max(self.min_fold) {
-            self.fold()?;
+            // The change is durable already: a fold that fails is not a
+            // failed change (containerd would be told it failed, and find
+            // it after a restart). The next change tries again.
+            if let Err(e) = self.fold() {
+                tracing::warn!(error = %e, root = %self.root.display(), "cannot fold the snapshotter's journal into metadata.json; the next change tries again");
+            }
         }
         Ok(())
     }
@@ -417,6 +422,21 @@ mod tests {
         );
         let before = json(&m);
         drop(m);
+        assert_eq!(json(&Metadata::open(root.path()).unwrap()), before);
+    }
+
+    #[test]
+    fn a_fold_that_fails_fails_no_change() {
+        let root = tempfile::tempdir().unwrap();
+        let mut m = Metadata::open(root.path()).unwrap();
+        m.min_fold = 1;
+        // metadata.json cannot be replaced: a directory is in its way.
+        std::fs::remove_file(root.path().join(BASE)).unwrap();
+        std::fs::create_dir_all(root.path().join(BASE).join("x")).unwrap();
+        drive(&mut m, 3);
+        let before = json(&m);
+        drop(m);
+        std::fs::remove_dir_all(root.path().join(BASE)).unwrap();
         assert_eq!(json(&Metadata::open(root.path()).unwrap()), before);
     }
 
