@@ -109,6 +109,11 @@ fn unpack(archive: &Path, packing: Packing, shelf: &mut impl MemberShelf) -> Res
             .shelve(span, tee.out, tee.hash.finish())
             .map_err(shelving)?;
     }
+    // The tar ends before the compressed stream does (record padding, the
+    // gzip trailer): read that too, so that gzip's CRC and zstd's checksum
+    // are checked. Damage that still inflates is then the archive's error,
+    // and not only a member that hashes wrong.
+    io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(named)?;
     Ok(())
 }
 
@@ -248,6 +253,23 @@ mod tests {
                 assert_eq!(out.len() as u64, span.size, "only whole members shelved");
             }
         }
+    }
+
+    /// Damage that still inflates (here, the last gzip member's CRC): the
+    /// members hash as they hash, and the pass ends in the archive's error.
+    #[test]
+    fn a_gzip_checksum_that_does_not_match_is_an_error() {
+        let mut packed = gzip(&archive());
+        let crc = packed.len() - 8;
+        packed[crc] ^= 1;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crc.tar.gz");
+        std::fs::write(&path, packed).unwrap();
+        let mut kept = Kept::default();
+        let e = unpack_members(&path, Packing::Gzip, &mut kept).unwrap_err();
+        assert!(matches!(e, UnpackError::Archive(_)), "{e:?}");
+        assert!(e.to_string().contains("truncated or damaged"), "{e}");
+        assert_eq!(kept.0.len(), 6, "every member read before the trailer");
     }
 
     /// A shelf that cannot take a member (a full disk) stops the pass with
