@@ -461,27 +461,30 @@ impl Snapshotter {
         let made = tokio::task::spawn_blocking(move || -> Result<_, String> {
             let tar = LayerTar::scan(&source).map_err(|e| e.to_string())?;
             let print = || tar.fingerprint().ok().flatten();
-            if print() != Some(vouched) {
-                return Err("its files changed since flakeport hashed them".into());
+            let made = (|| {
+                if print() != Some(vouched) {
+                    return Err("its files changed since flakeport hashed them".into());
+                }
+                // Roots first: a store path is not collected while its tree
+                // is made, nor afterwards while the snapshot lives.
+                hold_store_paths(&rt, &source).map_err(|e| format!("making GC roots: {e}"))?;
+                let cost = tar.make_tree(&d.join("fs")).map_err(|e| e.to_string())?;
+                if print() != Some(vouched) {
+                    return Err("its files changed while the tree was made".into());
+                }
+                Ok(cost)
+            })();
+            if tar.entry_count() > SCANNED_MEMBERS {
+                // Made or not, the scan is dropped: its many small blocks go
+                // back.
+                drop(tar);
+                give_back_freed_memory();
             }
-            // Roots first: a store path is not collected while its tree is
-            // made, nor afterwards while the snapshot lives.
-            hold_store_paths(&rt, &source).map_err(|e| format!("making GC roots: {e}"))?;
-            let cost = tar.make_tree(&d.join("fs")).map_err(|e| e.to_string())?;
-            if print() != Some(vouched) {
-                return Err("its files changed while the tree was made".into());
-            }
-            Ok(cost)
+            made
         })
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r);
-        if let Ok(cost) = &made {
-            if cost.entries > SCANNED_MEMBERS as u64 {
-                // The scan is dropped: its many small blocks go back.
-                give_back_freed_memory();
-            }
-        }
         let cost = match made {
             Ok(cost) => cost,
             Err(e) => {
